@@ -1,0 +1,119 @@
+"""The `framepack` typer app: registers every subcommand from its options model, and is the ONE place that
+turns errors into output and exit codes.
+
+- `FramepackError` (bad input, wrong file) -> `Error: ...` (+ `Hint: ...`), exit 2, no traceback.
+- click usage errors (unknown flag, bad int) -> one `Error: ...` line, exit 2.
+- anything else is a bug -> exit 1; the traceback only with `--debug`.
+
+No torch import happens here: `framepack --help` must stay fast. Runners are imported when a command runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+import typer
+
+from framepack_cli import __version__
+from framepack_cli.cli.build import expand_variadic, known_flags, make_command, normalize_dashes, variadic_flags
+from framepack_cli.cli.commands import COMMANDS, CommandSpec, load_options
+from framepack_cli.errors import FramepackError
+
+HELP = (
+    "FramePack image-to-video in one tool: generate videos from a start image, edit single images "
+    "(one-frame, Kisekaeichi, 1f-mc), cache datasets and train LoRAs. Every musubi-tuner option name works, "
+    "with underscores or dashes."
+)
+
+
+def _runner(spec: CommandSpec) -> Callable[[Any], Any]:
+    def run(opts: Any) -> Any:
+        module, _, func = spec.runner.partition(":")
+        return getattr(importlib.import_module(module), func)(opts)
+
+    return run
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    groups: dict[str, typer.Typer] = {}
+    for spec in COMMANDS:
+        target = app
+        *parents, name = spec.path
+        for depth in range(len(parents)):
+            key = " ".join(parents[: depth + 1])
+            if key not in groups:
+                group = typer.Typer(
+                    help=spec.group_help, no_args_is_help=True, add_completion=False,
+                    context_settings={"help_option_names": ["-h", "--help"]},
+                )
+                target.add_typer(group, name=parents[depth])
+                groups[key] = group
+            target = groups[key]
+        cmd = make_command(load_options(spec), _runner(spec), doc=spec.help)
+        target.command(name, help=spec.help, epilog=spec.epilog, no_args_is_help=spec.no_args_is_help)(cmd)
+
+    @app.callback(invoke_without_command=True)
+    def _root(
+        version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+        debug: bool = typer.Option(False, "--debug", help="Show the full traceback of internal errors."),
+    ) -> None:
+        if version:
+            typer.echo(f"framepack {__version__}")
+            raise typer.Exit(0)
+
+    return app
+
+
+def _err(line: str) -> None:
+    sys.stderr.write(line.rstrip("\n") + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (`framepack`, `python -m framepack_cli`)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    classes = [load_options(s) for s in COMMANDS]
+    args = expand_variadic(normalize_dashes(args, known_flags(classes)), variadic_flags(classes))
+    command = typer.main.get_command(build_app())
+    try:
+        rc = command.main(args=args, prog_name="framepack", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        rc = e.exit_code
+    except click.exceptions.Abort:
+        _err("Aborted.")
+        rc = 130
+    except click.ClickException as e:
+        # Usage errors: unknown option, missing value, not an integer... one line, exit 2.
+        msg = e.format_message().replace("\n", " ")
+        ctx = getattr(e, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        _err(f"Error: {msg}{where}")
+        rc = 2
+    except FramepackError as e:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        for line in e.message.splitlines():
+            _err(f"Error: {line}")
+        if e.hint:
+            _err(f"Hint: {e.hint}")
+        rc = 2
+    except KeyboardInterrupt:
+        _err("Interrupted.")
+        rc = 130
+    except Exception as e:  # a bug: say so in one line unless --debug
+        if debug:
+            raise
+        _err(f"Internal error: {type(e).__name__}: {e} (run again with --debug for the traceback)")
+        rc = 1
+    sys.exit(rc if isinstance(rc, int) else 0)

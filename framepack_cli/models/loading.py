@@ -1,0 +1,217 @@
+"""Reading weight files in every layout users have: single safetensors, `-NNNNN-of-MMMMM` shards,
+HF directories / snapshots, and torch pickles (always `weights_only=True`).
+
+Nothing here knows which model a file holds; `framepack_cli.models.detect` decides that from key names
+and shapes. Errors are `ModelFormatError` naming the file and what was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from framepack_cli.errors import ModelFormatError
+
+if TYPE_CHECKING:
+    import torch
+
+SHARD_RE = re.compile(r"^(.*?)(\d+)-of-(\d+)\.safetensors$")
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+# safetensors dtype names -> bytes per element (for truncation checks without torch)
+_ST_DTYPE_SIZES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+    "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E8M0": 1, "F4": 1,
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, dtype (safetensors spelling, e.g. `BF16`) and shape of one stored tensor."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Read a safetensors header (tensor names, dtypes, shapes, metadata) without loading data or torch.
+
+    Raises:
+        ModelFormatError: the file is not safetensors, or is truncated.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise ModelFormatError(f"{path}: file is empty or truncated ({size} bytes), not a safetensors file")
+            (n,) = struct.unpack("<Q", raw)
+            if n <= 1 or n > min(size - 8, 100 * 1024 * 1024):
+                raise ModelFormatError(f"{path}: not a safetensors file (bad header length {n})")
+            header = json.loads(f.read(n))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFormatError(f"{path}: cannot read safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise ModelFormatError(f"{path}: not a safetensors file (header is not a JSON object)")
+    metadata = header.pop("__metadata__", None) or {}
+    tensors: dict[str, TensorInfo] = {}
+    data_end = 0
+    for name, info in header.items():
+        try:
+            tensors[name] = TensorInfo(info["dtype"], tuple(int(s) for s in info["shape"]))
+            data_end = max(data_end, int(info["data_offsets"][1]))
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise ModelFormatError(f"{path}: not a safetensors file (bad entry for {name!r})") from None
+    if 8 + n + data_end > size:
+        raise ModelFormatError(
+            f"{path}: file is truncated ({size} bytes, header says {8 + n + data_end}); download it again"
+        )
+    return tensors, dict(metadata)
+
+
+def expand_shards(path: Path) -> list[Path]:
+    """Given any shard of a `name-00001-of-00003.safetensors` set, return all shards in order.
+
+    A file that is not a shard is returned alone. Missing sibling shards are an error naming them.
+    """
+    m = SHARD_RE.match(path.name)
+    if not m:
+        return [path]
+    prefix, idx, total = m.group(1), m.group(2), m.group(3)
+    width = len(idx)
+    files = [path.with_name(f"{prefix}{i:0{width}d}-of-{total}.safetensors") for i in range(1, int(total) + 1)]
+    missing = [str(p) for p in files if not p.exists()]
+    if missing:
+        raise ModelFormatError(
+            f"{path}: sharded checkpoint is incomplete, missing {', '.join(missing)}",
+            hint="download every shard into the same directory",
+        )
+    return files
+
+
+def find_weight_files(path: Path, subfolders: tuple[str, ...] = ()) -> list[Path]:
+    """Resolve a user path (file, first shard, directory, HF snapshot) to the list of weight files.
+
+    For a directory: look in the directory itself, then in each of `subfolders` (e.g. `vae`,
+    `text_encoder`); prefer `*.safetensors` (all shards of the first set found), else a single pickle.
+
+    Raises:
+        ModelFormatError: path missing, or a directory holding no weights.
+    """
+    if not path.exists():
+        raise ModelFormatError(f"{path}: no such file or directory")
+    if path.is_file():
+        if path.suffix == ".json":
+            raise ModelFormatError(f"{path}: this is a JSON file, not model weights")
+        return expand_shards(path)
+    for d in (path, *(path / s for s in subfolders)):
+        if not d.is_dir():
+            continue
+        st = sorted(d.glob("*.safetensors"))
+        if st:
+            return expand_shards(st[0])
+        pk = sorted(p for p in d.iterdir() if p.suffix in (".pt", ".pth", ".bin", ".ckpt"))
+        if pk:
+            return [pk[0]]
+    looked = ", ".join(str(d) for d in (path, *(path / s for s in subfolders)))
+    raise ModelFormatError(f"{path}: directory holds no weight files (looked in {looked})")
+
+
+def read_header_infos(files: list[Path]) -> dict[str, TensorInfo]:
+    """Tensor names/dtypes/shapes of a set of weight files without loading the data.
+
+    Pickles have no header: they are loaded (weights_only) and described.
+    """
+    infos: dict[str, TensorInfo] = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            infos.update(read_safetensors_header(f)[0])
+        else:
+            sd = load_pickle_state_dict(f)
+            for k, v in sd.items():
+                infos[k] = TensorInfo(_torch_dtype_to_st(v.dtype), tuple(v.shape))
+    return infos
+
+
+def _torch_dtype_to_st(dtype: torch.dtype) -> str:
+    import torch
+
+    table = {
+        torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+        torch.int64: "I64", torch.int32: "I32", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+        torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+    }
+    return table.get(dtype, str(dtype))
+
+
+def load_pickle_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load a torch pickle with `weights_only=True`; unwrap a `state_dict` entry if present."""
+    import pickle
+
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFormatError(f"{path}: cannot read as a torch checkpoint ({first})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelFormatError(f"{path}: torch checkpoint does not hold a state dict of tensors")
+    return obj
+
+
+def load_state_dict(
+    files: list[Path], *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """Load and merge the tensors of `files` (safetensors or pickle). Floating tensors are cast to
+    `dtype` when given; integer/bool tensors keep theirs."""
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
+    sd: dict[str, torch.Tensor] = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            read_safetensors_header(f)  # clear error for truncated / non-safetensors files
+            try:
+                with safe_open(str(f), framework="pt", device=str(device)) as h:
+                    for k in h.keys():
+                        sd[k] = h.get_tensor(k)
+            except (SafetensorError, OSError) as e:
+                raise ModelFormatError(f"{f}: cannot read safetensors file ({e})") from None
+        else:
+            sd.update(load_pickle_state_dict(f))
+    if dtype is not None:
+        for k, v in sd.items():
+            if v.is_floating_point() and v.dtype != dtype:
+                sd[k] = v.to(dtype)
+    return sd
+
+
+def read_config_json(files: list[Path]) -> dict | None:
+    """A `config.json` beside the weights (it wins over shape inference), or None."""
+    cfg = files[0].parent / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        return json.loads(cfg.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelFormatError(f"{cfg}: unreadable config.json ({e})") from None
+
+
+def strip_prefix(sd: dict, prefix: str) -> dict:
+    """Drop `prefix` from every key that has it (keys without it are kept as they are)."""
+    n = len(prefix)
+    return {(k[n:] if k.startswith(prefix) else k): v for k, v in sd.items()}
