@@ -15,8 +15,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import click
 import typer
+
+try:  # typer 0.29 vendors its own click; its exceptions are not click's
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover - older typer runs on click itself
+    from click.exceptions import ClickException
+
+    NoArgsIsHelpError = ()  # type: ignore[assignment,misc]
 
 from framepack_cli import __version__
 from framepack_cli.cli.build import expand_variadic, known_flags, make_command, normalize_dashes, variadic_flags
@@ -86,14 +92,17 @@ def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(build_app())
     try:
         rc = command.main(args=args, prog_name="framepack", standalone_mode=False)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         rc = e.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         _err("Aborted.")
         rc = 130
-    except click.ClickException as e:
+    except NoArgsIsHelpError as e:
+        sys.stdout.write(e.format_message() + "\n")
+        rc = 0
+    except ClickException as e:
         # Usage errors: unknown option, missing value, not an integer... one line, exit 2.
-        msg = e.format_message().replace("\n", " ")
+        msg = e.format_message().replace("\n", " ").replace("Value error, ", "")
         ctx = getattr(e, "ctx", None)
         where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         _err(f"Error: {msg}{where}")

@@ -395,6 +395,12 @@ class KisekaeOptions(GenerateOptions):
             return data
         d = dict(data)
         start, ref = d.get("start"), d.get("reference")
+        if d.get("control_image_path") is None:
+            if start is None and ref is None:
+                raise ValueError("--start and --reference are required (or give --control_image_path START REF)")
+            if (start is None) != (ref is None):
+                given, missing = ("--start", "--reference") if ref is None else ("--reference", "--start")
+                raise ValueError(f"{missing} is required together with {given}")
         if d.get("control_image_path") is None and start is not None and ref is not None:
             # Masks stay in --start-mask/--reference-mask: the engine pairs them with their images (a
             # reference mask without a start mask must not shift into the start's slot).
@@ -407,11 +413,6 @@ class KisekaeOptions(GenerateOptions):
     def _need_images(self):
         if (self.start_mask or self.reference_mask) and self.control_image_mask_path:
             raise ValueError("--start-mask/--reference-mask cannot be combined with --control_image_mask_path")
-        if not self.control_image_path:
-            raise ValueError("--start and --reference are required (or give --control_image_path START REF)")
-        if (self.start is None) != (self.reference is None):
-            given, missing = ("--start", "--reference") if self.reference is None else ("--reference", "--start")
-            raise ValueError(f"{missing} is required together with {given}")
         for name in ("start", "reference", "start_mask", "reference_mask"):
             check_file(getattr(self, name), f"--{name.replace('_', '-')}")
         return self
