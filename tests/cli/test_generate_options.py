@@ -92,7 +92,8 @@ def test_both_spellings_and_defaults(captured, capsys, tmp_path):
         (["--one_frame_inference", "no_2x,bogus"],
          "Error: --one_frame_inference: unknown option 'bogus' (accepted: default, no_2x, no_4x, no_post, "
          "target_index=N, control_index=a;b)"),
-        (["--one_frame_inference", "target_index=-1"], "Error: --one_frame_inference: target_index must be >= 0, got -1"),
+        (["--one_frame_inference", "target_index=-1"],
+         "Error: --one_frame_inference: target_index must be >= 0, got -1"),
         (["--one_frame_inference", "control_index=0;10;11", "--control_image_path", INPUTS / "start.png"],
          "Error: --one_frame_inference: control_index has 3 entries (0;10;11) for 1 control image(s); expected 1 or 2 "
          "(the extra one sets the index of the zero post latent)"),
