@@ -1,0 +1,813 @@
+"""The FramePack DiT (HunyuanVideo transformer with packed history context) and its loader.
+
+The module tree is diffusers' `HunyuanVideoFramepackTransformer3DModel` (same parameter names as every
+FramePack checkpoint: lllyasviel shards, Kijai single files, ComfyUI-prefixed files), reused as a library.
+The forward pass is our own, because the diffusers one cannot run what the generator needs:
+
+* any of the 1x / 2x / 4x history groups may be absent (one-frame `no_post` / `no_2x` / `no_4x`);
+* `guidance` may be None;
+* frame indices are per sample (`[B, n]`, each row its own RoPE positions);
+* batch > 1 with different text lengths uses per-sample attention (the reference's `split_attn`), so every
+  sample equals its batch-1 call;
+* RoPE scaling of the spatial positions above a timestep threshold (musubi's one-frame option);
+* selectable attention kernels;
+* the output head runs in float32 (the reference's `high_quality_fp32_output_for_inference`).
+
+Sequence layout (reference semantics): image stream `[4x | 2x | 1x | noisy]`, each group flattened (t, h, w)
+row-major, followed by the context `[SigLIP projection (729) | refined text (valid tokens)]`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.transformers.transformer_hunyuan_video_framepack import (
+    HunyuanVideoFramepackTransformer3DModel,
+)
+
+from framepack_cli.errors import FramepackError, ModelFormatError
+from framepack_cli.models.detect import expect_kind
+from framepack_cli.models.loading import (
+    TensorInfo,
+    find_weight_files,
+    load_state_dict,
+    read_config_json,
+    read_header_infos,
+)
+
+# Constants of the real model that the weights do not encode (RoPE has no parameters).
+HEAD_DIM = 128
+ROPE_AXES_DIM = (16, 56, 56)
+ROPE_THETA = 256.0
+
+ATTN_MODES = ("sdpa", "torch", "flash", "sageattn", "xformers")
+# attn_mode -> (import name, pip package name)
+_ATTN_PACKAGES = {
+    "flash": ("flash_attn", "flash-attn"),
+    "sageattn": ("sageattention", "sageattention"),
+    "xformers": ("xformers", "xformers"),
+}
+
+# Key prefixes that wrap the bare diffusers names in other distributions (ComfyUI, pipeline dumps).
+_KNOWN_PREFIXES = ("", "model.diffusion_model.", "diffusion_model.", "transformer.")
+
+# Constructor arguments of the diffusers class that a config.json may set. `has_image_proj`,
+# `has_clean_x_embedder` and `image_condition_type` are not taken from files: a FramePack DiT always has
+# the image projection and the history embedders and no token-replace conditioning.
+_CONFIG_KEYS = (
+    "in_channels",
+    "out_channels",
+    "num_attention_heads",
+    "attention_head_dim",
+    "num_layers",
+    "num_single_layers",
+    "num_refiner_layers",
+    "mlp_ratio",
+    "patch_size",
+    "patch_size_t",
+    "qk_norm",
+    "guidance_embeds",
+    "text_embed_dim",
+    "pooled_projection_dim",
+    "rope_theta",
+    "rope_axes_dim",
+    "image_proj_dim",
+)
+_INT_KEYS = {
+    "in_channels",
+    "out_channels",
+    "num_attention_heads",
+    "attention_head_dim",
+    "num_layers",
+    "num_single_layers",
+    "num_refiner_layers",
+    "patch_size",
+    "patch_size_t",
+    "text_embed_dim",
+    "pooled_projection_dim",
+    "image_proj_dim",
+}
+
+_DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+}
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------------------
+# Attention kernels
+# --------------------------------------------------------------------------------------------------
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    # SDPA wants [B, heads, S, D]; everything else here is [B, S, heads, D].
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
+
+
+def resolve_attention(attn_mode: str) -> AttentionFn:
+    """Return the dense attention function for `attn_mode`, taking `[B, S, heads, head_dim]` q/k/v.
+
+    Args:
+        attn_mode: one of `ATTN_MODES`. "sdpa" and "torch" are both PyTorch's scaled_dot_product_attention.
+
+    Raises:
+        FramepackError: unknown mode, or the package the mode needs cannot be imported.
+    """
+    if attn_mode in ("sdpa", "torch"):
+        return _sdpa
+    if attn_mode not in _ATTN_PACKAGES:
+        raise FramepackError(f"unknown attention mode {attn_mode!r}", hint=f"use one of: {', '.join(ATTN_MODES)}")
+    module, pip_name = _ATTN_PACKAGES[attn_mode]
+    try:
+        # Broken CUDA builds of these packages fail with OSError/RuntimeError rather than ImportError.
+        if attn_mode == "flash":
+            from flash_attn import flash_attn_func
+
+            return lambda q, k, v: flash_attn_func(q, k, v)
+        if attn_mode == "sageattn":
+            from sageattention import sageattn
+
+            return lambda q, k, v: sageattn(q, k, v, tensor_layout="NHD")
+        from xformers.ops import memory_efficient_attention
+
+        return lambda q, k, v: memory_efficient_attention(q, k, v)
+    except (ImportError, OSError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FramepackError(
+            f"attention mode {attn_mode!r} needs the `{module}` package, which cannot be imported ({first})",
+            hint=f"pip install {pip_name}, or use --attn_mode sdpa",
+        ) from None
+
+
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_lens: tuple[int, ...] | None, fn: AttentionFn
+) -> torch.Tensor:
+    """Dense attention, or per-sample attention over each sample's valid prefix.
+
+    With `seq_lens`, sample i attends only within its first `seq_lens[i]` tokens (image stream + its valid
+    context) and its remaining rows are zero, exactly the reference's split attention. Looping instead of
+    masking keeps every kernel usable (flash/sage have no masks) and keeps each sample bit-compatible with
+    its batch-1 call.
+    """
+    if seq_lens is None:
+        return fn(q, k, v)
+    total = q.shape[1]
+    outs = []
+    for i, n in enumerate(seq_lens):
+        o = fn(q[i : i + 1, :n], k[i : i + 1, :n], v[i : i + 1, :n])
+        outs.append(F.pad(o, (0, 0, 0, 0, 0, total - n)))
+    return torch.cat(outs, dim=0)
+
+
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved channel pairs of `x` [B, S, heads, D] by per-token angles (`cos`/`sin` [B, S, D]).
+
+    Computed in float32 and cast back, as the reference does.
+    """
+    xf = x.float()
+    even, odd = xf.unflatten(-1, (-1, 2)).unbind(-1)
+    rotated = torch.stack([-odd, even], dim=-1).flatten(-2)
+    return (xf * cos.unsqueeze(2) + rotated * sin.unsqueeze(2)).to(x.dtype)
+
+
+def _rope_prefix(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], n: int) -> torch.Tensor:
+    """Apply RoPE to the first `n` tokens of `x` (the image stream); the context stays unrotated."""
+    cos, sin = rope
+    if n == x.shape[1]:
+        return _apply_rope(x, cos, sin)
+    return torch.cat([_apply_rope(x[:, :n], cos, sin), x[:, n:]], dim=1)
+
+
+class FramePackAttnProcessor:
+    """Attention processor for the dual- and single-stream blocks.
+
+    Replaces diffusers' HunyuanVideo processor, which cannot take per-sample RoPE tables or per-sample
+    sequence lengths. The blocks hand it `attention_mask`, which in this model is the per-sample valid
+    lengths (`tuple[int, ...]`) or None (all tokens valid).
+
+    Args:
+        attention_fn: dense kernel from `resolve_attention`.
+    """
+
+    def __init__(self, attention_fn: AttentionFn) -> None:
+        self.attention_fn = attention_fn
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: tuple[int, ...] | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n_ctx = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        # Single-stream blocks project image and context with the same weights (no add_*_proj).
+        joint = attn.add_q_proj is None
+        x = torch.cat([hidden_states, encoder_hidden_states], dim=1) if joint and n_ctx else hidden_states
+        n_img = hidden_states.shape[1]
+
+        q = attn.to_q(x).unflatten(2, (attn.heads, -1))
+        k = attn.to_k(x).unflatten(2, (attn.heads, -1))
+        v = attn.to_v(x).unflatten(2, (attn.heads, -1))
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        if image_rotary_emb is not None:
+            q = _rope_prefix(q, image_rotary_emb, n_img)
+            k = _rope_prefix(k, image_rotary_emb, n_img)
+
+        if not joint and n_ctx:
+            cq = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            ck = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            cv = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            if attn.norm_added_q is not None:
+                cq = attn.norm_added_q(cq)
+            if attn.norm_added_k is not None:
+                ck = attn.norm_added_k(ck)
+            q, k, v = torch.cat([q, cq], 1), torch.cat([k, ck], 1), torch.cat([v, cv], 1)
+
+        out = _attend(q, k, v, attention_mask, self.attention_fn).flatten(2, 3).to(q.dtype)
+        img, ctx = out[:, :n_img], out[:, n_img:]
+        if getattr(attn, "to_out", None) is not None:
+            img = attn.to_out[1](attn.to_out[0](img))
+        if getattr(attn, "to_add_out", None) is not None:
+            ctx = attn.to_add_out(ctx)
+        return img, ctx
+
+
+# --------------------------------------------------------------------------------------------------
+# RoPE (reference HunyuanVideoRotaryPosEmbed semantics, per sample)
+# --------------------------------------------------------------------------------------------------
+
+
+def _pad_replicate(x: torch.Tensor, multiples: tuple[int, int, int]) -> torch.Tensor:
+    """Replicate-pad the end of T, H, W of a [B, C, T, H, W] tensor up to the given multiples."""
+    t, h, w = x.shape[-3:]
+    pt, ph, pw = ((m - s % m) % m for m, s in zip(multiples, (t, h, w), strict=True))
+    if pt == ph == pw == 0:
+        return x
+    return F.pad(x, (0, pw, 0, ph, 0, pt), mode="replicate")
+
+
+def _axis_angles(pos: torch.Tensor, dim: int, theta: float) -> torch.Tensor:
+    """[B, n] positions -> [B, dim, n] angles, each frequency repeated twice (interleaved pairs)."""
+    freqs = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=pos.device)[: dim // 2] / dim))
+    return (pos[:, None, :] * freqs[None, :, None]).repeat_interleave(2, dim=1)
+
+
+def rope_grid(
+    frame_indices: torch.Tensor,
+    height: int,
+    width: int,
+    spatial_scale: torch.Tensor,
+    axes_dim: tuple[int, int, int] | list[int] = ROPE_AXES_DIM,
+    theta: float = ROPE_THETA,
+    pool: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token RoPE cos/sin of one token group.
+
+    Args:
+        frame_indices: [B, T] temporal positions of the group's frames.
+        height: noisy token-grid height (every group uses the noisy grid, as the reference does).
+        width: noisy token-grid width.
+        spatial_scale: [B] factor on the y/x positions (RoPE scaling; 1.0 = off). Time is never scaled.
+        axes_dim: channels for (t, y, x); sums to the head dim.
+        theta: RoPE base.
+        pool: 1 for 1x groups; 2 / 4 for the 2x / 4x history: the cos/sin grids (not the angles) are
+            replicate-padded and average-pooled by `pool` in t, y and x, matching the conv token grid.
+
+    Returns:
+        (cos, sin), each [B, tokens, sum(axes_dim)] in float32, tokens in (t, h, w) row-major order.
+    """
+    dt, dy, dx = axes_dim
+    b, t = frame_indices.shape
+    dev = frame_indices.device
+    pos_t = frame_indices.float()
+    pos_y = torch.arange(height, dtype=torch.float32, device=dev)[None] * spatial_scale[:, None]
+    pos_x = torch.arange(width, dtype=torch.float32, device=dev)[None] * spatial_scale[:, None]
+    ang_t = _axis_angles(pos_t, dt, theta)[:, :, :, None, None].expand(b, dt, t, height, width)
+    ang_y = _axis_angles(pos_y, dy, theta)[:, :, None, :, None].expand(b, dy, t, height, width)
+    ang_x = _axis_angles(pos_x, dx, theta)[:, :, None, None, :].expand(b, dx, t, height, width)
+    ang = torch.cat([ang_t, ang_y, ang_x], dim=1)  # [B, D, T, H, W]
+    cos, sin = ang.cos(), ang.sin()
+    if pool > 1:
+        cs = _pad_replicate(torch.cat([cos, sin], dim=1), (pool, pool, pool))
+        cos, sin = F.avg_pool3d(cs, pool, stride=pool).chunk(2, dim=1)
+    return cos.flatten(2).transpose(1, 2), sin.flatten(2).transpose(1, 2)
+
+
+# --------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------
+
+
+def _batch_vector(x: torch.Tensor | float, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A scalar / [1] / [B] value as a [B] tensor of `dtype` on `device`."""
+    t = torch.as_tensor(x, device=device).to(dtype).reshape(-1)
+    if t.numel() == 1:
+        return t.expand(batch)
+    if t.numel() != batch:
+        raise ValueError(f"expected a scalar or {batch} values, got shape {tuple(t.shape)}")
+    return t
+
+
+def _batch_indices(idx: torch.Tensor, batch: int, n: int, name: str, device: torch.device) -> torch.Tensor:
+    """Frame indices as float32 [B, n]: accepts [n], [1, n] (shared) or [B, n] (per sample)."""
+    idx = torch.as_tensor(idx, device=device)
+    if idx.ndim == 1:
+        idx = idx[None]
+    if idx.ndim != 2 or idx.shape[0] not in (1, batch) or idx.shape[1] != n:
+        raise ValueError(f"{name} must be [{batch}, {n}] (or [{n}]), got {tuple(idx.shape)}")
+    return idx.to(torch.float32).expand(batch, n)
+
+
+class FramePackTransformer(HunyuanVideoFramepackTransformer3DModel):
+    """FramePack DiT: diffusers' module tree with our own forward pass (see the module docstring).
+
+    Args:
+        attn_mode: attention kernel, one of `ATTN_MODES` (text-refiner attention always uses SDPA with a mask,
+            as in the reference).
+        rope_scaling_timestep_threshold: if set, forward calls with timestep >= this value multiply the
+            spatial RoPE positions (y, x) of every group by `rope_scaling_factor`.
+        rope_scaling_factor: see above (0.5 for 2x resolution, ~0.7 for 1.5x).
+        **config: constructor arguments of `HunyuanVideoFramepackTransformer3DModel` (diffusers config keys).
+            The image projection and history embedders are always built.
+    """
+
+    def __init__(
+        self,
+        *,
+        attn_mode: str = "sdpa",
+        rope_scaling_timestep_threshold: float | None = None,
+        rope_scaling_factor: float = 0.5,
+        **config: Any,
+    ) -> None:
+        config.update(has_image_proj=True, has_clean_x_embedder=True)
+        super().__init__(**config)
+        self.rope_scaling_timestep_threshold = rope_scaling_timestep_threshold
+        self.rope_scaling_factor = rope_scaling_factor
+        self.attn_mode = "sdpa"
+        self._attn_processor = FramePackAttnProcessor(_sdpa)
+        for block in (*self.transformer_blocks, *self.single_transformer_blocks):
+            block.attn.processor = self._attn_processor
+        self.set_attn_mode(attn_mode)
+
+    def set_attn_mode(self, attn_mode: str) -> None:
+        """Switch the attention kernel of all dual/single-stream blocks.
+
+        Raises:
+            FramepackError: unknown mode or missing package (names the package to install).
+        """
+        self._attn_processor.attention_fn = resolve_attention(attn_mode)
+        self.attn_mode = attn_mode
+
+    # -- forward pieces (kept separate so caches / block swap can wrap the block loop later) ----------
+
+    def _spatial_rope_scale(self, timestep: torch.Tensor) -> torch.Tensor:
+        ones = torch.ones_like(timestep, dtype=torch.float32)
+        if self.rope_scaling_timestep_threshold is None:
+            return ones
+        # Per sample, so a batch mixing timesteps above and below the threshold stays exact.
+        return torch.where(timestep >= self.rope_scaling_timestep_threshold, ones * self.rope_scaling_factor, ones)
+
+    def _embed_image_stream(
+        self,
+        hidden_states: torch.Tensor,
+        latent_indices: torch.Tensor | None,
+        history: list[tuple[str, torch.Tensor | None, torch.Tensor | None]],
+        spatial_scale: torch.Tensor,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        b, _, t, h, w = hidden_states.shape
+        p, pt = self.config.patch_size, self.config.patch_size_t
+        hp, wp = h // p, w // p
+        dev, dtype = hidden_states.device, self.x_embedder.proj.weight.dtype
+        axes, theta = tuple(self.config.rope_axes_dim), float(self.config.rope_theta)
+
+        if latent_indices is None:
+            latent_indices = torch.arange(t // pt, device=dev)
+        idx = _batch_indices(latent_indices, b, t // pt, "latent_indices", dev)
+        tokens = self.x_embedder(hidden_states.to(dtype))
+        cos, sin = rope_grid(idx, hp, wp, spatial_scale, axes, theta)
+        groups = [(tokens, cos, sin)]
+
+        embedder = self.clean_x_embedder
+        convs = {
+            "1x": (embedder.proj, (1, 1, 1), 1),
+            "2x": (embedder.proj_2x, (2, 4, 4), 2),
+            "4x": (embedder.proj_4x, (4, 8, 8), 4),
+        }
+        for name, latents, indices in history:
+            if latents is None:
+                continue  # one-frame no_post / no_2x / no_4x: the group is simply absent
+            if indices is None:
+                raise ValueError(f"clean latents {name} were given without their frame indices")
+            conv, multiples, pool = convs[name]
+            grid = conv(_pad_replicate(latents.to(dtype), multiples))
+            idx = _batch_indices(indices, b, latents.shape[2], f"clean_latent indices ({name})", dev)
+            g_cos, g_sin = rope_grid(idx, hp, wp, spatial_scale, axes, theta, pool=pool)
+            if grid.shape[2:].numel() != g_cos.shape[1] or grid.shape[3:] != (-(-hp // pool), -(-wp // pool)):
+                raise ValueError(
+                    f"clean latents {name} have spatial size {tuple(latents.shape[3:])}, expected the noisy "
+                    f"latents' {(h, w)}"
+                )
+            groups.append((grid.flatten(2).transpose(1, 2), g_cos, g_sin))
+
+        # The reference prepends 1x, then 2x, then 4x: final order [4x | 2x | 1x | noisy].
+        groups.reverse()
+        tokens = torch.cat([g[0] for g in groups], dim=1)
+        rope = (torch.cat([g[1] for g in groups], dim=1), torch.cat([g[2] for g in groups], dim=1))
+        return tokens, rope
+
+    def _conditioning(
+        self, timestep: torch.Tensor, pooled_projections: torch.Tensor, guidance: torch.Tensor | None
+    ) -> torch.Tensor:
+        tte = self.time_text_embed
+        dtype = pooled_projections.dtype
+        emb = tte.timestep_embedder(tte.time_proj(timestep).to(dtype))
+        # guidance=None drops the distilled-CFG term (the diffusers forward crashes instead).
+        if tte.guidance_embedder is not None and guidance is not None:
+            emb = emb + tte.guidance_embedder(tte.time_proj(guidance).to(dtype))
+        return emb + tte.text_embedder(pooled_projections)
+
+    def _embed_context(
+        self,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor,
+        timestep: torch.Tensor,
+        image_embeddings: torch.Tensor | None,
+        n_img: int,
+    ) -> tuple[torch.Tensor, tuple[int, ...] | None]:
+        b = encoder_hidden_states.shape[0]
+        text = self.context_embedder(encoder_hidden_states, timestep, encoder_attention_mask)
+        mask = encoder_attention_mask.bool()
+        if image_embeddings is not None:
+            # SigLIP tokens go first: with right-padded text every valid context token is then a prefix.
+            img = self.image_projection(image_embeddings.to(text.dtype))
+            text = torch.cat([img, text], dim=1)
+            mask = torch.cat([mask.new_ones(b, img.shape[1]), mask], dim=1)
+        valid = mask.sum(dim=1)
+        prefix = torch.arange(mask.shape[1], device=mask.device)[None] < valid[:, None]
+        if not torch.equal(mask, prefix):
+            raise ValueError("encoder_attention_mask must be right-padded (valid text tokens first)")
+        lens = [int(v) for v in valid.tolist()]
+        if min(lens) == 0:
+            raise ValueError("every sample needs at least one context token (text or image embeddings)")
+        # Tokens past the longest valid context are never attended by anyone: drop them. For batch 1 this is
+        # the reference's crop to the valid tokens (no mask at all).
+        context = text[:, : max(lens)]
+        if len(set(lens)) == 1:
+            return context, None
+        return context, tuple(n_img + n for n in lens)
+
+    def _run_blocks(
+        self,
+        tokens: torch.Tensor,
+        context: torch.Tensor,
+        temb: torch.Tensor,
+        seq_lens: tuple[int, ...] | None,
+        rope: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        checkpoint = torch.is_grad_enabled() and self.gradient_checkpointing
+        for block in (*self.transformer_blocks, *self.single_transformer_blocks):
+            if checkpoint:
+                tokens, context = self._gradient_checkpointing_func(block, tokens, context, temb, seq_lens, rope)
+            else:
+                tokens, context = block(tokens, context, temb, seq_lens, rope)
+        return tokens, context
+
+    def _output_head(self, tokens: torch.Tensor, temb: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        b, _, t, h, w = shape
+        p, pt = self.config.patch_size, self.config.patch_size_t
+        tn, hn, wn = t // pt, h // p, w // p
+        x = self.norm_out(tokens[:, -tn * hn * wn :], temb)
+        # proj_out is kept in float32 by load_dit ("high_quality_fp32_output"): the velocity is float32.
+        x = self.proj_out(x.to(self.proj_out.weight.dtype)).float()
+        # Output features are ordered (c, pt, ph, pw).
+        x = x.reshape(b, tn, hn, wn, -1, pt, p, p).permute(0, 4, 1, 5, 2, 6, 3, 7)
+        return x.reshape(b, -1, tn * pt, hn * p, wn * p)
+
+    def forward(  # type: ignore[override]
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor | float,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None,
+        pooled_projections: torch.Tensor,
+        guidance: torch.Tensor | float | None = None,
+        latent_indices: torch.Tensor | None = None,
+        clean_latents: torch.Tensor | None = None,
+        clean_latent_indices: torch.Tensor | None = None,
+        clean_latents_2x: torch.Tensor | None = None,
+        clean_latent_2x_indices: torch.Tensor | None = None,
+        clean_latents_4x: torch.Tensor | None = None,
+        clean_latent_4x_indices: torch.Tensor | None = None,
+        image_embeddings: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict the flow velocity (≈ noise − x0) of the noisy latents.
+
+        Args:
+            hidden_states: noisy latents [B, 16, T, h, w].
+            timestep: sigma·1000, scalar or [B] (used in float32, as musubi does).
+            encoder_hidden_states: LLaMA text features [B, L, text_embed_dim], right zero-padded.
+            encoder_attention_mask: bool [B, L], valid tokens first; None = all valid.
+            pooled_projections: CLIP pooled [B, pooled_projection_dim].
+            guidance: embedded CFG scale·1000, scalar or [B]; rounded to the model dtype like the reference
+                (bf16: 10000 -> 9984). None drops the guidance embedding term.
+            latent_indices: frame positions of the noisy latents, [T], [1, T] or [B, T]; default arange(T).
+            clean_latents: 1x history [B, 16, T1, h, w] or None (group skipped).
+            clean_latent_indices: its frame positions, [B, T1] (or shared [T1] / [1, T1]).
+            clean_latents_2x: 2x history [B, 16, T2, h, w] or None.
+            clean_latent_2x_indices: its frame positions.
+            clean_latents_4x: 4x history [B, 16, T4, h, w] or None.
+            clean_latent_4x_indices: its frame positions.
+            image_embeddings: SigLIP last_hidden_state [B, 729, image_proj_dim] (None = no image tokens).
+
+        Returns:
+            Velocity [B, 16, T, h, w] in float32.
+        """
+        b = hidden_states.shape[0]
+        dev, dtype = hidden_states.device, self.x_embedder.proj.weight.dtype
+        timestep = _batch_vector(timestep, b, torch.float32, dev)
+        if guidance is not None:
+            guidance = _batch_vector(guidance, b, dtype, dev)
+        if encoder_attention_mask is None:
+            encoder_attention_mask = torch.ones(encoder_hidden_states.shape[:2], dtype=torch.bool, device=dev)
+
+        tokens, rope = self._embed_image_stream(
+            hidden_states,
+            latent_indices,
+            [
+                ("1x", clean_latents, clean_latent_indices),
+                ("2x", clean_latents_2x, clean_latent_2x_indices),
+                ("4x", clean_latents_4x, clean_latent_4x_indices),
+            ],
+            self._spatial_rope_scale(timestep),
+        )
+        temb = self._conditioning(timestep, pooled_projections.to(dtype), guidance)
+        context, seq_lens = self._embed_context(
+            encoder_hidden_states.to(dtype), encoder_attention_mask, timestep, image_embeddings, tokens.shape[1]
+        )
+        tokens, _ = self._run_blocks(tokens, context, temb, seq_lens, rope)
+        return self._output_head(tokens, temb, hidden_states.shape)
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration: config.json or tensor shapes
+# --------------------------------------------------------------------------------------------------
+
+
+def _dit_prefix(infos: dict[str, TensorInfo]) -> str:
+    for p in _KNOWN_PREFIXES:
+        if p + "x_embedder.proj.weight" in infos:
+            return p
+    raise ModelFormatError("not a FramePack DiT: no x_embedder.proj.weight tensor")
+
+
+def _count_blocks(keys: list[str], pattern: str) -> int:
+    rx = re.compile(pattern)
+    found = {int(m.group(1)) for k in keys if (m := rx.match(k))}
+    return max(found) + 1 if found else 0
+
+
+def infer_dit_config(infos: dict[str, TensorInfo]) -> dict[str, Any]:
+    """Architecture of a FramePack DiT from tensor names and shapes alone (no weights loaded).
+
+    The head size (128), RoPE axes (16, 56, 56) and theta (256) are constants of the real model that the
+    tensors do not encode; everything else is read from shapes. A known key prefix is allowed.
+
+    Args:
+        infos: tensor infos from `read_header_infos`.
+
+    Returns:
+        Diffusers config keys (`_CONFIG_KEYS` plus `has_image_proj` / `has_clean_x_embedder`).
+
+    Raises:
+        ModelFormatError: a tensor needed to infer the architecture is missing or inconsistent.
+    """
+    prefix = _dit_prefix(infos)
+    keys = [k[len(prefix) :] for k in infos if k.startswith(prefix)]
+
+    def shape(name: str) -> tuple[int, ...]:
+        info = infos.get(prefix + name)
+        if info is None:
+            raise ModelFormatError(f"not a complete FramePack DiT: tensor {name!r} is missing")
+        return info.shape
+
+    inner, in_channels, patch_t, patch, _ = shape("x_embedder.proj.weight")
+    num_layers = _count_blocks(keys, r"^transformer_blocks\.(\d+)\.")
+    num_single = _count_blocks(keys, r"^single_transformer_blocks\.(\d+)\.")
+    norm_q = (
+        "transformer_blocks.0.attn.norm_q.weight" if num_layers else "single_transformer_blocks.0.attn.norm_q.weight"
+    )
+    has_qk_norm = prefix + norm_q in infos
+    head_dim = shape(norm_q)[0] if has_qk_norm else HEAD_DIM
+    if inner % head_dim:
+        raise ModelFormatError(f"FramePack DiT inner dim {inner} is not a multiple of the head size {head_dim}")
+    if num_layers:
+        mlp_hidden = shape("transformer_blocks.0.ff.net.0.proj.weight")[0]
+    elif num_single:
+        mlp_hidden = shape("single_transformer_blocks.0.proj_mlp.weight")[0]
+    else:
+        raise ModelFormatError("not a complete FramePack DiT: no transformer blocks")
+    return {
+        "in_channels": in_channels,
+        "out_channels": shape("proj_out.weight")[0] // (patch_t * patch * patch),
+        "num_attention_heads": inner // head_dim,
+        "attention_head_dim": head_dim,
+        "num_layers": num_layers,
+        "num_single_layers": num_single,
+        "num_refiner_layers": _count_blocks(keys, r"^context_embedder\.token_refiner\.refiner_blocks\.(\d+)\."),
+        "mlp_ratio": mlp_hidden / inner,
+        "patch_size": patch,
+        "patch_size_t": patch_t,
+        "qk_norm": "rms_norm" if has_qk_norm else None,
+        "guidance_embeds": prefix + "time_text_embed.guidance_embedder.linear_1.weight" in infos,
+        "text_embed_dim": shape("context_embedder.proj_in.weight")[1],
+        "pooled_projection_dim": shape("time_text_embed.text_embedder.linear_1.weight")[1],
+        "rope_theta": ROPE_THETA,
+        "rope_axes_dim": list(ROPE_AXES_DIM),
+        "image_proj_dim": shape("image_projection.up.weight")[1],
+        "has_image_proj": True,
+        "has_clean_x_embedder": True,
+    }
+
+
+def _is_dit_config(raw: dict) -> bool:
+    """A config.json beside the weights may belong to something else (a VAE dropped in the same folder)."""
+    name = str(raw.get("_class_name", ""))
+    return ("Transformer" in name and "Hunyuan" in name) or "num_single_layers" in raw
+
+
+def dit_config_from_json(raw: dict) -> dict[str, Any]:
+    """The DiT constructor arguments a diffusers-style config.json sets (unknown keys and extras ignored).
+
+    Args:
+        raw: parsed config.json (e.g. lllyasviel's FramePackI2V_HY config).
+
+    Returns:
+        Only the `_CONFIG_KEYS` present in `raw`, normalised to plain Python types.
+    """
+    out: dict[str, Any] = {}
+    for key in _CONFIG_KEYS:
+        if key not in raw:
+            continue
+        value = raw[key]
+        if key in _INT_KEYS:
+            value = int(value)
+        elif key in ("mlp_ratio", "rope_theta"):
+            value = float(value)
+        elif key == "rope_axes_dim":
+            value = [int(v) for v in value]
+        elif key == "guidance_embeds":
+            value = bool(value)
+        out[key] = value
+    return out
+
+
+def resolve_dit_files(path: str | Path) -> list[Path]:
+    """Weight files of a DiT given as a file, any shard, a directory or an HF snapshot (`transformer/`).
+
+    Raises:
+        ModelFormatError: nothing usable at `path`, or shards missing.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / "transformer").is_dir():
+        # A pipeline snapshot keeps its DiT in transformer/ next to other components' weights.
+        try:
+            return find_weight_files(path / "transformer")
+        except ModelFormatError:
+            pass
+    return find_weight_files(path, ("transformer",))
+
+
+def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise FramepackError(f"unknown dtype {dtype!r}", hint="use bf16, fp16 or fp32") from None
+
+
+def _few(keys: set[str], n: int = 3) -> str:
+    shown = ", ".join(sorted(keys)[:n])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def load_dit(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+    attn_mode: str = "sdpa",
+    flag: str = "--dit",
+    rope_scaling_timestep_threshold: float | None = None,
+    rope_scaling_factor: float = 0.5,
+) -> FramePackTransformer:
+    """Load a FramePack DiT from any supported layout, ready for inference (eval, no grads).
+
+    Layouts: single file with bare diffusers keys (Kijai), any shard of an lllyasviel
+    `diffusion_pytorch_model-0000i-of-0000N.safetensors` set, a directory or HF snapshot (also its
+    `transformer/` subfolder), and keys under a `diffusion_model.` / `model.diffusion_model.` prefix.
+    A DiT config.json beside the weights sets the architecture; otherwise it is inferred from shapes.
+
+    Args:
+        path: what the user passed for `flag`.
+        device: where the weights are loaded (directly, no CPU copy for safetensors).
+        dtype: weight dtype (bf16 / fp16 / fp32, torch dtype or name). `proj_out` stays float32.
+        attn_mode: attention kernel, see `resolve_attention`.
+        flag: CLI flag named in error messages.
+        rope_scaling_timestep_threshold: see `FramePackTransformer`.
+        rope_scaling_factor: see `FramePackTransformer`.
+
+    Returns:
+        The model, with `config_source` ("config.json" or "tensor shapes") and `source_files` attributes.
+
+    Raises:
+        ModelFormatError: wrong kind of file (VAE, LoRA, ...), truncated file, missing shards, or keys /
+            shapes that do not fit the architecture.
+        FramepackError: unknown dtype or unavailable attention mode.
+    """
+    path = Path(path)
+    dtype = _as_dtype(dtype)
+    resolve_attention(attn_mode)  # fail before reading gigabytes
+    files = resolve_dit_files(path)
+    shown = path if path.is_file() else files[0]
+    infos = read_header_infos(files)
+    detected = expect_kind(shown, infos, "dit", flag)
+    prefix = detected.prefix
+
+    try:
+        config = infer_dit_config(infos)
+    except ModelFormatError as e:
+        raise ModelFormatError(f"{flag}: {shown}: {e.message}") from None
+    source = "tensor shapes"
+    raw = read_config_json(files)
+    if raw is not None and _is_dit_config(raw):
+        config.update(dit_config_from_json(raw))
+        source = "config.json"
+    if sum(config["rope_axes_dim"]) != config["attention_head_dim"]:
+        raise ModelFormatError(
+            f"{flag}: {shown}: head size {config['attention_head_dim']} does not fit the RoPE axes "
+            f"{config['rope_axes_dim']}"
+        )
+
+    with torch.device("meta"):
+        model = FramePackTransformer(
+            attn_mode=attn_mode,
+            rope_scaling_timestep_threshold=rope_scaling_timestep_threshold,
+            rope_scaling_factor=rope_scaling_factor,
+            **config,
+        )
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+
+    state = load_state_dict(files, device=device)
+    if prefix:
+        # ComfyUI-style files may bundle other components under other prefixes: keep only the DiT.
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {_few(unexpected)}")
+        raise ModelFormatError(
+            f"{flag}: {shown} does not match the FramePack DiT layout ({source}): {'; '.join(parts)}"
+        )
+    bad = {k for k, v in state.items() if tuple(v.shape) != tuple(expected[k])}
+    if bad:
+        k = sorted(bad)[0]
+        raise ModelFormatError(
+            f"{flag}: {shown}: tensor shapes do not match the architecture from {source} "
+            f"(e.g. {k}: file {tuple(state[k].shape)}, model {tuple(expected[k])}; {len(bad)} in all)"
+        )
+    for k, v in state.items():
+        if v.is_floating_point():
+            # The output projection runs in float32 (reference: high_quality_fp32_output_for_inference).
+            state[k] = v.to(device=device, dtype=torch.float32 if k.startswith("proj_out.") else dtype)
+        else:
+            state[k] = v.to(device=device)
+    model.load_state_dict(state, strict=True, assign=True)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise ModelFormatError(f"{flag}: {shown}: some model tensors were not loaded")
+    model.requires_grad_(False)
+    model.eval()
+    model.config_source = source
+    model.source_files = files
+    return model
