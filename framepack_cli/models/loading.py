@@ -163,7 +163,9 @@ def load_pickle_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError,
+            AttributeError, TypeError, ImportError) as e:
+        # Garbage bytes make torch's unpickler raise almost anything; all of it means "not a checkpoint".
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelFormatError(f"{path}: cannot read as a torch checkpoint ({first})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
