@@ -77,7 +77,7 @@ def _typer_param(name: str, field: FieldInfo) -> tuple[Any, Any]:
     if tp is bool:
         return annotation, typer.Option(False, *names, **kwargs)
     if field.is_required():
-        kwargs["help"] = (help_text + " [required]").strip()
+        kwargs["help"] = (help_text + " \\[required]").strip()
     return annotation, typer.Option(None, *names, **kwargs)
 
 

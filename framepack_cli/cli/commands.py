@@ -35,6 +35,23 @@ GEN_EPILOG = (
     "--video_size 512 768 --video_seconds 5 --save_path out/"
 )
 
+CACHE_HELP = "Prepare a dataset for training: latent caches first, then text caches (same --dataset_config)."
+LORA_HELP = "Inspect, convert and merge FramePack LoRA files."
+CACHE_LATENTS_EPILOG = (
+    "Example: framepack cache latents --dataset_config dataset.toml --vae vae.safetensors "
+    "--image_encoder sigclip.safetensors --vae_chunk_size 32"
+)
+CACHE_TEXT_EPILOG = (
+    "Example: framepack cache text --dataset_config dataset.toml --text_encoder1 te1/ "
+    "--text_encoder2 clip_l.safetensors --batch_size 16"
+)
+TRAIN_EPILOG = (
+    "Example: framepack train --dit dit/ --dataset_config dataset.toml --sdpa --mixed_precision bf16 "
+    "--optimizer_type adamw8bit --learning_rate 2e-4 --gradient_checkpointing --timestep_sampling shift "
+    "--discrete_flow_shift 3.0 --network_dim 32 --max_train_epochs 16 --save_every_n_epochs 1 --seed 42 "
+    "--output_dir out --output_name my-lora"
+)
+
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(
         ("generate",), "framepack_cli.options.generate:GenerateOptions", "framepack_cli.engine.generate:run",
@@ -52,5 +69,42 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(
         ("inspect",), "framepack_cli.options.inspect:InspectOptions", "framepack_cli.engine.inspect:run",
         "Say what a weights file or directory is: DiT, VAE, text encoder, SigLIP or LoRA, its format and dtype.",
+    ),
+    CommandSpec(
+        ("cache", "latents"), "framepack_cli.options.cache:CacheLatentsOptions",
+        "framepack_cli.engine.cache:run_latents",
+        "VAE-encode a dataset into FramePack latent caches (video sections, --f1, or --one_frame images).",
+        epilog=CACHE_LATENTS_EPILOG, group_help=CACHE_HELP,
+    ),
+    CommandSpec(
+        ("cache", "text"), "framepack_cli.options.cache:CacheTextOptions", "framepack_cli.engine.cache:run_text",
+        "Encode every caption of a dataset with LLaMA and CLIP-L into FramePack text caches.",
+        epilog=CACHE_TEXT_EPILOG, group_help=CACHE_HELP,
+    ),
+    CommandSpec(
+        ("train",), "framepack_cli.options.train:TrainOptions", "framepack_cli.engine.train:run",
+        "Train a FramePack LoRA (or LoHa/LoKr) from latent and text caches.",
+        epilog=TRAIN_EPILOG,
+    ),
+    CommandSpec(
+        ("lora", "inspect"), "framepack_cli.options.lora:LoraInspectOptions",
+        "framepack_cli.engine.lora_tools:run_inspect",
+        "Say what a LoRA file is: layout, network type, rank, alpha, targets and metadata.",
+        group_help=LORA_HELP,
+    ),
+    CommandSpec(
+        ("lora", "convert"), "framepack_cli.options.lora:LoraConvertOptions",
+        "framepack_cli.engine.lora_tools:run_convert",
+        "Convert a FramePack LoRA between the musubi, diffusers and ComfyUI key layouts.",
+        group_help=LORA_HELP,
+    ),
+    CommandSpec(
+        ("lora", "merge"), "framepack_cli.options.lora:LoraMergeOptions", "framepack_cli.engine.lora_tools:run_merge",
+        "Merge LoRA/LoHa/LoKr files into a FramePack DiT and save it.",
+        group_help=LORA_HELP,
+    ),
+    CommandSpec(
+        ("download",), "framepack_cli.options.download:DownloadOptions", "framepack_cli.engine.download:run",
+        "Download FramePack weights (DiT, F1 DiT, VAE, text encoders, SigLIP, tokenizers) from the Hugging Face Hub.",
     ),
 )

@@ -1,0 +1,144 @@
+"""`framepack inspect PATH`: what is this file? Kind, format, dtype, parameter count and architecture,
+from the file headers alone (no weights are loaded, except for torch pickles, which have no header)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from framepack_cli.errors import FramepackError
+from framepack_cli.models.detect import KIND_LABELS, detect_kind
+from framepack_cli.models.loading import (
+    TensorInfo,
+    expand_shards,
+    find_weight_files,
+    read_config_json,
+    read_header_infos,
+)
+
+ST_DTYPES = {
+    "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "U8": "uint8", "I8": "int8", "BOOL": "bool",
+}
+MODEL_SUBFOLDERS = ("transformer", "vae", "text_encoder", "text_encoder_2", "image_encoder")
+
+
+def _strip(infos: dict[str, TensorInfo], prefix: str) -> dict[str, TensorInfo]:
+    return {k[len(prefix):]: v for k, v in infos.items() if k.startswith(prefix)} if prefix else infos
+
+
+def _config(kind: str, infos: dict[str, TensorInfo], files: list[Path]) -> dict[str, Any]:
+    raw = read_config_json(files)
+    if kind == "dit":
+        from framepack_cli.models.transformer import dit_config_from_json, infer_dit_config
+
+        try:
+            return dit_config_from_json(raw) if raw else infer_dit_config(infos)
+        except Exception:  # a foreign config.json beside the weights: fall back to the shapes
+            return infer_dit_config(infos)
+    if kind == "vae":
+        from framepack_cli.models.vae import infer_vae_config
+
+        return infer_vae_config(infos, files[0])
+    if kind in ("text_encoder1", "text_encoder2", "image_encoder"):
+        from framepack_cli.models import image_encoder as ie
+        from framepack_cli.models import text_encoders as te
+
+        fn = {"text_encoder1": te._llama_config, "text_encoder2": te._clip_config,
+              "image_encoder": ie._siglip_config}[kind]
+        cfg = fn(infos, raw, files[0]).to_dict()
+        keep = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+                "intermediate_size", "vocab_size", "max_position_embeddings", "image_size", "patch_size",
+                "hidden_act", "rope_theta")
+        return {k: cfg[k] for k in keep if k in cfg and cfg[k] is not None}
+    if kind == "lora":
+        return _lora_summary(infos)
+    return {}
+
+
+def _lora_summary(infos: dict[str, TensorInfo]) -> dict[str, Any]:
+    downs = {k: v for k, v in infos.items() if k.endswith((".lora_down.weight", ".lora_A.weight"))}
+    ranks = sorted({v.shape[0] for v in downs.values()})
+    sample = next(iter(sorted(infos)), "")
+    if sample.startswith("lora_unet_"):
+        fmt = "musubi-hunyuanvideo" if any("double_blocks" in k for k in infos) else "musubi-framepack"
+    elif any(".lora_A." in k for k in infos):
+        fmt = "diffusers-peft" if sample.startswith(("transformer.", "diffusion_model.")) else "peft"
+    elif any(".hada_w1_a" in k for k in infos):
+        fmt = "lycoris-loha"
+    elif any(".lokr_w1" in k for k in infos):
+        fmt = "lycoris-lokr"
+    else:
+        fmt = "lora"
+    return {"lora_format": fmt, "modules": len(downs), "ranks": ranks,
+            "has_alpha": any(k.endswith(".alpha") for k in infos)}
+
+
+def describe(path: str) -> dict[str, Any]:
+    """The `--json` object for a file or directory.
+
+    Raises:
+        FramepackError: missing path, no weights, a multi-model snapshot, or an unknown file.
+    """
+    p = Path(path)
+    if p.is_dir():
+        weights = sorted(x for x in p.iterdir() if x.is_file() and x.suffix in (".safetensors", ".pt", ".pth",
+                                                                                ".bin", ".ckpt"))
+        subs = [s + "/" for s in MODEL_SUBFOLDERS if (p / s).is_dir()]
+        one_set = bool(weights) and set(expand_shards(weights[0])) == set(weights)
+        if (weights and not one_set) or (not weights and subs):
+            names = [w.name for w in weights] + subs
+            raise FramepackError(
+                f"{path}: a folder holding several models ({', '.join(names)}); inspect one of them",
+                hint=f"framepack inspect {p / names[0]}")
+    files = find_weight_files(p)
+    infos = read_header_infos(files)
+    det = detect_kind(infos)
+    if det.kind not in ("dit", "vae", "text_encoder1", "text_encoder2", "image_encoder", "lora"):
+        first = ", ".join(sorted(infos)[:3]) or "no tensors"
+        raise FramepackError(f"{path}: looks like {KIND_LABELS[det.kind]} (keys like {first}); framepack reads "
+                             "FramePack DiTs, HunyuanVideo VAEs, LLaMA/CLIP-L text encoders, SigLIP and LoRAs")
+    stripped = _strip(infos, det.prefix)
+    by_dtype: Counter[str] = Counter()
+    for info in infos.values():
+        by_dtype[ST_DTYPES.get(info.dtype, info.dtype)] += info.numel
+    layout = "pickle" if files[0].suffix != ".safetensors" else (
+        f"sharded ({len(files)} files)" if len(files) > 1 else "single file")
+    return {
+        "path": str(p),
+        "kind": det.kind,
+        "description": KIND_LABELS[det.kind],
+        "format": "official" if (det.kind == "vae" and layout == "pickle") else det.format,
+        "layout": layout,
+        "key_prefix": det.prefix,
+        "dtype": by_dtype.most_common(1)[0][0] if by_dtype else None,
+        "dtypes": dict(by_dtype),
+        "parameters": sum(i.numel for i in infos.values()),
+        "tensors": len(infos),
+        "files": [str(f) for f in files],
+        "config": _config(det.kind, stripped, files),
+    }
+
+
+def run(opts) -> dict[str, Any]:
+    info = describe(opts.path)
+    if opts.json_output:
+        print(json.dumps(info, indent=None, sort_keys=False))
+        return info
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("kind", f"{info['kind']} ({info['description']})")
+    table.add_row("format", f"{info['format']}, {info['layout']}" + (
+        f", key prefix {info['key_prefix']!r}" if info["key_prefix"] else ""))
+    table.add_row("dtype", ", ".join(f"{k} ({v:,})" for k, v in info["dtypes"].items()))
+    table.add_row("parameters", f"{info['parameters']:,} in {info['tensors']} tensors")
+    for k, v in info["config"].items():
+        table.add_row(f"  {k}", str(v))
+    Console().print(table)
+    return info

@@ -1,0 +1,169 @@
+"""Options of `framepack cache latents` and `framepack cache text`.
+
+Every option of the reference caching scripts (musubi-tuner `fpack_cache_latents.py` and
+`fpack_cache_text_encoder_outputs.py`, same names and defaults) plus ours (`--dtype`, `--tokenizer1/2`).
+Cross-field rules run here, before any model loads, and name the flags in their messages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import field_validator, model_validator
+
+from framepack_cli.options.base import OptionsBase, check_file
+from framepack_cli.options.generate import F
+
+DATASET = "Dataset"
+MODELS = "Models"
+MODE = "FramePack mode"
+VAE = "VAE memory"
+RUN = "Run"
+DEBUG = "Debug preview"
+
+DTYPES = Literal["auto", "float32", "bfloat16", "float16"]
+
+VAE_DTYPE_MESSAGE = (
+    "FramePack's VAE always encodes in float16 (the reference refuses any other --vae_dtype and its caches are "
+    "float16); leave it unset, or pick the compute dtype with --dtype"
+)
+
+
+def check_dataset_config(value: str | None, flag: str = "--dataset_config") -> list[str]:
+    """The dataset config must exist and be .toml or .json (the reference picks the parser by extension)."""
+    if value is None:
+        return []
+    try:
+        check_file(value, flag)
+    except ValueError as e:
+        return [str(e)]
+    if Path(value).suffix.lower() not in (".toml", ".json"):
+        return [f"{flag}: expected a .toml or .json dataset config, got {value}"]
+    return []
+
+
+def check_vae_dtype(value: str | None) -> str | None:
+    """`--vae_dtype` is accepted only as the no-op `float16` (what FramePack always uses)."""
+    if value is not None and value != "float16":
+        raise ValueError(VAE_DTYPE_MESSAGE)
+    return value
+
+
+class CacheLatentsOptions(OptionsBase):
+    """VAE-encode a dataset into FramePack latent caches (one file per section, or per image in one-frame mode)."""
+
+    # --- dataset
+    dataset_config: str = F(..., "Dataset config (.toml or .json) listing the image/video datasets and their "
+                            "cache directories.", panel=DATASET)
+    batch_size: int | None = F(None, "Items encoded at once; also the batch_size of datasets that set none "
+                               "(as in the reference).", panel=DATASET, ge=1)
+    num_workers: int | None = F(None, "Threads that load and resize images/frames (default: CPU count - 1).",
+                                panel=DATASET, ge=1)
+    skip_existing: bool = F(False, "Skip items whose cache files all exist already (existence check only: "
+                            "re-cache without it after changing --f1/--one_frame/--one_frame_no_2x/4x).",
+                            panel=DATASET)
+    keep_cache: bool = F(False, "Keep *_fp.safetensors files in the cache directories that this run did not "
+                         "produce (default: delete them).", panel=DATASET)
+
+    # --- models
+    vae: str | None = F(None, "VAE weights: file or directory (required unless --debug_mode).", panel=MODELS)
+    vae_dtype: str | None = F(None, "Accepted only as 'float16' for compatibility: FramePack's VAE always encodes "
+                              "in float16 (use --dtype instead).", panel=MODELS)
+    image_encoder: str | None = F(None, "SigLIP image encoder: file or directory (required unless --debug_mode).",
+                                  panel=MODELS)
+    dtype: DTYPES = F("auto", "Compute dtype of the VAE and SigLIP: auto = float16 on CUDA (the reference), "
+                      "float32 on CPU. Latents are stored as float16 either way.", panel=MODELS)
+    device: str | None = F(None, "Device (default: cuda if available, else cpu).", panel=MODELS)
+    disable_cudnn_backend: bool = F(False, "Disable cuDNN (torch.backends.cudnn.enabled = False).", panel=MODELS)
+
+    # --- FramePack mode
+    f1: bool = F(False, "FramePack-F1 section layout (forward sampling); train with the F1 DiT.", panel=MODE)
+    one_frame: bool = F(False, "One-frame caches: image datasets with control images (one-frame, Kisekaeichi, "
+                        "1f-mc training).", panel=MODE)
+    one_frame_no_2x: bool = F(False, "One-frame: omit the 2x clean-latent indices (needs --one_frame).", panel=MODE)
+    one_frame_no_4x: bool = F(False, "One-frame: omit the 4x clean-latent indices (needs --one_frame).", panel=MODE)
+
+    # --- VAE memory
+    vae_tiling: bool = F(False, "Spatial VAE tiling with 256 px tiles (may lower quality slightly).", panel=VAE)
+    vae_chunk_size: int | None = F(None, "Chunk the VAE's causal convolutions along width (exact; 32 recommended, "
+                                   "16 or 8 if memory is short).", panel=VAE, ge=1)
+    vae_spatial_tile_sample_min_size: int | None = F(
+        None, "VAE tile size in pixels, turns tiling on (64 or 32 if still short of memory).", panel=VAE, ge=8)
+
+    # --- debug
+    debug_mode: Literal["image", "console", "video"] | None = F(
+        None, "Preview the prepared items instead of caching (no model is loaded): image = OpenCV window, "
+        "console = ASCII art, video = write .mp4/.jpg beside the cache paths.", panel=DEBUG)
+    console_width: int = F(80, "Width of the console preview (--debug_mode console).", panel=DEBUG, ge=1)
+    console_back: str | None = F(None, "Background colour of the console preview.", panel=DEBUG)
+    console_num_images: int | None = F(None, "Console preview: show this many items per dataset without waiting "
+                                       "for keys.", panel=DEBUG, ge=1)
+
+    @field_validator("vae_dtype")
+    @classmethod
+    def _vae_dtype(cls, v: str | None) -> str | None:
+        return check_vae_dtype(v)
+
+    @model_validator(mode="after")
+    def _cross(self):
+        errs = check_dataset_config(self.dataset_config)
+        if self.f1 and self.one_frame:
+            errs.append("--f1 and --one_frame cannot be combined: F1 caches video sections, one-frame caches "
+                        "single images; pick one")
+        for name in ("one_frame_no_2x", "one_frame_no_4x"):
+            if getattr(self, name) and not self.one_frame:
+                errs.append(f"--{name} needs --one_frame")
+        if self.debug_mode is None:
+            for name in ("vae", "image_encoder"):
+                if getattr(self, name) is None:
+                    errs.append(f"--{name}: required to cache latents (only --debug_mode runs without models)")
+        for name in ("vae", "image_encoder"):
+            try:
+                check_file(getattr(self, name), f"--{name}")
+            except ValueError as e:
+                errs.append(str(e))
+        if self.vae_dtype == "float16" and self.dtype not in ("auto", "float16"):
+            errs.append(f"--vae_dtype float16 conflicts with --dtype {self.dtype}; drop one of them")
+        if errs:
+            raise ValueError("\n".join(errs))
+        return self
+
+
+class CacheTextOptions(OptionsBase):
+    """Encode every caption of a dataset with LLaMA and CLIP-L into FramePack text-encoder caches."""
+
+    # --- dataset
+    dataset_config: str = F(..., "Dataset config (.toml or .json) listing the datasets and their cache "
+                            "directories.", panel=DATASET)
+    batch_size: int | None = F(None, "Items handed to the encoder at once (captions are still encoded one by one); "
+                               "also the batch_size of datasets that set none.", panel=DATASET, ge=1)
+    num_workers: int | None = F(None, "Threads that read captions (default: CPU count - 1).", panel=DATASET, ge=1)
+    skip_existing: bool = F(False, "Skip items whose text cache existed before this run.", panel=DATASET)
+    keep_cache: bool = F(False, "Keep *_fp_te.safetensors files that this run did not produce (default: delete "
+                         "them).", panel=DATASET)
+
+    # --- models
+    text_encoder1: str = F(..., "LLaMA text encoder: Comfy-Org single file, first shard, or directory.", panel=MODELS)
+    text_encoder2: str = F(..., "CLIP-L text encoder: single file or directory.", panel=MODELS)
+    tokenizer1: str | None = F(None, "LLaMA tokenizer directory (default: tokenizer/ beside the weights, then the "
+                               "HF cache).", panel=MODELS)
+    tokenizer2: str | None = F(None, "CLIP tokenizer directory (default: tokenizer_2/ beside the weights, then the "
+                               "HF cache).", panel=MODELS)
+    fp8_llm: bool = F(False, "Store the LLaMA text encoder in fp8 (less memory, slightly different caches).",
+                      panel=MODELS)
+    dtype: DTYPES = F("auto", "Compute dtype of the text encoders: auto = float16 on CUDA (the reference), float32 "
+                      "on CPU. Caches are stored as float16 either way.", panel=MODELS)
+    device: str | None = F(None, "Device (default: cuda if available, else cpu).", panel=MODELS)
+
+    @model_validator(mode="after")
+    def _cross(self):
+        errs = check_dataset_config(self.dataset_config)
+        for name in ("text_encoder1", "text_encoder2", "tokenizer1", "tokenizer2"):
+            try:
+                check_file(getattr(self, name), f"--{name}")
+            except ValueError as e:
+                errs.append(str(e))
+        if errs:
+            raise ValueError("\n".join(errs))
+        return self
