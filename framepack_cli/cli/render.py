@@ -1,0 +1,61 @@
+"""rich rendering of engine progress: a sections bar and a steps bar with it/s and ETA."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class RichProgress:
+    """Implements `framepack_cli.engine.progress.ProgressSink` on stderr."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=self.console, transient=False, disable=not sys.stderr.isatty(),
+        )
+        self._sections = None
+        self._steps = None
+        self._started = False
+
+    def _start(self) -> None:
+        if not self._started:
+            self.progress.start()
+            self._started = True
+
+    def message(self, text: str) -> None:
+        self.console.print(text, highlight=False)
+
+    def start_sections(self, total: int) -> None:
+        self._start()
+        self._sections = self.progress.add_task("sections", total=total, rate="")
+
+    def start_section(self, index: int, total: int, label: str) -> None:
+        self._start()
+        if self._steps is not None:
+            self.progress.remove_task(self._steps)
+        self._steps = self.progress.add_task(f"  {label}", total=None, rate="")
+
+    def step(self, done: int, total: int) -> None:
+        if self._steps is None:
+            return
+        task = self.progress.tasks[[t.id for t in self.progress.tasks].index(self._steps)]
+        speed = task.speed
+        rate = f"{speed:.2f} it/s" if speed else ""
+        self.progress.update(self._steps, completed=done, total=total, rate=rate)
+        if not sys.stderr.isatty() and done == total:
+            took = task.elapsed or 0
+            self.console.print(f"{task.description.strip()}: {total} steps in {took:.1f}s", highlight=False)
+
+    def end_section(self) -> None:
+        if self._sections is not None:
+            self.progress.advance(self._sections)
+
+    def close(self) -> None:
+        if self._started:
+            self.progress.stop()
+            self._started = False

@@ -1,0 +1,52 @@
+"""How engines report progress without knowing about rich (the CLI renders; tests record)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class ProgressSink(Protocol):
+    def message(self, text: str) -> None:
+        """A one-line status message."""
+
+    def start_sections(self, total: int) -> None:
+        """Generation of `total` sections begins."""
+
+    def start_section(self, index: int, total: int, label: str) -> None:
+        """Section `index` (0-based, in generation order) begins; `label` says which one in time."""
+
+    def step(self, done: int, total: int) -> None:
+        """`done` of `total` sampler steps of the current section are finished."""
+
+    def end_section(self) -> None:
+        """The current section is finished."""
+
+    def close(self) -> None:
+        """Stop any live display."""
+
+
+class NullProgress:
+    """Records nothing; used by library callers and tests."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.steps = 0
+        self.sections = 0
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+    def start_sections(self, total: int) -> None:
+        pass
+
+    def start_section(self, index: int, total: int, label: str) -> None:
+        self.sections += 1
+
+    def step(self, done: int, total: int) -> None:
+        self.steps += 1
+
+    def end_section(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
