@@ -129,7 +129,8 @@ def _load_vae(opts, device, dtype):
 
 
 def encode_images(opts, paths: list[str | None], vae, device, dtype, *, siglip_for: set[str | None], sink):
-    """Bucket-resize and VAE-encode every distinct image; SigLIP-embed the start/section images only.
+    """Bucket-resize and VAE-encode every distinct image of `paths`; SigLIP-embed the images of `siglip_for`
+    (start/section images only: never control or end images, as the reference).
 
     `None` stands for "no image": a zero pixel frame for the VAE and a black image for SigLIP, as the reference.
     Returns `(latents, embeddings)` keyed by path, tensors on the CPU in float32.
@@ -141,11 +142,12 @@ def encode_images(opts, paths: list[str | None], vae, device, dtype, *, siglip_f
 
     height, width = opts.video_size
     rgb: dict[str | None, np.ndarray] = {}
+    for p in dict.fromkeys([*paths, *siglip_for]):
+        rgb[p] = np.zeros((height, width, 3), np.uint8) if p is None else resize_to_bucket(load_image(p)[0], width,
+                                                                                            height)
     latents: dict[str | None, torch.Tensor] = {}
     for p in dict.fromkeys(paths):
-        img = np.zeros((height, width, 3), np.uint8) if p is None else resize_to_bucket(load_image(p)[0], width, height)
-        rgb[p] = img
-        pixels = torch.zeros(1, 3, 1, height, width) if p is None else to_pixels(img)
+        pixels = torch.zeros(1, 3, 1, height, width) if p is None else to_pixels(rgb[p])
         latents[p] = vae_encode(vae, pixels).float().cpu()
     embeddings: dict[str | None, torch.Tensor] = {}
     if siglip_for:

@@ -74,3 +74,44 @@ def test_generate_other_formats_same_result(tmp_path, monkeypatch):
     cli = json.loads((GOLDEN / "e2e" / "vanilla.json").read_text())["cli"]
     run_reference_cli(cli, tmp_path, monkeypatch, swap=OTHER_FORMATS)
     check_outputs("vanilla", tmp_path)
+
+
+ONE_FRAME_CASES = ["oneframe_default", "oneframe_kisekaeichi", "oneframe_1fmc"]
+
+
+def check_one_frame(case: str, outdir) -> None:
+    t, meta = golden(f"e2e/{case}")
+    from safetensors.torch import load_file
+
+    latent = load_file(str(outdir / "case_latent.safetensors"))["latent"]
+    assert list(latent.shape) == meta["latent_shape"]
+    torch.testing.assert_close(latent, t["latent"], atol=2e-3, rtol=1e-3)
+    png = outdir / "case_000.png"
+    frame = np.asarray(Image.open(png).convert("RGB"))[None]
+    diff = np.abs(frame.astype(np.int16) - t["frames_uint8"].numpy().astype(np.int16))
+    assert (diff <= 2).mean() >= 0.999, f"{case}: max diff {diff.max()}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ONE_FRAME_CASES)
+def test_one_frame_matches_reference(case, tmp_path, monkeypatch):
+    """`framepack generate --one_frame_inference ...` as the reference command line."""
+    cli = json.loads((GOLDEN / "e2e" / f"{case}.json").read_text())["cli"]
+    run_reference_cli(cli, tmp_path, monkeypatch)
+    check_one_frame(case, tmp_path)
+
+
+@pytest.mark.slow
+def test_kisekae_command_matches_reference(tmp_path, monkeypatch):
+    """The friendly `framepack kisekae` flags reproduce the reference's Kisekaeichi command."""
+    monkeypatch.chdir(GOLDEN)
+    m = "models/"
+    with pytest.raises(SystemExit) as e:
+        main(["kisekae", "--dit", m + "dit_single.safetensors", "--vae", m + "vae.safetensors",
+              "--text_encoder1", m + "llava_llama3_tiny.safetensors", "--text_encoder2", m + "clip_l_tiny.safetensors",
+              "--image_encoder", m + "sigclip_tiny.safetensors", "--start", "inputs/start.png", "--reference",
+              "inputs/ref_rgba.png", "--start-mask", "inputs/start_mask.png", "--prompt", "The girl wears a red dress.",
+              "--video-size", "48", "64", "--infer-steps", "5", "--seed", "42", "--output-type", "latent_images",
+              "--save-path", str(tmp_path), "--output-name", "case"])
+    assert e.value.code == 0
+    check_one_frame("oneframe_kisekaeichi", tmp_path)
