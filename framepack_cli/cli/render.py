@@ -1,4 +1,5 @@
-"""rich rendering of engine progress: a sections bar and a steps bar with it/s and ETA."""
+"""rich rendering of engine progress: a sections bar and a steps bar with it/s and ETA; an items bar with
+items/s and ETA for dataset caching."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class RichProgress:
         )
         self._sections = None
         self._steps = None
+        self._items = None
         self._started = False
 
     def _start(self) -> None:
@@ -28,7 +30,7 @@ class RichProgress:
             self._started = True
 
     def message(self, text: str) -> None:
-        self.console.print(text, highlight=False)
+        self.console.print(text, highlight=False, soft_wrap=True, markup=False)
 
     def start_sections(self, total: int) -> None:
         self._start()
@@ -54,6 +56,27 @@ class RichProgress:
     def end_section(self) -> None:
         if self._sections is not None:
             self.progress.advance(self._sections)
+
+    def start_items(self, total: int, label: str) -> None:
+        self._start()
+        self._items = self.progress.add_task(label, total=total, rate="")
+
+    def advance(self, n: int = 1) -> None:
+        if self._items is None:
+            return
+        task = self.progress.tasks[[t.id for t in self.progress.tasks].index(self._items)]
+        self.progress.advance(self._items, n)
+        speed = task.speed
+        self.progress.update(self._items, rate=f"{speed:.2f} items/s" if speed else "")
+
+    def end_items(self) -> None:
+        if self._items is not None:
+            task = self.progress.tasks[[t.id for t in self.progress.tasks].index(self._items)]
+            if not sys.stderr.isatty():
+                took = task.elapsed or 0
+                self.console.print(f"{task.description}: {int(task.completed)}/{int(task.total or 0)} in {took:.1f}s",
+                                   highlight=False)
+            self._items = None
 
     def close(self) -> None:
         if self._started:

@@ -1,26 +1,28 @@
-"""`framepack generate`: progressive image-to-video (vanilla inverted anti-drifting and F1).
+"""`framepack generate`: progressive image-to-video (vanilla inverted anti-drifting and F1), single prompt,
+`--from_file` batches, `--interactive` and `--latent_path` decoding.
 
-Order of work (each model is freed before the next one loads, so peak memory is one model at a time):
-images -> VAE encode -> SigLIP -> text encoders -> DiT sampling, section by section -> VAE decode, streamed
-to the writers. The section plan and index layouts come from `framepack_cli.plan.sections`; this module
-only follows them.
+A `VideoJob` follows the section plan of `framepack_cli.plan.sections`: one CPU generator seeded once, one
+noise draw per section in generation order, the flow UniPC sampler per section, history latents feeding
+the next section's clean / 2x / 4x context. `framepack_cli.engine.pipeline` runs jobs in phases so every
+model loads once.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
-import time
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from framepack_cli import __version__
-from framepack_cli.engine.context import free_memory, resolve_device, resolve_dtype
+from framepack_cli.engine.context import resolve_device, resolve_dtype
 from framepack_cli.engine.denoiser import TextCond, make_model_fn
-from framepack_cli.engine.progress import NullProgress, ProgressSink
+from framepack_cli.engine.models import Models
+from framepack_cli.engine.pipeline import Conditioning, JobResult, run_jobs
+from framepack_cli.engine.progress import ProgressSink
+from framepack_cli.engine.writing import run_metadata, write_outputs
 from framepack_cli.errors import FramepackError, NotBuiltError
 from framepack_cli.options.sections import is_pipe_form, parse_section_values, value_for_section
 from framepack_cli.plan.schedules import flow_mu, flow_sigmas, noisy_token_count
@@ -29,7 +31,6 @@ from framepack_cli.plan.sections import (
     HISTORY_2X,
     HISTORY_4X,
     HISTORY_LEN,
-    decode_chunks,
     f1_layout,
     frames_per_section,
     num_sections,
@@ -51,35 +52,18 @@ class GenerateResult:
     files: list[Path] = field(default_factory=list)
 
 
-def _default_sink() -> ProgressSink:
+def default_sink() -> ProgressSink:
     from framepack_cli.cli.render import RichProgress
 
     return RichProgress()
 
 
-def run(opts, sink: ProgressSink | None = None) -> GenerateResult | list[GenerateResult]:
-    """Entry point of `framepack generate` (validated `GenerateOptions`)."""
-    if opts.one_frame_inference is not None:
-        from framepack_cli.engine.one_frame import run as run_one_frame
-
-        return run_one_frame(opts)
-    _refuse_unbuilt(opts)
-    sink = sink or _default_sink()
-    try:
-        if opts.latent_path:
-            return decode_latent_files(opts, sink)
-        return generate(opts, sink)
-    finally:
-        sink.close()
-
-
-def _refuse_unbuilt(opts) -> None:
+def refuse_unbuilt(opts) -> None:
     """Options whose machinery is not built yet are refused, never silently ignored."""
     unbuilt = {
-        "from_file": "--from_file", "interactive": "--interactive", "lora_weight": "--lora_weight",
-        "save_merged_model": "--save_merged_model", "fp8": "--fp8", "fp8_scaled": "--fp8_scaled",
-        "compile": "--compile", "magcache_mag_ratios": "--magcache_mag_ratios",
-        "magcache_calibration": "--magcache_calibration", "lycoris": "--lycoris",
+        "fp8": "--fp8", "fp8_scaled": "--fp8_scaled", "compile": "--compile",
+        "magcache_mag_ratios": "--magcache_mag_ratios", "magcache_calibration": "--magcache_calibration",
+        "lora_weight": "--lora_weight", "save_merged_model": "--save_merged_model", "lycoris": "--lycoris",
     }
     given = [flag for name, flag in unbuilt.items() if getattr(opts, name)]
     if opts.blocks_to_swap:
@@ -91,20 +75,8 @@ def _refuse_unbuilt(opts) -> None:
         )
 
 
-# --------------------------------------------------------------------------------------------------------
-# conditioning
-# --------------------------------------------------------------------------------------------------------
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _section_values(text: str | None, n: int, flag: str) -> dict[int, str] | None:
+def section_values(text: str | None, n: int, flag: str) -> dict[int, str] | None:
+    """Per-section values; the pipe form must have exactly one entry per section."""
     if text is None:
         return None
     values = parse_section_values(text)
@@ -114,309 +86,235 @@ def _section_values(text: str | None, n: int, flag: str) -> dict[int, str] | Non
     return values
 
 
-def _vae_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
-    """The reference runs the VAE in float16 on GPUs; float32 stays float32."""
-    return torch.float16 if (device.type == "cuda" and dtype != torch.float32) else dtype
-
-
-def _load_vae(opts, device, dtype):
-    from framepack_cli.models.vae import load_vae
-
-    return load_vae(
-        opts.vae, device=device, dtype=dtype, chunk_size=opts.vae_chunk_size,
-        spatial_tile_sample_min_size=opts.vae_spatial_tile_sample_min_size, tiling=opts.vae_tiling,
-    )
-
-
-def encode_images(opts, paths: list[str | None], vae, device, dtype, *, siglip_for: set[str | None], sink):
-    """Bucket-resize and VAE-encode every distinct image of `paths`; SigLIP-embed the images of `siglip_for`
-    (start/section images only: never control or end images, as the reference).
-
-    `None` stands for "no image": a zero pixel frame for the VAE and a black image for SigLIP, as the reference.
-    Returns `(latents, embeddings)` keyed by path, tensors on the CPU in float32.
-    """
-    import numpy as np
-
-    from framepack_cli.io.images import load_image, resize_to_bucket, to_pixels
-    from framepack_cli.models.vae import vae_encode
-
-    height, width = opts.video_size
-    rgb: dict[str | None, np.ndarray] = {}
-    for p in dict.fromkeys([*paths, *siglip_for]):
-        rgb[p] = np.zeros((height, width, 3), np.uint8) if p is None else resize_to_bucket(load_image(p)[0], width,
-                                                                                            height)
-    latents: dict[str | None, torch.Tensor] = {}
-    for p in dict.fromkeys(paths):
-        pixels = torch.zeros(1, 3, 1, height, width) if p is None else to_pixels(rgb[p])
-        latents[p] = vae_encode(vae, pixels).float().cpu()
-    embeddings: dict[str | None, torch.Tensor] = {}
-    if siglip_for:
-        from framepack_cli.models.image_encoder import encode_image, load_image_encoder
-
-        sink.message(f"Loading image encoder {opts.image_encoder}")
-        enc = load_image_encoder(opts.image_encoder, device=device, dtype=dtype)
-        for p in siglip_for:
-            embeddings[p] = encode_image(enc, rgb[p]).float().cpu()
-        del enc
-        free_memory(device)
-    return latents, embeddings
-
-
-def encode_prompts(opts, prompts: list[str], device, dtype, sink) -> tuple[dict[str, TextCond], TextCond | None]:
-    """Encode each distinct prompt once (and the negative prompt when real CFG is on), then free the encoders."""
-    from framepack_cli.models.text_encoders import (
-        encode_prompt,
-        load_text_encoder1,
-        load_text_encoder2,
-        load_tokenizers,
-    )
-
-    sink.message(f"Loading text encoders {opts.text_encoder1}, {opts.text_encoder2}")
-    tok1, tok2 = load_tokenizers(opts.text_encoder1, opts.text_encoder2, opts.tokenizer1, opts.tokenizer2)
-    te1 = load_text_encoder1(opts.text_encoder1, device=device, dtype=dtype, fp8=opts.fp8_llm)
-    te2 = load_text_encoder2(opts.text_encoder2, device=device, dtype=dtype)
-
-    wanted = list(dict.fromkeys(prompts)) + ([opts.negative_prompt or ""] if opts.guidance_scale != 1.0 else [])
-    encoded: dict[str, TextCond] = {}
-    for p in wanted:
-        if p not in encoded:
-            vec, mask, pooler = encode_prompt(p, te1, tok1, te2, tok2, custom_system_prompt=opts.custom_system_prompt)
-            encoded[p] = TextCond(vec.float(), mask, pooler.float())
-    del te1, te2
-    free_memory(device)
-    conds = {p: encoded[p] for p in prompts}
-    negative = encoded[opts.negative_prompt or ""] if opts.guidance_scale != 1.0 else None
-    return conds, negative
-
-
-def _to_device(c: TextCond, device, dtype) -> TextCond:
+def to_device(c: TextCond, device, dtype) -> TextCond:
     return TextCond(c.llama_vec.to(device, dtype), c.llama_mask.to(device), c.clip_pooler.to(device, dtype))
 
 
-# --------------------------------------------------------------------------------------------------------
-# generation
-# --------------------------------------------------------------------------------------------------------
+class VideoJob:
+    """One video: its section plan, the images/prompts it needs and its sampling loop."""
 
+    one_frame = False
 
-def generate(opts, sink: ProgressSink | None = None) -> GenerateResult:
-    """Generate one video from validated options and write the requested outputs."""
-    sink = sink or NullProgress()
-    device = resolve_device(opts.device)
-    dtype = resolve_dtype(opts.dtype, device)
-    height, width = opts.video_size
-    lh, lw = height // 8, width // 8
-    window = opts.latent_window_size
-    n = num_sections(opts.video_seconds, window, opts.video_sections)
-    seed = opts.seed if opts.seed is not None else random.randint(0, 2**32 - 1)
-    sink.message(f"Seed {seed}, {n} section(s) of {window} latent frames, {height}x{width}, {opts.infer_steps} steps")
+    def __init__(self, opts, label: str = "") -> None:
+        self.opts = opts
+        self.label = label
+        self.seed = opts.seed if opts.seed is not None else random.randint(0, 2**32 - 1)
+        self.n = num_sections(opts.video_seconds, opts.latent_window_size, opts.video_sections)
+        prompts = section_values(opts.prompt, self.n, "--prompt") or {0: ""}
+        images = section_values(opts.image_path, self.n, "--image_path") or {0: None}
+        self.plan = plan_f1(self.n) if opts.f1 else plan_vanilla(self.n, opts.paddings)
+        self.section_image = {s.index: value_for_section(images, s.index, self.n) for s in self.plan}
+        self.section_prompt = {s.index: value_for_section(prompts, s.index, self.n) for s in self.plan}
 
-    prompts = _section_values(opts.prompt, n, "--prompt")
-    images = _section_values(opts.image_path, n, "--image_path") or {0: None}
-    plan = plan_f1(n) if opts.f1 else plan_vanilla(n, opts.paddings)
-    section_image = {s.index: value_for_section(images, s.index, n) for s in plan}
-    section_prompt = {s.index: value_for_section(prompts, s.index, n) for s in plan}
+    def vae_images(self) -> list[str | None]:
+        return [*self.section_image.values(), *([self.opts.end_image_path] if self.opts.end_image_path else [])]
 
-    # 1. images: VAE latents (start/section/end) and SigLIP embeddings (start/section only)
-    vae_dtype = _vae_dtype(device, dtype)
-    sink.message(f"Loading VAE {opts.vae}")
-    vae = _load_vae(opts, device, vae_dtype)
-    img_paths = list(section_image.values()) + ([opts.end_image_path] if opts.end_image_path else [])
-    latents, embeddings = encode_images(opts, img_paths, vae, device, dtype, siglip_for=set(section_image.values()),
-                                        sink=sink)
-    if device.type == "cuda":
-        vae.to("cpu")
-        free_memory(device)
+    def siglip_images(self) -> list[str | None]:
+        return list(self.section_image.values())
 
-    # 2. text
-    conds, negative = encode_prompts(opts, list(section_prompt.values()), device, dtype, sink)
+    def prompts(self) -> list[str]:
+        return list(self.section_prompt.values())
 
-    # 3. DiT, section by section
-    from framepack_cli.models.transformer import load_dit
+    def metadata(self, latent: torch.Tensor) -> dict[str, str] | None:
+        return run_metadata(self.opts, self.seed, latent, {"video_sections": self.n})
 
-    sink.message(f"Loading DiT {opts.dit}")
-    dit = load_dit(opts.dit, device=device, dtype=dtype, attn_mode=opts.attn_mode,
-                   rope_scaling_timestep_threshold=opts.rope_scaling_timestep_threshold,
-                   rope_scaling_factor=opts.rope_scaling_factor)
-    generator = torch.Generator("cpu").manual_seed(seed)
-    latent_frames = (frames_per_section(window) + 3) // 4
-    sigmas = flow_sigmas(opts.infer_steps, flow_mu(noisy_token_count(latent_frames, lh, lw), opts.flow_shift))
-    zeros_ctx = torch.zeros(1, LATENT_CHANNELS, HISTORY_LEN, lh, lw)
-    if opts.f1:
-        history = torch.cat([zeros_ctx, latents[section_image[0]]], dim=2)
-    else:
-        history = zeros_ctx.clone()
-        if opts.end_image_path:
-            history[:, :, 0:1] = latents[opts.end_image_path]
-    total = 1 if opts.f1 else 0
-    sink.start_sections(n)
-    for s in plan:
-        sink.start_section(s.loop, n, f"section {s.index + 1}/{n}")
-        start_latent = latents[section_image[s.index]]
-        if opts.f1:
-            lay = f1_layout(window)
-            x4, x2, x1 = history[:, :, -HISTORY_LEN:].split([HISTORY_4X, HISTORY_2X, HISTORY_1X], dim=2)
-            clean = torch.cat([start_latent, x1], dim=2)
+    def sample(self, dit, cond: Conditioning, device, dtype, sink: ProgressSink) -> torch.Tensor:
+        """All sections, in generation order; returns the final latent `[16, T, h, w]` on the CPU."""
+        o = self.opts
+        height, width = o.video_size
+        lh, lw = height // 8, width // 8
+        window = o.latent_window_size
+        sink.message(f"Seed {self.seed}, {self.n} section(s) of {window} latent frames, {height}x{width}, "
+                     f"{o.infer_steps} steps{', F1' if o.f1 else ''}")
+        generator = torch.Generator("cpu").manual_seed(self.seed)
+        latent_frames = (frames_per_section(window) + 3) // 4
+        sigmas = flow_sigmas(o.infer_steps, flow_mu(noisy_token_count(latent_frames, lh, lw), o.flow_shift))
+        zeros_ctx = torch.zeros(1, LATENT_CHANNELS, HISTORY_LEN, lh, lw)
+        if o.f1:
+            history = torch.cat([zeros_ctx, cond.latents[self.section_image[0]]], dim=2)
         else:
-            lay = vanilla_layout(s.latent_padding, window)
-            post, x2, x4 = history[:, :, :HISTORY_LEN].split([HISTORY_1X, HISTORY_2X, HISTORY_4X], dim=2)
-            clean = torch.cat([start_latent, post], dim=2)
-        context = {
-            "latent_indices": torch.tensor([lay.latent_indices]),
-            "clean_latents": clean, "clean_latent_indices": torch.tensor([lay.clean_latent_indices]),
-            "clean_latents_2x": x2, "clean_latent_2x_indices": torch.tensor([lay.clean_latent_2x_indices]),
-            "clean_latents_4x": x4, "clean_latent_4x_indices": torch.tensor([lay.clean_latent_4x_indices]),
-        }
-        model_fn = make_model_fn(
-            dit, positive=_to_device(conds[section_prompt[s.index]], device, dtype),
-            negative=_to_device(negative, device, dtype) if negative is not None else None,
-            image_embeddings=embeddings[section_image[s.index]], guidance_scale=opts.guidance_scale,
-            guidance_rescale=opts.guidance_rescale, embedded_cfg_scale=opts.embedded_cfg_scale, context=context,
-            dtype=dtype, device=device,
-        )
-        noise = torch.randn((1, LATENT_CHANNELS, latent_frames, lh, lw), generator=generator, dtype=torch.float32)
-        out = sample_unipc(model_fn, noise.to(device), sigmas,
-                           callback=lambda d: sink.step(d["i"] + 1, opts.infer_steps)).float().cpu()
-        if opts.f1:
-            history = torch.cat([history, out], dim=2)
+            history = zeros_ctx.clone()
+            if o.end_image_path:
+                history[:, :, 0:1] = cond.latents[o.end_image_path]
+        total = 1 if o.f1 else 0
+        negative = to_device(cond.negative, device, dtype) if cond.negative is not None else None
+        sink.start_sections(self.n)
+        for s in self.plan:
+            sink.start_section(s.loop, self.n, f"section {s.index + 1}/{self.n}")
+            start_latent = cond.latents[self.section_image[s.index]]
+            if o.f1:
+                lay = f1_layout(window)
+                x4, x2, x1 = history[:, :, -HISTORY_LEN:].split([HISTORY_4X, HISTORY_2X, HISTORY_1X], dim=2)
+                clean = torch.cat([start_latent, x1], dim=2)
+            else:
+                lay = vanilla_layout(s.latent_padding, window)
+                post, x2, x4 = history[:, :, :HISTORY_LEN].split([HISTORY_1X, HISTORY_2X, HISTORY_4X], dim=2)
+                clean = torch.cat([start_latent, post], dim=2)
+            context = {
+                "latent_indices": torch.tensor([lay.latent_indices]),
+                "clean_latents": clean, "clean_latent_indices": torch.tensor([lay.clean_latent_indices]),
+                "clean_latents_2x": x2, "clean_latent_2x_indices": torch.tensor([lay.clean_latent_2x_indices]),
+                "clean_latents_4x": x4, "clean_latent_4x_indices": torch.tensor([lay.clean_latent_4x_indices]),
+            }
+            model_fn = make_model_fn(
+                dit, positive=to_device(cond.texts[self.section_prompt[s.index]], device, dtype), negative=negative,
+                image_embeddings=cond.embeddings[self.section_image[s.index]], guidance_scale=o.guidance_scale,
+                guidance_rescale=o.guidance_rescale, embedded_cfg_scale=o.embedded_cfg_scale, context=context,
+                dtype=dtype, device=device,
+            )
+            noise = torch.randn((1, LATENT_CHANNELS, latent_frames, lh, lw), generator=generator, dtype=torch.float32)
+            out = sample_unipc(model_fn, noise.to(device), sigmas,
+                               callback=lambda d: sink.step(d["i"] + 1, o.infer_steps)).float().cpu()
+            if o.f1:
+                history = torch.cat([history, out], dim=2)
+            else:
+                if s.is_last:
+                    out = torch.cat([start_latent, out], dim=2)
+                history = torch.cat([out, history], dim=2)
             total += out.shape[2]
-        else:
-            if s.is_last:
-                out = torch.cat([start_latent, out], dim=2)
-            history = torch.cat([out, history], dim=2)
-            total += out.shape[2]
-        sink.end_section()
-    del dit
-    free_memory(device)
-    final = history[:, :, -total:] if opts.f1 else history[:, :, :total]
-    latent = final[0].contiguous()  # CTHW, as the reference saves it
-
-    meta = None if opts.no_metadata else _metadata(opts, seed, latent, n, images)
-    files = write_outputs(opts, latent, seed, meta, vae=vae, device=device, sink=sink)
-    return GenerateResult(seed=seed, latent=latent, files=files)
+            sink.end_section()
+        final = history[:, :, -total:] if o.f1 else history[:, :, :total]
+        return final[0].contiguous()  # CTHW, as the reference saves it
 
 
-def _metadata(opts, seed: int, latent: torch.Tensor, n: int, images: dict[int, str | None]) -> dict[str, str]:
-    """The settings of a run, as strings: the reference's keys plus ours (files, hashes, version)."""
-    meta = {
-        "seeds": str(seed), "prompt": opts.prompt or "", "height": str(latent.shape[-2] * 8),
-        "width": str(latent.shape[-1] * 8), "video_seconds": str(opts.video_seconds),
-        "infer_steps": str(opts.infer_steps), "guidance_scale": str(opts.guidance_scale),
-        "latent_window_size": str(opts.latent_window_size), "embedded_cfg_scale": str(opts.embedded_cfg_scale),
-        "guidance_rescale": str(opts.guidance_rescale), "sample_solver": opts.sample_solver, "fps": str(opts.fps),
-    }
-    if opts.negative_prompt:
-        meta["negative_prompt"] = opts.negative_prompt
-    imgs = {p for p in images.values() if p} | ({opts.end_image_path} if opts.end_image_path else set())
-    settings = {
-        "framepack_version": __version__, "seed": seed, "video_sections": n, "f1": opts.f1,
-        "video_size": list(opts.video_size), "flow_shift": opts.flow_shift, "latent_paddings": opts.latent_paddings,
-        "custom_system_prompt": opts.custom_system_prompt, "image_path": opts.image_path,
-        "end_image_path": opts.end_image_path,
-        "images": {Path(p).name: _sha256(p) for p in sorted(imgs)},
-        "models": {k: getattr(opts, k) for k in ("dit", "vae", "text_encoder1", "text_encoder2", "image_encoder")},
-        "loras": list(zip(opts.lora_weight or [], opts.lora_multiplier or [], strict=False)),
-        "rope_scaling_timestep_threshold": opts.rope_scaling_timestep_threshold,
-        "rope_scaling_factor": opts.rope_scaling_factor, "dtype": opts.dtype,
-    }
-    meta["framepack"] = json.dumps(settings, sort_keys=True)
-    return meta
+def make_job(opts, label: str = ""):
+    """A video job, or a one-frame job when `--one_frame_inference` is set."""
+    if opts.one_frame_inference is not None:
+        from framepack_cli.engine.one_frame import OneFrameJob
+
+        return OneFrameJob(opts, label)
+    return VideoJob(opts, label)
 
 
 # --------------------------------------------------------------------------------------------------------
-# outputs
+# entry points
 # --------------------------------------------------------------------------------------------------------
 
 
-def _timestamp() -> str:
-    t = time.time()
-    return time.strftime("%Y%m%d-%H%M%S", time.localtime(t)) + f"-{int(t * 1000) % 1000:03d}"
+def run(opts, sink: ProgressSink | None = None) -> list[JobResult] | list[GenerateResult]:
+    """Entry point of `framepack generate` (validated `GenerateOptions`)."""
+    refuse_unbuilt(opts)
+    sink = sink or default_sink()
+    try:
+        if opts.latent_path:
+            return decode_latent_files(opts, sink)
+        if opts.save_merged_model:
+            from framepack_cli.engine.lora_tools import save_merged_from_generate
+
+            return save_merged_from_generate(opts, sink)
+        device = resolve_device(opts.device)
+        dtype = resolve_dtype(opts.dtype, device)
+        if opts.from_file:
+            return run_batch(opts, device, dtype, sink)
+        if opts.interactive:
+            return run_interactive(opts, device, dtype, sink)
+        results = run_jobs([make_job(opts)], Models(opts, device, dtype, sink), sink)
+        if results[0].error:
+            raise FramepackError(results[0].error)
+        return results
+    finally:
+        sink.close()
 
 
-def write_outputs(opts, latent: torch.Tensor, seed: int, meta: dict[str, str] | None, *, vae=None, device=None,
-                  sink: ProgressSink, base: str | None = None, one_frame: bool = False) -> list[Path]:
-    """Save the latent and/or decode it to MP4 / PNG frames, streamed, per `--output_type`."""
-    from framepack_cli.io.outputs import PngSequenceWriter, VideoWriter, save_latent, unique_base
+def _line_options(opts, line: str, where: str):
+    """Validated options of one batch/interactive line (errors name the line)."""
+    from framepack_cli.cli.build import OptionsError, validate
+    from framepack_cli.options.prompt_line import job_values, parse_prompt_line
 
-    save_dir = Path(opts.save_path)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    kind = opts.output_type
-    want_latent = kind in ("latent", "both", "latent_images")
-    want_video = kind in ("video", "both") and not one_frame
-    want_images = kind in ("images", "latent_images") or (one_frame and kind in ("video", "both"))
-    suffixes = (["_latent.safetensors"] if want_latent else []) + ([".mp4"] if want_video else []) + (
-        ([""] if not one_frame else ["_000.png"]) if want_images else [])
-    base = unique_base(save_dir, opts.output_name or base or f"{_timestamp()}_{seed}", suffixes)
-    files: list[Path] = []
-    if want_latent:
-        files.append(save_latent(save_dir / f"{base}_latent.safetensors", latent, meta))
-    if want_video or want_images:
-        if vae is None:
-            device = device or resolve_device(opts.device)
-            dtype = resolve_dtype(opts.dtype, device)
-            vae = _load_vae(opts, device, _vae_dtype(device, dtype))
-        elif device is not None:
-            vae.to(device)
-        sinks = []
-        if want_video:
-            sinks.append(VideoWriter(save_dir / f"{base}.mp4", fps=opts.fps, crf=opts.crf, metadata=meta))
-        if want_images:
-            sinks.append(PngSequenceWriter(save_dir, base, metadata=meta, subdir=not one_frame))
+    try:
+        overrides = parse_prompt_line(line)
+    except ValueError as e:
+        raise FramepackError(f"{where}: {e}") from None
+    base = opts.model_dump(include=opts.model_fields_set)
+    try:
+        return validate(type(opts), job_values(base, overrides, opts.video_size))
+    except OptionsError as e:
+        raise FramepackError("\n".join(f"{where}: {line_err}" for line_err in e.lines)) from None
+
+
+def run_batch(opts, device, dtype, sink: ProgressSink) -> list[JobResult]:
+    """`--from_file`: one job per line; bad lines are reported and skipped; models load once."""
+    path = Path(opts.from_file)
+    jobs, bad = [], []
+    for no, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{path.name} line {no}"
         try:
-            decode_to(sinks, vae, latent, opts.latent_window_size, bulk=opts.bulk_decode, per_frame=one_frame)
-        except BaseException:
-            for w in sinks:
-                w.abort()
-            raise
-        for w in sinks:
-            out = w.close()
-            files.extend(out if isinstance(out, list) else [out])
-    for f in files:
-        sink.message(f"Wrote {f}")
-    return files
+            jobs.append(make_job(_line_options(opts, line, where), label=where))
+        except FramepackError as e:
+            bad.append(where)
+            for msg in e.message.splitlines():
+                sink.message(f"Error: {msg}")
+    if not jobs and not bad:
+        raise FramepackError(f"--from_file: {path} holds no prompts (only empty lines and # comments)")
+    results = run_jobs(jobs, Models(jobs[0].opts if jobs else opts, device, dtype, sink), sink) if jobs else []
+    failed = bad + [r.label for r in results if r.error]
+    done = len(results) - sum(1 for r in results if r.error)
+    sink.message(f"Batch: {done} of {done + len(failed)} job(s) done")
+    if failed:
+        raise FramepackError(f"--from_file: {len(failed)} of {done + len(failed)} job(s) failed: {', '.join(failed)}")
+    return results
 
 
-def decode_to(sinks, vae, latent: torch.Tensor, window: int, *, bulk: bool = False, per_frame: bool = False) -> None:
-    """Decode a CTHW latent and stream uint8 frames to `sinks` (progressive soft-append unless bulk)."""
-    from framepack_cli.io.outputs import ProgressiveBlender, to_uint8
-    from framepack_cli.models.vae import vae_decode, vae_decode_per_frame
-
-    z = latent.unsqueeze(0)
-    if per_frame:
-        for t in range(z.shape[2]):
-            frames = to_uint8(vae_decode_per_frame(vae, z[:, :, t : t + 1])[0].float().cpu())
-            for w in sinks:
-                w.write(frames)
-        return
-    chunks = [(0, z.shape[2])] if bulk else decode_chunks(z.shape[2], window)
-    blender = ProgressiveBlender(frames_per_section(window), sinks)
-    for a, b in chunks:
-        blender.add(vae_decode(vae, z[:, :, a:b])[0].float().cpu())
-    blender.finish()
+def run_interactive(opts, device, dtype, sink: ProgressSink, stream=None) -> list[JobResult]:
+    """`--interactive`: read prompt lines (inline options allowed) until EOF (Ctrl-D); models stay loaded."""
+    stream = stream or sys.stdin
+    models = Models(opts, device, dtype, sink, keep=True)
+    results: list[JobResult] = []
+    sink.message("Interactive mode: type a prompt (inline options like --d 42 --vs 2 allowed); Ctrl-D exits.")
+    n = 0
+    while True:
+        if stream.isatty():
+            sys.stderr.write("> ")
+            sys.stderr.flush()
+        line = stream.readline()
+        if not line:
+            break
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        n += 1
+        try:
+            job = make_job(_line_options(opts, line, f"prompt {n}"), label=f"prompt {n}")
+        except FramepackError as e:
+            for msg in e.message.splitlines():
+                sink.message(f"Error: {msg}")
+            continue
+        results += run_jobs([job], models, sink)
+    return results
 
 
 def decode_latent_files(opts, sink: ProgressSink) -> list[GenerateResult]:
-    """`--latent_path`: decode saved latents (settings from their metadata) per `--output_type`."""
+    """`--latent_path`: decode saved latents (window, fps and seed from their metadata) per `--output_type`."""
+    import json
+
     from framepack_cli.io.outputs import load_latent
 
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device)
-    vae = _load_vae(opts, device, _vae_dtype(device, dtype))
+    models = Models(opts, device, dtype, sink)
     results = []
     for path in opts.latent_path:
         latent, meta = load_latent(Path(path))
-        if latent.ndim == 5:
+        if latent.ndim == 5 and latent.shape[0] == 1:
             latent = latent[0]
         if latent.ndim != 4 or latent.shape[0] != LATENT_CHANNELS:
             raise FramepackError(f"--latent_path: {path} holds a tensor of shape {list(latent.shape)}, expected "
                                  f"[{LATENT_CHANNELS}, T, H/8, W/8]")
         seed = int(meta.get("seeds", "0") or 0)
-        window = int(meta.get("latent_window_size", opts.latent_window_size))
-        fps = int(meta.get("fps", opts.fps))
-        o = opts.model_copy(update={"latent_window_size": window, "fps": fps,
-                                    "output_type": "video" if opts.output_type in ("latent", "both")
-                                    else ("images" if opts.output_type == "latent_images" else opts.output_type)})
+        try:
+            settings = json.loads(meta.get("framepack", "{}"))
+        except json.JSONDecodeError:
+            settings = {}
+        one_frame = bool(settings.get("one_frame_inference"))
+        o = opts.model_copy(update={
+            "latent_window_size": int(meta.get("latent_window_size", opts.latent_window_size)),
+            "fps": int(meta.get("fps", opts.fps)),
+        })
         stem = Path(path).name.removesuffix(".safetensors").removesuffix("_latent")
-        files = write_outputs(o, latent.float(), seed, meta or None, vae=vae, device=device, sink=sink, base=stem,
-                              one_frame=latent.shape[1] == 1 and "one_frame" in meta.get("framepack", ""))
+        files = write_outputs(o, latent.float(), seed, meta or None, vae=models.vae, sink=sink, base=stem,
+                              one_frame=one_frame, save_latent_file=False)
         results.append(GenerateResult(seed=seed, latent=latent, files=files))
     return results

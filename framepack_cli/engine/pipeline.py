@@ -1,0 +1,173 @@
+"""Run generation jobs in phases so each model loads once and only one big model is resident at a time:
+
+1. images: bucket-resize, VAE-encode, SigLIP-embed (every job);
+2. text: encode every distinct prompt once (every job);
+3. DiT: sample every job;
+4. decode and write every job's outputs.
+
+A job that fails (a user error: bad image, bad prompt syntax) is reported with its label and the others go
+on; the caller decides the exit code from the failures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from framepack_cli.engine.denoiser import TextCond
+from framepack_cli.engine.models import Models
+from framepack_cli.engine.progress import ProgressSink
+from framepack_cli.engine.writing import write_outputs
+from framepack_cli.errors import FramepackError
+
+
+@dataclass
+class Conditioning:
+    """What a job's sampler needs besides the DiT, keyed the way the job asked for it."""
+
+    latents: dict[Any, torch.Tensor] = field(default_factory=dict)  # image path (or None) -> [1, 16, 1, h, w]
+    embeddings: dict[Any, torch.Tensor] = field(default_factory=dict)  # image path (or None) -> [1, N, Ds]
+    texts: dict[str, TextCond] = field(default_factory=dict)  # prompt -> text conditioning
+    negative: TextCond | None = None
+
+
+class Job(Protocol):
+    opts: Any
+    label: str
+    seed: int
+    one_frame: bool
+
+    def vae_images(self) -> list[str | None]: ...
+
+    def siglip_images(self) -> list[str | None]: ...
+
+    def prompts(self) -> list[str]: ...
+
+    def sample(self, dit, cond: Conditioning, device: torch.device, dtype: torch.dtype,
+               sink: ProgressSink) -> torch.Tensor: ...
+
+    def metadata(self, latent: torch.Tensor) -> dict[str, str] | None: ...
+
+
+@dataclass
+class JobResult:
+    """Outcome of one job: its files and latent, or the error that stopped it."""
+
+    label: str
+    seed: int
+    latent: torch.Tensor | None = None
+    files: list = field(default_factory=list)
+    error: str | None = None
+
+
+def _fail(result: JobResult, err: FramepackError, sink: ProgressSink) -> None:
+    result.error = err.message
+    prefix = f"{result.label}: " if result.label else ""
+    sink.message(f"Error: {prefix}{err.message}")
+
+
+def run_jobs(jobs: list[Job], models: Models, sink: ProgressSink) -> list[JobResult]:
+    """Run `jobs` through the four phases; see the module docstring."""
+    import numpy as np
+
+    from framepack_cli.io.images import load_image, resize_to_bucket, to_pixels
+    from framepack_cli.models.image_encoder import encode_image
+    from framepack_cli.models.text_encoders import encode_prompt
+    from framepack_cli.models.vae import vae_encode
+
+    results = [JobResult(job.label, job.seed) for job in jobs]
+    conds = [Conditioning() for _ in jobs]
+    alive = list(range(len(jobs)))
+
+    # 1. images -------------------------------------------------------------------------------------------
+    rgb_cache: dict[tuple, np.ndarray] = {}
+    lat_cache: dict[tuple, torch.Tensor] = {}
+
+    def rgb(path: str | None, h: int, w: int) -> np.ndarray:
+        key = (path, h, w)
+        if key not in rgb_cache:
+            rgb_cache[key] = np.zeros((h, w, 3), np.uint8) if path is None else resize_to_bucket(
+                load_image(path)[0], w, h)
+        return rgb_cache[key]
+
+    if any(job.vae_images() for job in jobs):
+        vae = models.vae()
+        for i in list(alive):
+            h, w = jobs[i].opts.video_size
+            try:
+                for p in dict.fromkeys(jobs[i].vae_images()):
+                    key = (p, h, w)
+                    if key not in lat_cache:
+                        pixels = torch.zeros(1, 3, 1, h, w) if p is None else to_pixels(rgb(p, h, w))
+                        lat_cache[key] = vae_encode(vae, pixels).float().cpu()
+                    conds[i].latents[p] = lat_cache[key]
+            except FramepackError as e:
+                _fail(results[i], e, sink)
+                alive.remove(i)
+        models.park_vae()
+    if any(jobs[i].siglip_images() for i in alive):
+        enc = models.image_encoder()
+        emb_cache: dict[tuple, torch.Tensor] = {}
+        for i in list(alive):
+            h, w = jobs[i].opts.video_size
+            try:
+                for p in dict.fromkeys(jobs[i].siglip_images()):
+                    if (p, h, w) not in emb_cache:
+                        emb_cache[(p, h, w)] = encode_image(enc, rgb(p, h, w)).float().cpu()
+                    conds[i].embeddings[p] = emb_cache[(p, h, w)]
+            except FramepackError as e:
+                _fail(results[i], e, sink)
+                alive.remove(i)
+        del enc
+        models.release("image_encoder")
+    rgb_cache.clear()
+
+    # 2. text ---------------------------------------------------------------------------------------------
+    if alive:
+        te1, tok1, te2, tok2 = models.text()
+        text_cache: dict[tuple[str, str | None], TextCond] = {}
+
+        def encode(p: str, system: str | None) -> TextCond:
+            if (p, system) not in text_cache:
+                vec, mask, pooler = encode_prompt(p, te1, tok1, te2, tok2, custom_system_prompt=system)
+                text_cache[(p, system)] = TextCond(vec.float(), mask, pooler.float())
+            return text_cache[(p, system)]
+
+        for i in alive:
+            o = jobs[i].opts
+            for p in jobs[i].prompts():
+                conds[i].texts[p] = encode(p, o.custom_system_prompt)
+            if o.guidance_scale != 1.0:
+                conds[i].negative = encode(o.negative_prompt or "", o.custom_system_prompt)
+        del te1, te2
+        models.release("text")
+
+    # 3. sampling -----------------------------------------------------------------------------------------
+    if alive:
+        dit = models.dit()
+        for i in list(alive):
+            o = jobs[i].opts
+            # RoPE scaling is a per-call setting of the DiT; each job may set its own.
+            dit.rope_scaling_timestep_threshold = o.rope_scaling_timestep_threshold
+            dit.rope_scaling_factor = o.rope_scaling_factor
+            if jobs[i].label:
+                sink.message(f"{jobs[i].label}: {o.prompt!r}")
+            try:
+                results[i].latent = jobs[i].sample(dit, conds[i], models.device, models.dtype, sink)
+            except FramepackError as e:
+                _fail(results[i], e, sink)
+                alive.remove(i)
+        del dit
+        models.release("dit")
+
+    # 4. outputs ------------------------------------------------------------------------------------------
+    for i in alive:
+        job, res = jobs[i], results[i]
+        try:
+            res.files = write_outputs(job.opts, res.latent, job.seed, job.metadata(res.latent), vae=models.vae,
+                                      sink=sink, one_frame=job.one_frame)
+        except FramepackError as e:
+            _fail(res, e, sink)
+    return results
