@@ -176,3 +176,17 @@ def test_interactive_reads_until_eof(tmp_path, monkeypatch, capsys):
     assert "Error: prompt 2: no prompt before the inline options (write the prompt first, then --w 640 ...)" in (
         out.err + out.out)
     assert "Error: prompt 3: unknown inline option --unknown" in out.err + out.out
+
+
+def test_real_cfg_with_negative_prompt_changes_result(tmp_path):
+    common = ["--seed", "9", "--output_type", "latent", "--video_sections", "1", "--latent_window_size", "2"]
+    assert gen(tmp_path, *common, "--output_name", "plain")[0] == 0
+    assert gen(tmp_path, *common, "--output_name", "cfg", "--guidance_scale", "3", "--negative_prompt", "blurry",
+               "--guidance_rescale", "0.5")[0] == 0
+    plain = safe_open(str(tmp_path / "plain_latent.safetensors"), "pt").get_tensor("latent")
+    cfg = safe_open(str(tmp_path / "cfg_latent.safetensors"), "pt").get_tensor("latent")
+    assert cfg.isfinite().all()
+    # the start latent (frame 0) is the same; the sampled frames differ
+    assert (cfg[:, 0] == plain[:, 0]).all() and not (cfg[:, 1:] == plain[:, 1:]).all()
+    with safe_open(str(tmp_path / "cfg_latent.safetensors"), "pt") as f:
+        assert f.metadata()["negative_prompt"] == "blurry" and f.metadata()["guidance_scale"] == "3.0"
