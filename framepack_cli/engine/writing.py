@@ -59,11 +59,9 @@ def run_metadata(opts, seed: int, latent: torch.Tensor, extra: dict | None = Non
 
 
 def _multipliers(opts) -> list[float]:
-    n = len(opts.lora_weight or [])
-    m = list(opts.lora_multiplier or [])
-    if len(m) == 1:
-        return m * n
-    return m + [1.0] * (n - len(m))
+    from framepack_cli.options.base import per_lora
+
+    return per_lora(opts.lora_multiplier, len(opts.lora_weight or []), 1.0)
 
 
 def timestamp() -> str:

@@ -64,3 +64,36 @@ def check_files(values: list[str] | None, flag: str) -> None:
     missing = [v for v in values or [] if not Path(v).exists()]
     if missing:
         raise ValueError(f"{flag}: file not found: {', '.join(missing)}")
+
+
+def check_regexes(values: list[str] | None, flag: str) -> list[str] | None:
+    """Every entry compiles as a regular expression, else a ValueError naming the flag and the pattern."""
+    import re
+
+    for p in values or []:
+        try:
+            re.compile(p)
+        except re.error as e:
+            raise ValueError(f"{flag}: invalid regular expression {p!r} ({e})") from None
+    return values
+
+
+def lora_count_errors(n_lora: int, multipliers: list[float] | None, include: list[str] | None,
+                      exclude: list[str] | None) -> list[str]:
+    """`--lora_multiplier` / `--include_patterns` / `--exclude_patterns`: one value for all or one per LoRA."""
+    errs: list[str] = []
+    if multipliers and len(multipliers) > 1 and len(multipliers) > n_lora:
+        errs.append(f"--lora_multiplier: {len(multipliers)} values for {n_lora} --lora_weight files; "
+                    "give one value for all or at most one per file")
+    for flag, pats in (("--include_patterns", include), ("--exclude_patterns", exclude)):
+        if len(pats or []) > 1 and len(pats) != n_lora:
+            errs.append(f"{flag}: {len(pats)} patterns for {n_lora} --lora_weight files; give one for all or one each")
+    return errs
+
+
+def per_lora(values: list, n: int, default):
+    """Spread `values` over n LoRAs: one value applies to all, missing ones take `default`."""
+    values = list(values or [])
+    if len(values) == 1:
+        return values * n
+    return values + [default] * (n - len(values))

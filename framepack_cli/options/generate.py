@@ -7,12 +7,11 @@ before any model loads, and name the flags in their messages.
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from framepack_cli.options.base import OptionsBase, check_file, check_files, cli
+from framepack_cli.options.base import OptionsBase, check_file, check_files, check_regexes, cli, lora_count_errors
 from framepack_cli.options.sections import parse_section_values
 
 MODELS = "Models"
@@ -242,12 +241,7 @@ class GenerateOptions(OptionsBase):
     @field_validator("include_patterns", "exclude_patterns")
     @classmethod
     def _regex(cls, v: list[str] | None, info) -> list[str] | None:
-        for p in v or []:
-            try:
-                re.compile(p)
-            except re.error as e:
-                raise ValueError(f"--{info.field_name}: invalid regular expression {p!r} ({e})") from None
-        return v
+        return check_regexes(v, f"--{info.field_name}")
 
     @field_validator("one_frame_inference")
     @classmethod
@@ -323,17 +317,11 @@ def _cross_checks(o: GenerateOptions) -> list[str]:
     n_lora = len(o.lora_weight or [])
     if o.lora_multiplier and not n_lora:
         errs.append("--lora_multiplier given without --lora_weight")
-    elif o.lora_multiplier and len(o.lora_multiplier) > 1 and len(o.lora_multiplier) > n_lora:
-        errs.append(f"--lora_multiplier: {len(o.lora_multiplier)} values for {n_lora} --lora_weight files; "
-                    "give one value for all or at most one per file")
+    else:
+        errs += lora_count_errors(n_lora, o.lora_multiplier, o.include_patterns, o.exclude_patterns)
     for name in ("include_patterns", "exclude_patterns"):
-        pats = getattr(o, name) or []
-        if pats and not n_lora:
+        if getattr(o, name) and not n_lora:
             errs.append(f"--{name} given without --lora_weight")
-        elif len(pats) > 1 and len(pats) != n_lora:
-            errs.append(
-                f"--{name}: {len(pats)} patterns for {n_lora} --lora_weight files; give one for all or one each"
-            )
     if o.save_merged_model and not n_lora:
         errs.append("--save_merged_model needs --lora_weight (there is nothing to merge)")
     if o.save_merged_model and o.fp8_scaled:

@@ -7,13 +7,19 @@ keys) and a HunyuanVideo-only `merge_lora.py`; FramePack merging there goes thro
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import field_validator, model_validator
 
-from framepack_cli.options.base import OptionsBase, check_file, check_files
+from framepack_cli.options.base import (
+    OptionsBase,
+    check_file,
+    check_files,
+    check_regexes,
+    lora_count_errors,
+    per_lora,
+)
 from framepack_cli.options.generate import F
 
 LORA = "LoRA"
@@ -101,12 +107,7 @@ class LoraMergeOptions(OptionsBase):
     @field_validator("include_patterns", "exclude_patterns")
     @classmethod
     def _regex(cls, v: list[str] | None, info) -> list[str] | None:
-        for p in v or []:
-            try:
-                re.compile(p)
-            except re.error as e:
-                raise ValueError(f"--{info.field_name}: invalid regular expression {p!r} ({e})") from None
-        return v
+        return check_regexes(v, f"--{info.field_name}")
 
     @model_validator(mode="after")
     def _cross(self):
@@ -116,15 +117,8 @@ class LoraMergeOptions(OptionsBase):
                 check(getattr(self, name), f"--{name}")
             except ValueError as e:
                 errs.append(str(e))
-        n_lora = len(self.lora_weight)
-        if self.lora_multiplier and len(self.lora_multiplier) > 1 and len(self.lora_multiplier) > n_lora:
-            errs.append(f"--lora_multiplier: {len(self.lora_multiplier)} values for {n_lora} --lora_weight files; "
-                        "give one value for all or at most one per file")
-        for name in ("include_patterns", "exclude_patterns"):
-            pats = getattr(self, name) or []
-            if len(pats) > 1 and len(pats) != n_lora:
-                errs.append(f"--{name}: {len(pats)} patterns for {n_lora} --lora_weight files; give one for all "
-                            "or one each")
+        errs += lora_count_errors(len(self.lora_weight), self.lora_multiplier, self.include_patterns,
+                                  self.exclude_patterns)
         inputs: dict[str, str | None] = {"--dit": self.dit}
         inputs.update({f"--lora_weight {p}": p for p in self.lora_weight})
         errs += check_output(self.output, self.overwrite, inputs)
@@ -135,7 +129,4 @@ class LoraMergeOptions(OptionsBase):
     @property
     def multipliers(self) -> list[float]:
         """One multiplier per --lora_weight file (a single value applies to all; missing ones are 1.0)."""
-        given = list(self.lora_multiplier or [])
-        if len(given) == 1:
-            return given * len(self.lora_weight)
-        return given + [1.0] * (len(self.lora_weight) - len(given))
+        return per_lora(self.lora_multiplier, len(self.lora_weight), 1.0)
