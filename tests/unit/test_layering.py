@@ -1,0 +1,68 @@
+"""Import direction (STYLE.md): options stay torch-free (fast --help), engines never import the CLI layer,
+models know nothing about options, engines or the CLI."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[2] / "framepack_cli"
+HEAVY = ("torch", "transformers", "diffusers", "safetensors", "av", "cv2")
+
+
+def imports(path: Path) -> set[str]:
+    """Modules imported anywhere in the file (module level and inside functions)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+def module_level_imports(path: Path) -> set[str]:
+    out: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+    return out
+
+
+def files(sub: str) -> list[Path]:
+    return sorted((PKG / sub).glob("*.py"))
+
+
+def test_options_import_no_heavy_library():
+    for f in files("options"):
+        bad = {m for m in imports(f) if m.split(".")[0] in HEAVY}
+        assert not bad, f"{f.name} imports {bad}: options must stay importable without torch"
+
+
+def test_cli_modules_import_torch_only_lazily():
+    for f in files("cli"):
+        bad = {m for m in module_level_imports(f) if m.split(".")[0] in HEAVY}
+        assert not bad, f"{f.name} imports {bad} at module level: --help would load them"
+
+
+def test_engines_do_not_import_the_cli_layer():
+    for f in files("engine"):
+        bad = {m for m in module_level_imports(f) if m.split(".")[0] in ("typer", "rich") or
+               m.startswith("framepack_cli.cli")}
+        assert not bad, f"{f.name} imports {bad} at module level; report through ProgressSink instead"
+
+
+def test_models_know_nothing_of_options_engines_or_cli():
+    for f in files("models"):
+        bad = {m for m in imports(f) if m.startswith(("framepack_cli.options", "framepack_cli.engine",
+                                                      "framepack_cli.cli"))}
+        assert not bad, f"{f.name} imports {bad}"
+
+
+def test_plan_and_sampling_are_pure():
+    for f in files("plan") + files("sampling"):
+        bad = {m for m in imports(f) if m.split(".")[0] in ("safetensors", "av", "cv2", "transformers", "diffusers")
+               or m.startswith(("framepack_cli.models", "framepack_cli.engine", "framepack_cli.cli"))}
+        assert not bad, f"{f.name} imports {bad}"
