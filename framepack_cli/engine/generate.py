@@ -63,7 +63,6 @@ def refuse_unbuilt(opts) -> None:
     unbuilt = {
         "fp8": "--fp8", "fp8_scaled": "--fp8_scaled", "compile": "--compile",
         "magcache_mag_ratios": "--magcache_mag_ratios", "magcache_calibration": "--magcache_calibration",
-        "lora_weight": "--lora_weight", "save_merged_model": "--save_merged_model", "lycoris": "--lycoris",
     }
     given = [flag for name, flag in unbuilt.items() if getattr(opts, name)]
     if opts.blocks_to_swap:
@@ -199,9 +198,7 @@ def run(opts, sink: ProgressSink | None = None) -> list[JobResult] | list[Genera
         if opts.latent_path:
             return decode_latent_files(opts, sink)
         if opts.save_merged_model:
-            from framepack_cli.engine.lora_tools import save_merged_from_generate
-
-            return save_merged_from_generate(opts, sink)
+            return save_merged_model(opts, sink)
         device = resolve_device(opts.device)
         dtype = resolve_dtype(opts.dtype, device)
         if opts.from_file:
@@ -214,6 +211,18 @@ def run(opts, sink: ProgressSink | None = None) -> list[JobResult] | list[Genera
         return results
     finally:
         sink.close()
+
+
+def save_merged_model(opts, sink: ProgressSink) -> list[str]:
+    """`--save_merged_model PATH`: merge the LoRAs into the DiT, save it in the same key layout, and stop."""
+    from framepack_cli.models.lora import lora_specs_from_options, merge_dit_file
+
+    lines = merge_dit_file(opts.dit, lora_specs_from_options(opts), opts.save_merged_model, verbose=opts.verbose,
+                           output_flag="--save_merged_model")
+    for line in lines:
+        sink.message(line)
+    sink.message(f"Wrote {opts.save_merged_model}")
+    return lines
 
 
 def _line_options(opts, line: str, where: str):

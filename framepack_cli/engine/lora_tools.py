@@ -1,31 +1,82 @@
 """Engines of `framepack lora inspect`, `framepack lora convert` and `framepack lora merge`.
 
-Not built yet: the runners below refuse with one line after the options were validated (no fake work).
+The work is in `framepack_cli.models.lora`; these runners print. Reports go to stdout, errors are raised as
+`FramepackError` (one line, exit 2) by the library.
 """
 
 from __future__ import annotations
 
-from framepack_cli import __version__
-from framepack_cli.errors import NotBuiltError
+import json
+from typing import Any
+
+from framepack_cli.models.lora import (
+    convert_lora_file,
+    describe_lora,
+    lora_specs_from_options,
+    merge_dit_file,
+    read_lora,
+)
 from framepack_cli.options.lora import LoraConvertOptions, LoraInspectOptions, LoraMergeOptions
 
 
-def _not_built(command: str, what: str) -> NotBuiltError:
-    return NotBuiltError(
-        f"framepack {command}: {what} is not built yet in framepack {__version__} (options were validated)"
-    )
+def _list(values: list[Any]) -> str:
+    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values) or "-"
 
 
-def run_inspect(opts: LoraInspectOptions) -> None:
-    """Run `framepack lora inspect` with validated options."""
-    raise _not_built("lora inspect", "the LoRA inspector")
+def run_inspect(opts: LoraInspectOptions) -> dict[str, Any]:
+    """Run `framepack lora inspect` with validated options; returns the object printed by `--json`."""
+    info = describe_lora(opts.file, verbose=opts.verbose)
+    if opts.json_output:
+        print(json.dumps(info))
+        return info
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("format", f"{info['format']} ({info['network']})")
+    table.add_row("tensors", f"{info['tensors']} ({', '.join(info['dtypes'])})")
+    split = "" if info["file_modules"] == info["framepack_modules"] else f" (from {info['file_modules']} in the file)"
+    table.add_row("modules", f"{info['framepack_modules']} FramePack modules{split}")
+    table.add_row("rank", _list(info["ranks"]))
+    table.add_row("alpha", _list(info["alphas"]) if info["alphas"] else "none (scale 1)")
+    table.add_row("scale", _list(info["scales"]))
+    for block, entry in info["targets"].items():
+        where = f"{block} {entry['blocks']}" if entry["blocks"] else "outside the blocks"
+        table.add_row(f"  {where}", ", ".join(entry["modules"]))
+    if info["unused_keys"]:
+        keys = list(info["unused_keys"].items())
+        shown = keys if opts.verbose else keys[:3]
+        more = "" if len(shown) == len(keys) else f" (first {len(shown)}; --verbose lists all)"
+        table.add_row("unused keys", f"{len(keys)}{more}")
+        for k, why in shown:
+            table.add_row("", escape(f"{k}: {why}"))
+    if opts.verbose:
+        for m in info["modules"]:
+            table.add_row(f"  {m['module']}", f"{m['network']} rank {m['rank']} alpha {m['alpha']} "
+                          f"{m['shape'][0]}x{m['shape'][1]} <- {escape(m['source'])}")
+    meta = info["metadata"]
+    hidden = info["metadata_keys"] - len(meta)
+    table.add_row("metadata", f"{info['metadata_keys']} keys" + (f" ({hidden} shown with --verbose)" if hidden else ""))
+    for k, v in meta.items():
+        v = v if opts.verbose or len(v) <= 100 else v[:97] + "..."
+        table.add_row(f"  {escape(k)}", escape(v))
+    Console(highlight=False).print(table)
+    return info
 
 
 def run_convert(opts: LoraConvertOptions) -> None:
     """Run `framepack lora convert` with validated options."""
-    raise _not_built("lora convert", "the LoRA converter")
+    src = convert_lora_file(opts.file, opts.to, opts.output, overwrite=opts.overwrite)
+    out = read_lora(opts.output, flag="--output")
+    print(f"Converted {src.path.name} ({src.format}, {len(src.modules)} FramePack modules, "
+          f"{len(src.unused)} keys unused) to {opts.to}: {opts.output} ({out.n_keys} tensors)")
 
 
 def run_merge(opts: LoraMergeOptions) -> None:
     """Run `framepack lora merge` with validated options."""
-    raise _not_built("lora merge", "the LoRA merger")
+    merge_dit_file(opts.dit, lora_specs_from_options(opts), opts.output, dtype=opts.dtype,
+                   overwrite=opts.overwrite, verbose=getattr(opts, "verbose", False), progress=print)
+    print(f"Saved merged DiT: {opts.output}")

@@ -86,6 +86,7 @@ class Models:
                 from framepack_cli.models.lora import lora_specs_from_options
 
                 kwargs["loras"] = lora_specs_from_options(o)
+                kwargs["lora_verbose"] = o.verbose
             dit = load_dit(o.dit, device=self.device, dtype=self.dtype, attn_mode=o.attn_mode,
                            rope_scaling_timestep_threshold=o.rope_scaling_timestep_threshold,
                            rope_scaling_factor=o.rope_scaling_factor, **kwargs)

@@ -20,9 +20,9 @@ row-major, followed by the context `[SigLIP projection (729) | refined text (val
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +103,9 @@ _DTYPES = {
     "float16": torch.float16,
     "half": torch.float16,
 }
+
+if TYPE_CHECKING:
+    from framepack_cli.models.lora import LoraSpec
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -718,6 +721,8 @@ def load_dit(
     flag: str = "--dit",
     rope_scaling_timestep_threshold: float | None = None,
     rope_scaling_factor: float = 0.5,
+    loras: Sequence[LoraSpec] | None = None,
+    lora_verbose: bool = False,
 ) -> FramePackTransformer:
     """Load a FramePack DiT from any supported layout, ready for inference (eval, no grads).
 
@@ -734,9 +739,14 @@ def load_dit(
         flag: CLI flag named in error messages.
         rope_scaling_timestep_threshold: see `FramePackTransformer`.
         rope_scaling_factor: see `FramePackTransformer`.
+        loras: LoRA/LoHa/LoKr files merged into the weights (`framepack_cli.models.lora.plan_merge`: checked
+            from the file headers before any weight is read; float32 arithmetic after the cast to `dtype` and
+            before the model is built, so before any quantisation).
+        lora_verbose: list the unused keys of each LoRA in the report.
 
     Returns:
-        The model, with `config_source` ("config.json" or "tensor shapes") and `source_files` attributes.
+        The model, with `config_source` ("config.json" or "tensor shapes"), `source_files` and `lora_report`
+        (one line per LoRA, empty without LoRAs) attributes.
 
     Raises:
         ModelFormatError: wrong kind of file (VAE, LoRA, ...), truncated file, missing shards, or keys /
@@ -776,6 +786,13 @@ def load_dit(
         )
     expected = {k: v.shape for k, v in model.state_dict().items()}
 
+    lora_plan = None
+    if loras:
+        from framepack_cli.models.lora import plan_merge
+
+        # From the headers: a LoRA for another model fails before gigabytes of weights are read.
+        shapes = {k[len(prefix) :]: v.shape for k, v in infos.items() if k.startswith(prefix)}
+        lora_plan = plan_merge(loras, shapes, verbose=lora_verbose)
     state = load_state_dict(files, device=device)
     if prefix:
         # ComfyUI-style files may bundle other components under other prefixes: keep only the DiT.
@@ -803,6 +820,9 @@ def load_dit(
             state[k] = v.to(device=device, dtype=torch.float32 if k.startswith("proj_out.") else dtype)
         else:
             state[k] = v.to(device=device)
+    if lora_plan is not None:
+        # After the cast, so a bf16 file loaded as float32 gets an unrounded float32 merge.
+        lora_plan.apply_all(state)
     model.load_state_dict(state, strict=True, assign=True)
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         raise ModelFormatError(f"{flag}: {shown}: some model tensors were not loaded")
@@ -810,4 +830,5 @@ def load_dit(
     model.eval()
     model.config_source = source
     model.source_files = files
+    model.lora_report = lora_plan.report if lora_plan is not None else []
     return model

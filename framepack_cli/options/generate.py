@@ -115,7 +115,8 @@ class GenerateOptions(OptionsBase):
                                            variadic=True, panel=LORA)
     exclude_patterns: list[str] | None = F(None, "Regex per LoRA: modules matching it are skipped.",
                                            variadic=True, panel=LORA)
-    lycoris: bool = F(False, "Merge LoHa/LoKr (LyCORIS) files.", panel=LORA)
+    lycoris: bool = F(False, "Accepted for musubi compatibility; not needed: LoHa/LoKr (LyCORIS) files are detected "
+                      "and merged without it.", panel=LORA)
     save_merged_model: str | None = F(None, "Save the DiT with the LoRAs merged to this file and exit.", panel=LORA)
 
     # --- prompt and images
@@ -273,7 +274,7 @@ def _cross_checks(o: GenerateOptions) -> list[str]:
     if o.from_file and o.interactive:
         errs.append("--from_file and --interactive cannot be combined; pick one")
     decode_only = bool(o.latent_path)
-    if not decode_only and not (o.prompt is not None or o.from_file or o.interactive):
+    if not decode_only and not o.save_merged_model and not (o.prompt is not None or o.from_file or o.interactive):
         errs.append("--prompt is required (or --from_file / --interactive, or --latent_path to decode saved latents)")
     required = ("vae",) if decode_only else ("dit", "vae", "text_encoder1", "text_encoder2", "image_encoder")
     if o.save_merged_model and not decode_only:

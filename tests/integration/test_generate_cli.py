@@ -190,3 +190,29 @@ def test_real_cfg_with_negative_prompt_changes_result(tmp_path):
     assert (cfg[:, 0] == plain[:, 0]).all() and not (cfg[:, 1:] == plain[:, 1:]).all()
     with safe_open(str(tmp_path / "cfg_latent.safetensors"), "pt") as f:
         assert f.metadata()["negative_prompt"] == "blurry" and f.metadata()["guidance_scale"] == "3.0"
+
+
+def test_lora_at_inference_equals_saved_merged_model(tmp_path, capsys):
+    """--lora_weight merges at load time; --save_merged_model saves the same merge; both generate alike."""
+    lora = M / "lora_tiny.safetensors"
+    common = ["--seed", "4", "--output_type", "latent", "--video_sections", "1", "--latent_window_size", "2"]
+    code, out = gen(tmp_path, *common, "--output_name", "lora", "--lora_weight", lora, "--lora_multiplier", "0.7",
+                    capsys=capsys)
+    assert code == 0
+    assert ("LoRA lora_tiny.safetensors: musubi-framepack LoRA (rank 4, alpha 2), multiplier 0.7: 34 modules merged, "
+            "0 keys unused") in out.err + out.out
+    merged = tmp_path / "merged.safetensors"
+    code, _ = cli(["generate", "--dit", M / "dit_single.safetensors", "--lora_weight", lora, "--lora_multiplier",
+                   "0.7", "--save_merged_model", merged, "--save_path", tmp_path])
+    assert code == 0 and merged.is_file()
+    args = [a if a != str(M / "dit_single.safetensors") else str(merged) for a in MODEL_ARGS]
+    code, _ = cli(["generate", *args, *SMALL, "--image_path", INPUTS / "start.png", "--prompt", "a cat",
+                   "--save_path", tmp_path, *common, "--output_name", "premerged"])
+    assert code == 0
+    assert gen(tmp_path, *common, "--output_name", "plain")[0] == 0
+    t = {n: safe_open(str(tmp_path / f"{n}_latent.safetensors"), "pt").get_tensor("latent")
+         for n in ("lora", "premerged", "plain")}
+    assert (t["lora"] - t["premerged"]).abs().max() < 1e-5
+    assert (t["lora"][:, 1:] - t["plain"][:, 1:]).abs().max() > 1e-3
+    with safe_open(str(tmp_path / "lora_latent.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["framepack"])["loras"] == [[str(lora), 0.7]]
