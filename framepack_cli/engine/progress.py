@@ -21,6 +21,15 @@ class ProgressSink(Protocol):
     def end_section(self) -> None:
         """The current section is finished."""
 
+    def start_items(self, total: int, label: str) -> None:
+        """A run over `total` items (files to cache, captions to encode) begins; `label` names them."""
+
+    def advance(self, n: int = 1) -> None:
+        """`n` more items are done (cached, skipped or failed)."""
+
+    def end_items(self) -> None:
+        """The run over items is finished."""
+
     def close(self) -> None:
         """Stop any live display."""
 
@@ -32,6 +41,8 @@ class NullProgress:
         self.messages: list[str] = []
         self.steps = 0
         self.sections = 0
+        self.items_total = 0
+        self.items_done = 0
 
     def message(self, text: str) -> None:
         self.messages.append(text)
@@ -46,6 +57,15 @@ class NullProgress:
         self.steps += 1
 
     def end_section(self) -> None:
+        pass
+
+    def start_items(self, total: int, label: str) -> None:
+        self.items_total, self.items_done = total, 0
+
+    def advance(self, n: int = 1) -> None:
+        self.items_done += n
+
+    def end_items(self) -> None:
         pass
 
     def close(self) -> None:

@@ -60,9 +60,9 @@ class CacheLatentsOptions(OptionsBase):
                                "(as in the reference).", panel=DATASET, ge=1)
     num_workers: int | None = F(None, "Threads that load and resize images/frames (default: CPU count - 1).",
                                 panel=DATASET, ge=1)
-    skip_existing: bool = F(False, "Skip items whose cache files all exist already (existence check only: "
-                            "re-cache without it after changing --f1/--one_frame/--one_frame_no_2x/4x).",
-                            panel=DATASET)
+    skip_existing: bool = F(False, "Skip items whose cache files all exist, are complete and were made with the "
+                            "same settings (--f1/--one_frame/--one_frame_no_2x/4x, window size, resolution); "
+                            "the others are cached again. Resumes an interrupted run.", panel=DATASET)
     keep_cache: bool = F(False, "Keep *_fp.safetensors files in the cache directories that this run did not "
                          "produce (default: delete them).", panel=DATASET)
 
@@ -72,8 +72,9 @@ class CacheLatentsOptions(OptionsBase):
                               "in float16 (use --dtype instead).", panel=MODELS)
     image_encoder: str | None = F(None, "SigLIP image encoder: file or directory (required unless --debug_mode).",
                                   panel=MODELS)
-    dtype: DTYPES = F("auto", "Compute dtype of the VAE and SigLIP: auto = float16 on CUDA (the reference), "
-                      "float32 on CPU. Latents are stored as float16 either way.", panel=MODELS)
+    dtype: DTYPES = F("auto", "Compute and storage dtype of the VAE and SigLIP outputs: auto = float16 on CUDA "
+                      "(the reference's caches), float32 on CPU. The key suffixes name it; trainers strip them.",
+                      panel=MODELS)
     device: str | None = F(None, "Device (default: cuda if available, else cpu).", panel=MODELS)
     disable_cudnn_backend: bool = F(False, "Disable cuDNN (torch.backends.cudnn.enabled = False).", panel=MODELS)
 
@@ -94,7 +95,7 @@ class CacheLatentsOptions(OptionsBase):
     # --- debug
     debug_mode: Literal["image", "console", "video"] | None = F(
         None, "Preview the prepared items instead of caching (no model is loaded): image = OpenCV window, "
-        "console = ASCII art, video = write .mp4/.jpg beside the cache paths.", panel=DEBUG)
+        "console = ASCII art, video = write .mp4/.jpg beside the cache paths. Not built yet: refused.", panel=DEBUG)
     console_width: int = F(80, "Width of the console preview (--debug_mode console).", panel=DEBUG, ge=1)
     console_back: str | None = F(None, "Background colour of the console preview.", panel=DEBUG)
     console_num_images: int | None = F(None, "Console preview: show this many items per dataset without waiting "
@@ -138,8 +139,10 @@ class CacheTextOptions(OptionsBase):
                             "directories.", panel=DATASET)
     batch_size: int | None = F(None, "Items handed to the encoder at once (captions are still encoded one by one); "
                                "also the batch_size of datasets that set none.", panel=DATASET, ge=1)
-    num_workers: int | None = F(None, "Threads that read captions (default: CPU count - 1).", panel=DATASET, ge=1)
-    skip_existing: bool = F(False, "Skip items whose text cache existed before this run.", panel=DATASET)
+    num_workers: int | None = F(None, "Accepted for compatibility: captions are read while the dataset config is "
+                                "validated.", panel=DATASET, ge=1)
+    skip_existing: bool = F(False, "Skip items whose text cache exists, is complete and holds the same caption.",
+                            panel=DATASET)
     keep_cache: bool = F(False, "Keep *_fp_te.safetensors files that this run did not produce (default: delete "
                          "them).", panel=DATASET)
 
@@ -152,8 +155,8 @@ class CacheTextOptions(OptionsBase):
                                "HF cache).", panel=MODELS)
     fp8_llm: bool = F(False, "Store the LLaMA text encoder in fp8 (less memory, slightly different caches).",
                       panel=MODELS)
-    dtype: DTYPES = F("auto", "Compute dtype of the text encoders: auto = float16 on CUDA (the reference), float32 "
-                      "on CPU. Caches are stored as float16 either way.", panel=MODELS)
+    dtype: DTYPES = F("auto", "Compute and storage dtype of the text encoders: auto = float16 on CUDA (the "
+                      "reference's caches), float32 on CPU.", panel=MODELS)
     device: str | None = F(None, "Device (default: cuda if available, else cpu).", panel=MODELS)
 
     @model_validator(mode="after")
