@@ -100,7 +100,8 @@ def write_outputs(opts, latent: torch.Tensor, seed: int, meta: dict[str, str] | 
         if want_images:
             sinks.append(PngSequenceWriter(save_dir, base, metadata=meta, subdir=not one_frame))
         try:
-            decode_to(sinks, vae(), latent, opts.latent_window_size, bulk=opts.bulk_decode, per_frame=one_frame)
+            decode_to(sinks, vae(), latent, opts.latent_window_size, bulk=opts.bulk_decode, per_frame=one_frame,
+                      sink=sink)
         except BaseException:
             for w in sinks:
                 w.abort()
@@ -113,20 +114,29 @@ def write_outputs(opts, latent: torch.Tensor, seed: int, meta: dict[str, str] | 
     return files
 
 
-def decode_to(sinks, vae, latent: torch.Tensor, window: int, *, bulk: bool = False, per_frame: bool = False) -> None:
+def decode_to(sinks, vae, latent: torch.Tensor, window: int, *, bulk: bool = False, per_frame: bool = False,
+              sink: ProgressSink | None = None) -> None:
     """Decode a CTHW latent and stream uint8 frames to `sinks` (progressive soft-append unless bulk)."""
+    from framepack_cli.engine.progress import NullProgress
     from framepack_cli.io.outputs import ProgressiveBlender, to_uint8
     from framepack_cli.models.vae import vae_decode, vae_decode_per_frame
 
+    sink = sink or NullProgress()
     z = latent.unsqueeze(0)
     if per_frame:
+        sink.start_items(z.shape[2], "decode")
         for t in range(z.shape[2]):
             frames = to_uint8(vae_decode_per_frame(vae, z[:, :, t : t + 1])[0].float().cpu())
             for w in sinks:
                 w.write(frames)
+            sink.advance()
+        sink.end_items()
         return
     chunks = [(0, z.shape[2])] if bulk else decode_chunks(z.shape[2], window)
     blender = ProgressiveBlender(frames_per_section(window), sinks)
+    sink.start_items(len(chunks), "decode")
     for a, b in chunks:
         blender.add(vae_decode(vae, z[:, :, a:b])[0].float().cpu())
+        sink.advance()
     blender.finish()
+    sink.end_items()
