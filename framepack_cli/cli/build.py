@@ -54,11 +54,12 @@ def _typer_param(name: str, field: FieldInfo) -> tuple[Any, Any]:
         kwargs["rich_help_panel"] = meta["panel"]
     if meta.get("metavar"):
         kwargs["metavar"] = meta["metavar"]
-    show = default not in (None, PydanticUndefined, False, (), []) and not callable(default)
+    # Shown in the help text itself: typer would print the string default in parentheses.
+    show = not (default is None or default is PydanticUndefined or isinstance(default, bool) or default in ((), []))
     if show:
-        kwargs["show_default"] = str(list(default) if isinstance(default, tuple) else default)
-    else:
-        kwargs["show_default"] = False
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else str(default)
+        kwargs["help"] = f"{help_text} \\[default: {shown}]".strip()
+    kwargs["show_default"] = False
     origin = get_origin(tp)
     if tp is bool:
         annotation = bool
