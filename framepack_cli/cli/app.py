@@ -1,7 +1,7 @@
 """The `framepack` typer app: registers every subcommand from its options model, and is the ONE place that
 turns errors into output and exit codes.
 
-- `FramepackError` (bad input, wrong file) -> `Error: ...` (+ `Hint: ...`), exit 2, no traceback.
+- `FramepackError` (bad input, wrong file) -> `Error: ...; <hint>` on one line, exit 2, no traceback.
 - click usage errors (unknown flag, bad int) -> one `Error: ...` line, exit 2.
 - anything else is a bug -> exit 1; the traceback only with `--debug`.
 
@@ -112,10 +112,12 @@ def main(argv: list[str] | None = None) -> None:
             import traceback
 
             traceback.print_exc()
-        for line in e.message.splitlines():
-            _err(f"Error: {line}")
+        # One line per problem, the fix on the same line.
+        lines = e.message.splitlines() or [""]
         if e.hint:
-            _err(f"Hint: {e.hint}")
+            lines[-1] = f"{lines[-1]}; {e.hint}"
+        for line in lines:
+            _err(f"Error: {line}")
         rc = 2
     except KeyboardInterrupt:
         _err("Interrupted.")

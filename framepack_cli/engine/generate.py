@@ -117,6 +117,19 @@ class VideoJob:
     def metadata(self, latent: torch.Tensor) -> dict[str, str] | None:
         return run_metadata(self.opts, self.seed, latent, {"video_sections": self.n})
 
+    def notes(self) -> list[str]:
+        """Settings that will have no effect, said before the work starts."""
+        o, out = self.opts, []
+        if o.negative_prompt and o.guidance_scale == 1.0:
+            out.append("Warning: --negative_prompt has no effect with --guidance_scale 1 (real CFG off)")
+        for flag, text in (("--prompt", o.prompt), ("--image_path", o.image_path)):
+            if text and ";;;" in text:
+                unused = sorted(i for i in parse_section_values(text) if i >= self.n or i < -self.n)
+                if unused:
+                    out.append(f"Warning: {flag}: section index {', '.join(map(str, unused))} is outside the "
+                               f"{self.n} section(s) of this video and is not used")
+        return out
+
     def sample(self, dit, cond: Conditioning, device, dtype, sink: ProgressSink) -> torch.Tensor:
         """All sections, in generation order; returns the final latent `[16, T, h, w]` on the CPU."""
         o = self.opts
@@ -192,7 +205,15 @@ def make_job(opts, label: str = ""):
 
 def run(opts, sink: ProgressSink | None = None) -> list[JobResult] | list[GenerateResult]:
     """Entry point of `framepack generate` (validated `GenerateOptions`)."""
+    from framepack_cli.engine.preflight import check_models, preflight
+
     refuse_unbuilt(opts)
+    if opts.latent_path:
+        check_models(opts, kinds=("vae",))
+    elif opts.save_merged_model:
+        check_models(opts, kinds=("dit",))
+    else:
+        preflight(opts)
     sink = sink or default_sink()
     try:
         if opts.latent_path:
@@ -205,9 +226,9 @@ def run(opts, sink: ProgressSink | None = None) -> list[JobResult] | list[Genera
             return run_batch(opts, device, dtype, sink)
         if opts.interactive:
             return run_interactive(opts, device, dtype, sink)
-        results = run_jobs([make_job(opts)], Models(opts, device, dtype, sink), sink)
-        if results[0].error:
-            raise FramepackError(results[0].error)
+        results = run_jobs([make_job(opts)], Models(opts, device, dtype, sink), sink, report_errors=False)
+        if results[0].exc is not None:
+            raise results[0].exc
         return results
     finally:
         sink.close()
@@ -236,16 +257,23 @@ def _line_options(opts, line: str, where: str):
         raise FramepackError(f"{where}: {e}") from None
     base = opts.model_dump(include=opts.model_fields_set)
     try:
-        return validate(type(opts), job_values(base, overrides, opts.video_size))
+        line_opts = validate(type(opts), job_values(base, overrides, opts.video_size))
     except OptionsError as e:
         raise FramepackError("\n".join(f"{where}: {line_err}" for line_err in e.lines)) from None
+    from framepack_cli.engine.preflight import check_images, job_images
+
+    try:
+        check_images(job_images(line_opts))
+    except FramepackError as e:
+        raise FramepackError(f"{where}: {e.message}", hint=e.hint) from None
+    return line_opts
 
 
 def run_batch(opts, device, dtype, sink: ProgressSink) -> list[JobResult]:
     """`--from_file`: one job per line; bad lines are reported and skipped; models load once."""
     path = Path(opts.from_file)
     jobs, bad = [], []
-    for no, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for no, raw in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -318,10 +346,17 @@ def decode_latent_files(opts, sink: ProgressSink) -> list[GenerateResult]:
         except json.JSONDecodeError:
             settings = {}
         one_frame = bool(settings.get("one_frame_inference"))
-        o = opts.model_copy(update={
-            "latent_window_size": int(meta.get("latent_window_size", opts.latent_window_size)),
-            "fps": int(meta.get("fps", opts.fps)),
-        })
+        # Flags given on the command line win; else the file's metadata; else the defaults, said out loud.
+        update = {}
+        for name in ("latent_window_size", "fps"):
+            if name in opts.model_fields_set:
+                continue
+            if name in meta:
+                update[name] = int(meta[name])
+            elif latent.shape[1] > 1:
+                sink.message(f"Warning: {path} records no {name}; using {getattr(opts, name)} "
+                             f"(pass --{name} if it was generated with another)")
+        o = opts.model_copy(update=update)
         stem = Path(path).name.removesuffix(".safetensors").removesuffix("_latent")
         files = write_outputs(o, latent.float(), seed, meta or None, vae=models.vae, sink=sink, base=stem,
                               one_frame=one_frame, save_latent_file=False)

@@ -54,26 +54,25 @@ def _config(kind: str, infos: dict[str, TensorInfo], files: list[Path]) -> dict[
                 "hidden_act", "rope_theta")
         return {k: cfg[k] for k in keep if k in cfg and cfg[k] is not None}
     if kind == "lora":
-        return _lora_summary(infos)
+        return _lora_summary(files[0])
     return {}
 
 
-def _lora_summary(infos: dict[str, TensorInfo]) -> dict[str, Any]:
-    downs = {k: v for k, v in infos.items() if k.endswith((".lora_down.weight", ".lora_A.weight"))}
-    ranks = sorted({v.shape[0] for v in downs.values()})
-    sample = next(iter(sorted(infos)), "")
-    if sample.startswith("lora_unet_"):
-        fmt = "musubi-hunyuanvideo" if any("double_blocks" in k for k in infos) else "musubi-framepack"
-    elif any(".lora_A." in k for k in infos):
-        fmt = "diffusers-peft" if sample.startswith(("transformer.", "diffusion_model.")) else "peft"
-    elif any(".hada_w1_a" in k for k in infos):
-        fmt = "lycoris-loha"
-    elif any(".lokr_w1" in k for k in infos):
-        fmt = "lycoris-lokr"
-    else:
-        fmt = "lora"
-    return {"lora_format": fmt, "modules": len(downs), "ranks": ranks,
-            "has_alpha": any(k.endswith(".alpha") for k in infos)}
+def _lora_summary(path: Path) -> dict[str, Any]:
+    """The same reading as `framepack lora inspect` (one detector for both commands)."""
+    from framepack_cli.models.lora import describe_lora
+
+    d = describe_lora(path)
+    return {"lora_format": d["format"], "network": d["network"], "modules": d["framepack_modules"],
+            "ranks": d["ranks"], "alphas": d["alphas"]}
+
+
+def _format(det, layout: str, config: dict[str, Any]) -> str:
+    if det.kind == "vae" and layout == "pickle":
+        return "official"
+    if det.kind == "lora":
+        return str(config.get("lora_format", "lora"))
+    return det.format
 
 
 def describe(path: str) -> dict[str, Any]:
@@ -104,13 +103,14 @@ def describe(path: str) -> dict[str, Any]:
     by_dtype: Counter[str] = Counter()
     for info in infos.values():
         by_dtype[ST_DTYPES.get(info.dtype, info.dtype)] += info.numel
+    config = _config(det.kind, stripped, files)
     layout = "pickle" if files[0].suffix != ".safetensors" else (
         f"sharded ({len(files)} files)" if len(files) > 1 else "single file")
     return {
         "path": str(p),
         "kind": det.kind,
         "description": KIND_LABELS[det.kind],
-        "format": "official" if (det.kind == "vae" and layout == "pickle") else det.format,
+        "format": _format(det, layout, config),
         "layout": layout,
         "key_prefix": det.prefix,
         "dtype": by_dtype.most_common(1)[0][0] if by_dtype else None,
@@ -118,7 +118,7 @@ def describe(path: str) -> dict[str, Any]:
         "parameters": sum(i.numel for i in infos.values()),
         "tensors": len(infos),
         "files": [str(f) for f in files],
-        "config": _config(det.kind, stripped, files),
+        "config": config,
     }
 
 

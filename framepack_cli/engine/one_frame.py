@@ -55,15 +55,20 @@ class OneFrameJob:
         self.label = label
         self.seed = opts.seed if opts.seed is not None else random.randint(0, 2**32 - 1)
         self.controls: list[str | None] = list(opts.control_image_path or []) or [None]
-        self.notes: list[str] = []
+        self._notes: list[str] = []
         if opts.one_frame_auto_resize and self.controls[0] is not None:
             rgb0, _ = load_image(self.controls[0])
             height, width = opts.video_size
             width, height = auto_resize_bucket(rgb0.shape[1], rgb0.shape[0], width, height)
             opts = opts.model_copy(update={"video_size": (height, width)})
-            self.notes.append(f"--one_frame_auto_resize: {height}x{width} from {self.controls[0]}")
-        if opts.end_image_path:
-            self.notes.append("Warning: --end_image_path is ignored in one-frame mode")
+            self._notes.append(f"--one_frame_auto_resize: {height}x{width} from {self.controls[0]}")
+        ignored = [flag for flag, given in (
+            ("--end_image_path", opts.end_image_path), ("--f1", opts.f1), ("--video_sections", opts.video_sections),
+            ("--latent_paddings", opts.latent_paddings), ("--bulk_decode", opts.bulk_decode),
+            ("--video_seconds", "video_seconds" in opts.model_fields_set)) if given]
+        if ignored:
+            self._notes.append(f"Warning: {', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} ignored in "
+                              "one-frame mode (one frame is sampled from the control images)")
         self.opts = opts
         spec = opts.one_frame
         self.layout = one_frame_layout(
@@ -72,6 +77,9 @@ class OneFrameJob:
         )
         self.image0 = parse_section_values(opts.image_path)[0] if opts.image_path else None
         self.prompt0 = parse_section_values(opts.prompt)[0] if opts.prompt is not None else ""
+
+    def notes(self) -> list[str]:
+        return list(self._notes)
 
     def vae_images(self) -> list[str | None]:
         return [c for c in self.controls if c is not None]
@@ -109,8 +117,6 @@ class OneFrameJob:
 
     def sample(self, dit, cond: Conditioning, device, dtype, sink: ProgressSink) -> torch.Tensor:
         o, lay = self.opts, self.layout
-        for note in self.notes:
-            sink.message(note)
         height, width = o.video_size
         lh, lw = height // 8, width // 8
         sink.message(f"Seed {self.seed}, one frame at index {lay.latent_index}, clean latents at "

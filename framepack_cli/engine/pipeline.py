@@ -39,6 +39,8 @@ class Job(Protocol):
     seed: int
     one_frame: bool
 
+    def notes(self) -> list[str]: ...
+
     def vae_images(self) -> list[str | None]: ...
 
     def siglip_images(self) -> list[str | None]: ...
@@ -60,16 +62,25 @@ class JobResult:
     latent: torch.Tensor | None = None
     files: list = field(default_factory=list)
     error: str | None = None
+    exc: FramepackError | None = None
 
 
-def _fail(result: JobResult, err: FramepackError, sink: ProgressSink) -> None:
-    result.error = err.message
-    prefix = f"{result.label}: " if result.label else ""
-    sink.message(f"Error: {prefix}{err.message}")
+def run_jobs(jobs: list[Job], models: Models, sink: ProgressSink, *, report_errors: bool = True) -> list[JobResult]:
+    """Run `jobs` through the four phases; see the module docstring.
 
+    Args:
+        report_errors: print each failed job's error (batch and interactive runs); a single run leaves that
+            to the caller, which raises `JobResult.exc`.
+    """
 
-def run_jobs(jobs: list[Job], models: Models, sink: ProgressSink) -> list[JobResult]:
-    """Run `jobs` through the four phases; see the module docstring."""
+    def _fail(result: JobResult, err: FramepackError, sink: ProgressSink) -> None:
+        result.error, result.exc = err.message, err
+        if report_errors:
+            prefix = f"{result.label}: " if result.label else ""
+            hint = f"; {err.hint}" if err.hint else ""
+            for line in err.message.splitlines():
+                sink.message(f"Error: {prefix}{line}{hint}")
+
     import numpy as np
 
     from framepack_cli.io.images import load_image, resize_to_bucket, to_pixels
@@ -77,6 +88,9 @@ def run_jobs(jobs: list[Job], models: Models, sink: ProgressSink) -> list[JobRes
     from framepack_cli.models.text_encoders import encode_prompt
     from framepack_cli.models.vae import vae_encode
 
+    for job in jobs:  # warnings about settings that will have no effect, before any model loads
+        for note in job.notes():
+            sink.message(f"{job.label}: {note}" if job.label else note)
     results = [JobResult(job.label, job.seed) for job in jobs]
     conds = [Conditioning() for _ in jobs]
     alive = list(range(len(jobs)))

@@ -91,8 +91,10 @@ def write_outputs(opts, latent: torch.Tensor, seed: int, meta: dict[str, str] | 
         ([""] if not one_frame else ["_000.png"]) if want_images else [])
     base = unique_base(save_dir, opts.output_name or base or f"{timestamp()}_{seed}", suffixes)
     files: list[Path] = []
+    written: list[str] = []
     if want_latent:
         files.append(save_latent(save_dir / f"{base}_latent.safetensors", latent, meta))
+        written.append(str(files[-1]))
     if want_video or want_images:
         sinks = []
         if want_video:
@@ -108,9 +110,13 @@ def write_outputs(opts, latent: torch.Tensor, seed: int, meta: dict[str, str] | 
             raise
         for w in sinks:
             out = w.close()
-            files.extend(out if isinstance(out, list) else [out])
-    for f in files:
-        sink.message(f"Wrote {f}")
+            if isinstance(out, list):
+                files.extend(out)
+                written.append(str(out[0]) if len(out) == 1 else f"{len(out)} frames to {out[0].parent}/")
+            else:
+                files.append(out)
+                written.append(str(out))
+    sink.message("Wrote " + ", ".join(written))
     return files
 
 

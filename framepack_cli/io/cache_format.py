@@ -19,6 +19,7 @@ temporary file that the next run deletes -- never a truncated cache under a real
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -282,7 +283,8 @@ def save_cache_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. the folder is below a file: nothing to clean up
+            tmp.unlink()
         raise FramepackError(f"{path}: cannot write cache file ({e.strerror or e})") from None
     _written += 1
     if kill and not kill[1] and _written == kill[0]:

@@ -539,6 +539,10 @@ def save_latent(path: Path, latent: torch.Tensor, metadata: dict[str, str] | Non
     tensor = latent.detach().to("cpu").contiguous().clone()
     try:
         save_file({_LATENT_KEY: tensor}, str(tmp), metadata=meta or None)
+        # safetensors creates the file 0600; give it the permissions of every other output (umask applied).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -587,9 +591,11 @@ def load_latent(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
                 items = [(k, len(f.get_slice(k).get_shape())) for k in f.keys()]
                 key = _pick_latent_key(items)
                 if key is None:
+                    names = [k for k, _ in items]
+                    shown = ", ".join(names[:3]) + (f", ... ({len(names)} tensors)" if len(names) > 3 else "")
                     raise FramepackError(
                         f"{p}: no latent tensor (expected key 'latent' or a 'latent*' tensor of 4+ dims; "
-                        f"found {[k for k, _ in items] or 'no tensors'})"
+                        f"found {shown or 'no tensors'}); is it a model file?"
                     )
                 return f.get_tensor(key), meta
         except (SafetensorError, OSError, ValueError) as e:
@@ -597,8 +603,9 @@ def load_latent(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
 
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling fails in many ways; all mean "not a latent file"
-        raise FramepackError(f"{p}: not a latent file (torch.load failed: {type(e).__name__}: {e})") from None
+    except Exception:  # unpickling fails in many ways; all mean "not a latent file" (torch's text is not shown:
+        # it may suggest weights_only=False)
+        raise FramepackError(f"{p}: not a latent file (neither safetensors nor a plain torch tensor file)") from None
     if isinstance(obj, torch.Tensor):
         return obj, {}
     if isinstance(obj, dict):

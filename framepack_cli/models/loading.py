@@ -100,14 +100,16 @@ def expand_shards(path: Path) -> list[Path]:
     return files
 
 
-def find_weight_files(path: Path, subfolders: tuple[str, ...] = ()) -> list[Path]:
+def find_weight_files(path: Path, subfolders: tuple[str, ...] = (), kind: str | None = None) -> list[Path]:
     """Resolve a user path (file, first shard, directory, HF snapshot) to the list of weight files.
 
     For a directory: look in the directory itself, then in each of `subfolders` (e.g. `vae`,
-    `text_encoder`); prefer `*.safetensors` (all shards of the first set found), else a single pickle.
+    `text_encoder`); prefer `*.safetensors`, else a single pickle. A directory holding several different
+    checkpoints is resolved by `kind` (the one whose tensors look like that model), else refused with the
+    list, never guessed by name order.
 
     Raises:
-        ModelFormatError: path missing, or a directory holding no weights.
+        ModelFormatError: path missing, a directory holding no weights, or an ambiguous directory.
     """
     if not path.exists():
         raise ModelFormatError(f"{path}: no such file or directory")
@@ -118,12 +120,23 @@ def find_weight_files(path: Path, subfolders: tuple[str, ...] = ()) -> list[Path
     for d in (path, *(path / s for s in subfolders)):
         if not d.is_dir():
             continue
-        st = sorted(d.glob("*.safetensors"))
-        if st:
-            return expand_shards(st[0])
-        pk = sorted(p for p in d.iterdir() if p.suffix in (".pt", ".pth", ".bin", ".ckpt"))
-        if pk:
-            return [pk[0]]
+        candidates = [x for x in sorted(d.iterdir()) if x.is_file() and x.suffix in WEIGHT_SUFFIXES]
+        st = [x for x in candidates if x.suffix == ".safetensors"]
+        sets: list[list[Path]] = []
+        for f in st or candidates[:1]:
+            if not any(f in s for s in sets):
+                sets.append(expand_shards(f) if f.suffix == ".safetensors" else [f])
+        if len(sets) == 1:
+            return sets[0]
+        if len(sets) > 1:
+            if kind is not None:
+                from framepack_cli.models.detect import detect_kind
+
+                matching = [s for s in sets if detect_kind(read_header_infos(s)).kind == kind]
+                if len(matching) == 1:
+                    return matching[0]
+            names = ", ".join(s[0].name for s in sets)
+            raise ModelFormatError(f"{d}: holds several checkpoints ({names}); pass the file itself")
     looked = ", ".join(str(d) for d in (path, *(path / s for s in subfolders)))
     raise ModelFormatError(f"{path}: directory holds no weight files (looked in {looked})")
 
@@ -155,19 +168,46 @@ def _torch_dtype_to_st(dtype: torch.dtype) -> str:
     return table.get(dtype, str(dtype))
 
 
+_MAGIC = (
+    (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+    (b"RIFF", "a RIFF (WebP/WAV/AVI) file"), (b"\x1aE\xdf\xa3", "a Matroska/WebM video"),
+    (b"version https://git-lfs", "a Git LFS pointer (the real file was not downloaded)"), (b"<", "an HTML/XML file"),
+    (b"{", "a JSON file"),
+)
+
+
+def _sniff(path: Path) -> str | None:
+    """What a non-checkpoint file is, from its first bytes (None when it may be a torch checkpoint)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    if head[4:8] == b"ftyp":
+        return "an MP4/MOV video"
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    if head.startswith((b"PK\x03\x04", b"\x80")):  # torch zip archive, or a raw pickle
+        return None
+    return "an unknown file (neither safetensors nor a torch checkpoint)" if head else "an empty file"
+
+
 def load_pickle_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a torch pickle with `weights_only=True`; unwrap a `state_dict` entry if present."""
-    import pickle
-
     import torch
 
+    what = _sniff(path)
+    if what is not None:
+        raise ModelFormatError(f"{path}: {what}, not model weights")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError,
-            AttributeError, TypeError, ImportError) as e:
-        # Garbage bytes make torch's unpickler raise almost anything; all of it means "not a checkpoint".
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelFormatError(f"{path}: cannot read as a torch checkpoint ({first})") from None
+    except Exception:  # noqa: BLE001 - garbage makes the unpickler raise almost anything; all mean the same
+        # torch's own text may suggest weights_only=False, which this tool never does: say it plainly instead.
+        raise ModelFormatError(
+            f"{path}: cannot read as a torch checkpoint (only plain tensor state dicts are loaded, with "
+            "weights_only=True); convert it to .safetensors"
+        ) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

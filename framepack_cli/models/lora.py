@@ -819,7 +819,8 @@ def _check_output(output: Path, overwrite: bool, inputs: Iterable[Path], flag: s
         if output.exists() and p.exists() and output.resolve() == p.resolve():
             raise FramepackError(f"{flag}: {output} is also an input; write to a new file")
     if output.exists() and not overwrite:
-        raise FramepackError(f"{flag}: file exists: {output}", hint="pass --overwrite to replace it")
+        hint = "pass --overwrite to replace it" if flag == "--output" else "choose a new file name"
+        raise FramepackError(f"{flag}: file exists: {output}", hint=hint)
     if not output.parent.is_dir():
         raise FramepackError(f"{flag}: folder does not exist: {output.parent}")
 

@@ -71,10 +71,16 @@ def resolve_weight_files(path: str | Path, subfolder: str) -> list[Path]:
     Raises:
         ModelFormatError: nothing usable at `path`.
     """
+    kind = _SUBFOLDER_KINDS.get(subfolder)
     p = Path(path).expanduser()
     if p.is_dir() and (p / subfolder).is_dir():
-        return find_weight_files(p / subfolder)
-    return find_weight_files(p, subfolders=(subfolder,))
+        return find_weight_files(p / subfolder, kind=kind)
+    return find_weight_files(p, subfolders=(subfolder,), kind=kind)
+
+
+_SUBFOLDER_KINDS = {
+    "text_encoder": "text_encoder1", "text_encoder_2": "text_encoder2", "image_encoder": "image_encoder",
+}
 
 
 @contextmanager

@@ -692,10 +692,10 @@ def resolve_dit_files(path: str | Path) -> list[Path]:
     if path.is_dir() and (path / "transformer").is_dir():
         # A pipeline snapshot keeps its DiT in transformer/ next to other components' weights.
         try:
-            return find_weight_files(path / "transformer")
+            return find_weight_files(path / "transformer", kind="dit")
         except ModelFormatError:
             pass
-    return find_weight_files(path, ("transformer",))
+    return find_weight_files(path, ("transformer",), kind="dit")
 
 
 def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:

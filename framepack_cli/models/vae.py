@@ -207,8 +207,8 @@ def _vae_weight_files(path: Path) -> list[Path]:
     # A snapshot root also holds the DiT / text-encoder files, so its vae/ folder must win over
     # whatever weights sit in the root itself.
     if path.is_dir() and (path / "vae").is_dir():
-        return find_weight_files(path / "vae")
-    return find_weight_files(path)
+        return find_weight_files(path / "vae", kind="vae")
+    return find_weight_files(path, kind="vae")
 
 
 def _config_from_json(files: list[Path]) -> dict:

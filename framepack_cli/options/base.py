@@ -97,3 +97,17 @@ def per_lora(values: list, n: int, default):
     if len(values) == 1:
         return values * n
     return values + [default] * (n - len(values))
+
+
+def check_output_dir(value: str | None, flag: str) -> None:
+    """A folder that exists or can be created: not a file, and not below a file."""
+    if value is None:
+        return
+    p = Path(value)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{flag}: {value} is a file, expected a folder")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{flag}: cannot create {value}: {parent} is a file")
+            break

@@ -579,6 +579,10 @@ def _resolve_dataset(
         c.err("cache_directory", f"required for a {src_b} dataset (there is no folder to default to)")
     elif Path(cache_dir).exists() and not Path(cache_dir).is_dir():
         c.err("cache_directory", f"{cache_dir} exists and is not a folder")
+    elif cache_dir:
+        blocking = next((q for q in Path(cache_dir).parents if q.exists() and not q.is_dir()), None)
+        if blocking is not None:
+            c.err("cache_directory", f"cannot create {cache_dir}: {blocking} is a file")
     control_dir = section.control_directory
     if control_dir is not None and not Path(control_dir).is_dir():
         c.err("control_directory", f"folder not found: {control_dir}{_exists_hint(config, control_dir)}")

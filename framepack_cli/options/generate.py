@@ -11,7 +11,15 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from framepack_cli.options.base import OptionsBase, check_file, check_files, check_regexes, cli, lora_count_errors
+from framepack_cli.options.base import (
+    OptionsBase,
+    check_file,
+    check_files,
+    check_output_dir,
+    check_regexes,
+    cli,
+    lora_count_errors,
+)
 from framepack_cli.options.sections import parse_section_values
 
 MODELS = "Models"
@@ -289,6 +297,16 @@ def _cross_checks(o: GenerateOptions) -> list[str]:
             check_file(getattr(o, name), f"--{name}")
         except ValueError as e:
             errs.append(str(e))
+    try:
+        check_output_dir(o.save_path, "--save_path")
+    except ValueError as e:
+        errs.append(str(e))
+    if o.output_name is not None and (not o.output_name.strip() or any(c in o.output_name for c in "/\\")):
+        errs.append(f"--output_name: {o.output_name!r} must be a plain file name (no folders); "
+                    "use --save_path for the folder")
+    if o.latent_path and o.output_type == "latent":
+        errs.append("--output_type latent with --latent_path: nothing to do (the latents are already saved); "
+                    "use video, images or both")
     for name in ("lora_weight", "control_image_path", "control_image_mask_path", "latent_path"):
         try:
             check_files(getattr(o, name), f"--{name}")
@@ -400,6 +418,8 @@ class KisekaeOptions(GenerateOptions):
 
     @model_validator(mode="after")
     def _need_images(self):
+        if (self.start or self.reference) and self.control_image_path != [self.start, self.reference]:
+            raise ValueError("--start/--reference cannot be combined with --control_image_path; use one or the other")
         if (self.start_mask or self.reference_mask) and self.control_image_mask_path:
             raise ValueError("--start-mask/--reference-mask cannot be combined with --control_image_mask_path")
         for name in ("start", "reference", "start_mask", "reference_mask"):

@@ -1,0 +1,117 @@
+"""Checks that run before any model loads (milliseconds, file headers only).
+
+Loading the real text encoder takes minutes and 16 GB; a DiT passed as `--vae` must not be found out
+after that. So before the first model loads: every model file is what its flag expects, the models fit
+together (the DiT's text / pooled / image widths equal the encoders' hidden sizes), the attention kernel
+imports, and every input image decodes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from framepack_cli.errors import FramepackError
+from framepack_cli.models.detect import expect_kind
+from framepack_cli.models.loading import TensorInfo, read_header_infos
+
+FLAGS = (("dit", "dit"), ("vae", "vae"), ("text_encoder1", "text_encoder1"), ("text_encoder2", "text_encoder2"),
+         ("image_encoder", "image_encoder"))
+
+
+def _files(kind: str, path: str) -> list[Path]:
+    """The files each loader would read (same resolution rules)."""
+    if kind == "dit":
+        from framepack_cli.models.transformer import resolve_dit_files
+
+        return resolve_dit_files(path)
+    if kind == "vae":
+        from framepack_cli.models.vae import _vae_weight_files
+
+        return _vae_weight_files(Path(path))
+    from framepack_cli.models.text_encoders import resolve_weight_files
+
+    sub = {"text_encoder1": "text_encoder", "text_encoder2": "text_encoder_2", "image_encoder": "image_encoder"}[kind]
+    return resolve_weight_files(path, sub)
+
+
+def _width(infos: dict[str, TensorInfo], prefix: str, names: tuple[str, ...], axis: int) -> int | None:
+    for n in names:
+        info = infos.get(prefix + n)
+        if info is not None:
+            return info.shape[axis]
+    return None
+
+
+def check_models(opts, kinds: tuple[str, ...] | None = None) -> None:
+    """Each given model file is of the right kind, and the DiT matches the encoders' widths.
+
+    Raises:
+        FramepackError / ModelFormatError: one line naming the flag, the file and the problem.
+    """
+    found: dict[str, tuple[str, dict[str, TensorInfo], str]] = {}
+    for field, kind in FLAGS:
+        path = getattr(opts, field, None)
+        if path is None or (kinds is not None and kind not in kinds):
+            continue
+        infos = read_header_infos(_files(kind, path))
+        det = expect_kind(path, infos, kind, f"--{field}")
+        found[kind] = (path, infos, det.prefix)
+    if "dit" not in found:
+        return
+    from framepack_cli.models.transformer import infer_dit_config
+
+    dit_path, dit_infos, _ = found["dit"]
+    cfg = infer_dit_config(dit_infos)
+    expected = {
+        "text_encoder1": ("text_embed_dim", ("embed_tokens.weight",), 1),
+        "text_encoder2": ("pooled_projection_dim", ("embeddings.token_embedding.weight",), 1),
+        "image_encoder": ("image_proj_dim", ("post_layernorm.weight", "embeddings.patch_embedding.weight"), 0),
+    }
+    for kind, (key, names, axis) in expected.items():
+        if kind not in found or cfg.get(key) is None:
+            continue
+        path, infos, prefix = found[kind]
+        width = _width(infos, prefix, names, axis)
+        if width is not None and width != cfg[key]:
+            flag = {"text_encoder1": "--text_encoder1", "text_encoder2": "--text_encoder2",
+                    "image_encoder": "--image_encoder"}[kind]
+            raise FramepackError(
+                f"{flag}: {path} has hidden size {width}, but the DiT {dit_path} expects {cfg[key]} ({key}); "
+                "these models do not belong together"
+            )
+
+
+def check_images(paths: list[str | None]) -> None:
+    """Every input image decodes (a truncated PNG fails here, not after the VAE has loaded)."""
+    from framepack_cli.io.images import load_image
+
+    for p in dict.fromkeys(p for p in paths if p):
+        load_image(p)
+
+
+def check_attention(attn_mode: str) -> None:
+    from framepack_cli.models.transformer import resolve_attention
+
+    try:
+        resolve_attention(attn_mode)
+    except FramepackError as e:
+        raise FramepackError(f"--attn_mode: {e.message}", hint=e.hint) from None
+
+
+def job_images(opts) -> list[str | None]:
+    """Every image file a generate / one-frame / kisekae job reads."""
+    from framepack_cli.options.sections import parse_section_values
+
+    out: list[str | None] = []
+    if opts.image_path:
+        out += list(parse_section_values(opts.image_path).values())
+    out += [opts.end_image_path, *(opts.control_image_path or []), *(opts.control_image_mask_path or [])]
+    out += [getattr(opts, "start_mask", None), getattr(opts, "reference_mask", None)]
+    return out
+
+
+def preflight(opts) -> None:
+    """All checks for a generation run (the batch lines' images are checked when each line is read)."""
+    check_models(opts)
+    check_attention(opts.attn_mode)
+    check_images(job_images(opts))
