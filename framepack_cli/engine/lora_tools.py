@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from framepack_cli.models.lora import (
+    NETWORK_LABELS,
     convert_lora_file,
     describe_lora,
     lora_specs_from_options,
@@ -73,6 +74,10 @@ def run_convert(opts: LoraConvertOptions) -> None:
     out = read_lora(opts.output, flag="--output")
     print(f"Converted {src.path.name} ({src.format}, {len(src.modules)} FramePack modules, "
           f"{len(src.unused)} keys unused) to {opts.to}: {opts.output} ({out.n_keys} tensors)")
+    lycoris = sorted({NETWORK_LABELS[m.kind] for m in src.modules.values()} - {NETWORK_LABELS["lora"]})
+    if lycoris and opts.to != "musubi":
+        print(f"Warning: {', '.join(lycoris)} modules keep their LyCORIS keys under the {opts.to} prefix; framepack "
+              f"reads them, but other {opts.to} loaders may not")
 
 
 def run_merge(opts: LoraMergeOptions) -> None:

@@ -1039,7 +1039,9 @@ def convert_lora(lora: LoraFile, to: str) -> tuple[dict[str, torch.Tensor], dict
         if ptr in seen:
             out[k] = t.clone()
         seen.add(ptr)
-    metadata = {k: v for k, v in lora.metadata.items() if k != "lora_adapter_metadata"}
+    # The sshs_* hashes cover the source file's tensors; they would be wrong for the converted ones.
+    metadata = {k: v for k, v in lora.metadata.items()
+                if k != "lora_adapter_metadata" and not k.startswith("sshs_")}
     metadata["framepack.converted_from"] = lora.format
     return out, metadata
 

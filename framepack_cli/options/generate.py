@@ -113,7 +113,9 @@ class GenerateOptions(OptionsBase):
     tokenizer2: str | None = F(None, "CLIP tokenizer directory (default: tokenizer_2/ beside the weights, then the "
                                "HF cache).", panel=MODELS)
     f1: bool = F(False, "FramePack-F1 forward sampling (use the F1 DiT weights).", panel=MODELS)
-    disable_numpy_memmap: bool = F(False, "Read safetensors without memory mapping.", panel=MODELS)
+    disable_numpy_memmap: bool = F(
+        False, "Accepted for musubi compatibility; no effect (framepack reads safetensors with safetensors' own "
+        "loader, not a numpy memmap).", panel=MODELS)
 
     # --- LoRA
     lora_weight: list[str] | None = F(None, "LoRA files (several allowed).", variadic=True, panel=LORA)
