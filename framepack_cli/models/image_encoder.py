@@ -13,17 +13,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from framepack_cli.errors import FramepackError, ModelFormatError
-from framepack_cli.models.detect import expect_kind
-from framepack_cli.models.loading import load_state_dict, read_config_json, read_header_infos
 from framepack_cli.models.text_encoders import (
     _config_from_json,
     _count_layers,
-    _match_prefix,
     _quiet_transformers,
     _shape,
-    assign_state_dict,
-    build_empty_model,
-    resolve_weight_files,
+    load_hf_encoder,
 )
 
 if TYPE_CHECKING:
@@ -116,15 +111,10 @@ def load_image_encoder(
     """
     from transformers import SiglipVisionModel
 
-    files = resolve_weight_files(path, "image_encoder")
-    infos = read_header_infos(files)
-    expect_kind(path, infos, "image_encoder", flag)
-    infos = {k: v for k, v in infos.items() if k not in _EXTRAS}
-    config = _siglip_config(infos, read_config_json(files), path)
-    model = build_empty_model(SiglipVisionModel, config)
-    sd = {k: v for k, v in load_state_dict(files, device="cpu").items() if k not in _EXTRAS and not _HEAD_RE.match(k)}
-    sd = _match_prefix(sd, model.state_dict().keys(), "vision_model.")
-    return assign_state_dict(model, sd, path=path, device=device, dtype=dtype)
+    return load_hf_encoder(path, subfolder="image_encoder", kind="image_encoder", flag=flag,
+                           model_cls=SiglipVisionModel, config_fn=_siglip_config, extras=_EXTRAS,
+                           prefix="vision_model.", device=device, dtype=dtype,
+                           skip=lambda k: bool(_HEAD_RE.match(k)))
 
 
 def siglip_resize(image: np.ndarray, size: int = SIGLIP_IMAGE_SIZE) -> np.ndarray:

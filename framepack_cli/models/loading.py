@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -257,3 +258,14 @@ def strip_prefix(sd: dict, prefix: str) -> dict:
     """Drop `prefix` from every key that has it (keys without it are kept as they are)."""
     n = len(prefix)
     return {(k[n:] if k.startswith(prefix) else k): v for k, v in sd.items()}
+
+
+def key_mismatch(expected: Iterable[str], got: Iterable[str], n: int = 3) -> str | None:
+    """`"2 missing (a, b); 1 unexpected (c)"` when the key sets differ, else None (for load errors)."""
+    exp, have = set(expected), set(got)
+    parts = []
+    for label, keys in (("missing", exp - have), ("unexpected", have - exp)):
+        if keys:
+            shown = ", ".join(sorted(keys)[:n]) + (", ..." if len(keys) > n else "")
+            parts.append(f"{len(keys)} {label} ({shown})")
+    return "; ".join(parts) or None

@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from framepack_cli.errors import FramepackError, ModelFormatError
 from framepack_cli.models.detect import expect_kind
-from framepack_cli.models.loading import find_weight_files, load_state_dict, read_config_json, read_header_infos
+from framepack_cli.models.loading import (
+    find_weight_files,
+    key_mismatch,
+    load_state_dict,
+    read_config_json,
+    read_header_infos,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -136,15 +142,9 @@ def assign_state_dict(
 
     expected = model.state_dict(keep_vars=True)
     expected = {k: v for k, v in expected.items() if isinstance(v, torch.nn.Parameter)}
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-        raise ModelFormatError(f"{path}: weights do not match the model: {'; '.join(parts)}")
+    mismatch = key_mismatch(expected, sd)
+    if mismatch:
+        raise ModelFormatError(f"{path}: weights do not match the model: {mismatch} keys")
     new_sd: dict[str, torch.Tensor] = {}
     for k in list(sd):
         t = sd.pop(k)
@@ -460,14 +460,32 @@ def load_text_encoder2(
     """
     from transformers import CLIPTextModel
 
-    files = resolve_weight_files(path, "text_encoder_2")
+    return load_hf_encoder(path, subfolder="text_encoder_2", kind="text_encoder2", flag=flag,
+                           model_cls=CLIPTextModel, config_fn=_clip_config, extras=_CLIP_EXTRAS, prefix="text_model.",
+                           device=device, dtype=dtype)
+
+
+def load_hf_encoder(
+    path: str | Path, *, subfolder: str, kind: str, flag: str, model_cls: Callable[[Any], nn.Module],
+    config_fn: Callable[[dict, dict | None, object], Any], extras: Iterable[str], prefix: str,
+    device: str | torch.device, dtype: torch.dtype, skip: Callable[[str], bool] | None = None,
+) -> nn.Module:
+    """The shared load path of the CLIP and SigLIP encoders: resolve files, check the kind, build the config
+    (config.json or shapes), build on the meta device, load strictly with or without the `prefix`.
+
+    Args:
+        extras: keys that some exports carry and the model does not have (position ids, projections).
+        skip: keys of parts this tool never runs (not loaded).
+    """
+    files = resolve_weight_files(path, subfolder)
     infos = read_header_infos(files)
-    expect_kind(path, infos, "text_encoder2", flag)
-    infos = {k: v for k, v in infos.items() if k not in _CLIP_EXTRAS}
-    config = _clip_config(infos, read_config_json(files), path)
-    model = build_empty_model(CLIPTextModel, config)
-    sd = {k: v for k, v in load_state_dict(files, device="cpu").items() if k not in _CLIP_EXTRAS}
-    sd = _match_prefix(sd, model.state_dict().keys(), "text_model.")
+    expect_kind(path, infos, kind, flag)
+    extras = set(extras)
+    infos = {k: v for k, v in infos.items() if k not in extras}
+    model = build_empty_model(model_cls, config_fn(infos, read_config_json(files), path))
+    sd = {k: v for k, v in load_state_dict(files, device="cpu").items()
+          if k not in extras and not (skip and skip(k))}
+    sd = _match_prefix(sd, model.state_dict().keys(), prefix)
     return assign_state_dict(model, sd, path=path, device=device, dtype=dtype)
 
 

@@ -35,6 +35,7 @@ from framepack_cli.models.detect import expect_kind
 from framepack_cli.models.loading import (
     TensorInfo,
     find_weight_files,
+    key_mismatch,
     load_state_dict,
     read_config_json,
     read_header_infos,
@@ -707,11 +708,6 @@ def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
         raise FramepackError(f"unknown dtype {dtype!r}", hint="use bf16, fp16 or fp32") from None
 
 
-def _few(keys: set[str], n: int = 3) -> str:
-    shown = ", ".join(sorted(keys)[:n])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
-
-
 def load_dit(
     path: str | Path,
     *,
@@ -797,16 +793,9 @@ def load_dit(
     if prefix:
         # ComfyUI-style files may bundle other components under other prefixes: keep only the DiT.
         state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {_few(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {_few(unexpected)}")
-        raise ModelFormatError(
-            f"{flag}: {shown} does not match the FramePack DiT layout ({source}): {'; '.join(parts)}"
-        )
+    mismatch = key_mismatch(expected, state)
+    if mismatch:
+        raise ModelFormatError(f"{flag}: {shown} does not match the FramePack DiT layout ({source}): {mismatch} keys")
     bad = {k for k, v in state.items() if tuple(v.shape) != tuple(expected[k])}
     if bad:
         k = sorted(bad)[0]

@@ -29,6 +29,7 @@ from framepack_cli.models.detect import expect_kind
 from framepack_cli.models.loading import (
     TensorInfo,
     find_weight_files,
+    key_mismatch,
     load_pickle_state_dict,
     load_state_dict,
     read_config_json,
@@ -294,15 +295,9 @@ def _build_model(config: dict, sd: dict[str, torch.Tensor], where: object) -> Au
         raise ModelFormatError(f"{where}: unsupported HunyuanVideo VAE configuration ({e})") from None
 
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]!r})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})")
-        raise ModelFormatError(f"{where}: not a HunyuanVideo VAE state dict: {', '.join(parts)} keys")
+    mismatch = key_mismatch(expected, sd)
+    if mismatch:
+        raise ModelFormatError(f"{where}: not a HunyuanVideo VAE state dict: {mismatch} keys")
     for k, shp in expected.items():
         if tuple(sd[k].shape) != shp:
             raise ModelFormatError(
