@@ -13,7 +13,7 @@ import random
 import torch
 
 from framepack_cli.engine.denoiser import make_model_fn
-from framepack_cli.engine.generate import LATENT_CHANNELS, refuse_unbuilt, to_device
+from framepack_cli.engine.generate import LATENT_CHANNELS, to_device
 from framepack_cli.engine.pipeline import Conditioning
 from framepack_cli.engine.progress import ProgressSink
 from framepack_cli.engine.writing import run_metadata
@@ -51,7 +51,6 @@ class OneFrameJob:
     def __init__(self, opts, label: str = "") -> None:
         from framepack_cli.io.images import load_image
 
-        refuse_unbuilt(opts)
         self.label = label
         self.seed = opts.seed if opts.seed is not None else random.randint(0, 2**32 - 1)
         self.controls: list[str | None] = list(opts.control_image_path or []) or [None]

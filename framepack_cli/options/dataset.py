@@ -372,28 +372,38 @@ class _Ctx:
         self.errors.append(f"{self.config}: {self.label}: {key}: {message}")
 
 
+def _captioned_files(c: _Ctx, key: str, value: str, lister, extensions, noun: str,
+                     caption_ext: str | None) -> list[tuple[Path, str]]:
+    """The media files of a source directory with their captions; every problem goes to `c` (one line each)."""
+    directory = Path(value)
+    if not directory.is_dir():
+        c.err(key, f"folder not found: {directory}{_exists_hint(c.config, value)}")
+        return []
+    files = lister(directory)
+    if not files:
+        c.err(key, f"no {noun}s ({', '.join(extensions)}) in {directory}")
+    if caption_ext is None and files:
+        c.err("caption_extension", f"not set: the captions of {directory} are read from "
+                                   f"<{noun} name><caption_extension>")
+        return []
+    out = []
+    for f in files:
+        cap_path = f.with_name(f.stem + caption_ext)
+        caption = _read_caption(cap_path)
+        if caption is None:
+            c.err("caption_extension", f"{f}: caption file {cap_path} not found or unreadable")
+            continue
+        out.append((f, caption))
+    return out
+
+
 def _image_items(c: _Ctx, s: ImageSection, caption_ext: str | None, control_count: int) -> list[ImageItem]:
     items: list[ImageItem] = []
     control_dir = Path(s.control_directory) if s.control_directory else None
     pool = list_images(control_dir) if control_dir and control_dir.is_dir() else None
     if s.image_directory is not None:
-        directory = Path(s.image_directory)
-        if not directory.is_dir():
-            c.err("image_directory", f"folder not found: {directory}{_exists_hint(c.config, s.image_directory)}")
-            return []
-        images = list_images(directory)
-        if not images:
-            c.err("image_directory", f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {directory}")
-        if caption_ext is None and images:
-            c.err("caption_extension", f"not set: the captions of {directory} are read from "
-                                       "<image name><caption_extension>")
-            return []
-        for img in images:
-            cap_path = img.with_name(img.stem + caption_ext)
-            caption = _read_caption(cap_path)
-            if caption is None:
-                c.err("caption_extension", f"{img}: caption file {cap_path} not found or unreadable")
-                continue
+        for img, caption in _captioned_files(c, "image_directory", s.image_directory, list_images, IMAGE_EXTENSIONS,
+                                             "image", caption_ext):
             controls: list[Path] = []
             if pool is not None:
                 controls = _match_controls(img.stem, pool)
@@ -464,23 +474,8 @@ def _video_items(c: _Ctx, s: VideoSection, caption_ext: str | None) -> list[Vide
     items: list[VideoItem] = []
     control_dir = Path(s.control_directory) if s.control_directory else None
     if s.video_directory is not None:
-        directory = Path(s.video_directory)
-        if not directory.is_dir():
-            c.err("video_directory", f"folder not found: {directory}{_exists_hint(c.config, s.video_directory)}")
-            return []
-        videos = list_videos(directory)
-        if not videos:
-            c.err("video_directory", f"no videos ({', '.join(VIDEO_EXTENSIONS)}) in {directory}")
-        if caption_ext is None and videos:
-            c.err("caption_extension", f"not set: the captions of {directory} are read from "
-                                       "<video name><caption_extension>")
-            return []
-        for video in videos:
-            cap_path = video.with_name(video.stem + caption_ext)
-            caption = _read_caption(cap_path)
-            if caption is None:
-                c.err("caption_extension", f"{video}: caption file {cap_path} not found or unreadable")
-                continue
+        for video, caption in _captioned_files(c, "video_directory", s.video_directory, list_videos,
+                                               VIDEO_EXTENSIONS, "video", caption_ext):
             control = None
             if control_dir is not None and control_dir.is_dir():
                 control = _find_video_control(video, control_dir)
