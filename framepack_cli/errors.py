@@ -1,7 +1,9 @@
-"""The one user-fixable exception type.
+"""The exceptions the CLI turns into one line and an exit code.
 
-Anything raised as `FramepackError` below the CLI is printed as one `Error: ...` line (plus an optional
-`Hint: ...` line) and exits with code 2. Any other exception is a bug: exit 1, traceback only with `--debug`.
+- `FramepackError` (bad input, wrong file): one `Error: ...` line, exit code 2.
+- `ResourceError` (out of memory, disk full, unwritable folder): one `Error: ...` line saying what would help,
+  exit code 3.
+- Anything else is a bug: exit 1, traceback only with `--debug`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ class FramepackError(Exception):
         message: What was wrong, with the offending value.
         hint: How to fix it (a flag, a command), shown on its own line.
     """
+
+    exit_code = 2
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -30,3 +34,12 @@ class ModelFormatError(FramepackError):
 
 class NotBuiltError(FramepackError):
     """A subcommand whose engine does not exist yet (refused up front, never pretended)."""
+
+
+class ResourceError(FramepackError):
+    """The machine ran out of something (GPU or CPU memory, disk space, a writable folder): exit code 3.
+
+    The message names the phase or path and the numbers; the hint names the options that would help.
+    """
+
+    exit_code = 3

@@ -1,7 +1,8 @@
 """The `framepack` typer app: registers every subcommand from its options model, and is the ONE place that
 turns errors into output and exit codes.
 
-- `FramepackError` (bad input, wrong file) -> `Error: ...; <hint>` on one line, exit 2, no traceback.
+- `FramepackError` (bad input, wrong file) -> `Error: ...; <hint>` on one line, exit 2, no traceback;
+  its subclass `ResourceError` (out of memory, disk full, unwritable folder) exits 3.
 - click usage errors (unknown flag, bad int) -> one `Error: ...` line, exit 2.
 - anything else is a bug -> exit 1; the traceback only with `--debug`.
 
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
             lines[-1] = f"{lines[-1]}; {e.hint}"
         for line in lines:
             _err(f"Error: {line}")
-        rc = 2
+        rc = e.exit_code
     except KeyboardInterrupt:
         _err("Interrupted.")
         rc = 130

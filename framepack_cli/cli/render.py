@@ -32,6 +32,11 @@ class RichProgress:
     def message(self, text: str) -> None:
         self.console.print(text, highlight=False, soft_wrap=True, markup=False)
 
+    def result(self, text: str) -> None:
+        """Results go to stdout, plain (no rich markup), one line each."""
+        sys.stdout.write(text.rstrip("\n") + "\n")
+        sys.stdout.flush()
+
     def start_sections(self, total: int) -> None:
         self._start()
         self._sections = self.progress.add_task("sections", total=total, rate="")

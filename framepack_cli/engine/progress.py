@@ -7,7 +7,10 @@ from typing import Protocol
 
 class ProgressSink(Protocol):
     def message(self, text: str) -> None:
-        """A one-line status message."""
+        """A one-line status message (stderr: progress, warnings, errors)."""
+
+    def result(self, text: str) -> None:
+        """A result line (`Wrote <path>`, a `--json` summary): stdout, so scripts can capture it."""
 
     def start_sections(self, total: int) -> None:
         """Generation of `total` sections begins."""
@@ -39,6 +42,7 @@ class NullProgress:
 
     def __init__(self) -> None:
         self.messages: list[str] = []
+        self.results: list[str] = []
         self.steps = 0
         self.sections = 0
         self.items_total = 0
@@ -46,6 +50,9 @@ class NullProgress:
 
     def message(self, text: str) -> None:
         self.messages.append(text)
+
+    def result(self, text: str) -> None:
+        self.results.append(text)
 
     def start_sections(self, total: int) -> None:
         pass
