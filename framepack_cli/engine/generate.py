@@ -236,7 +236,8 @@ def run(opts, sink: ProgressSink | None = None) -> list[JobResult] | list[Genera
 
 def save_merged_model(opts, sink: ProgressSink) -> list[str]:
     """`--save_merged_model PATH`: merge the LoRAs into the DiT, save it in the same key layout, and stop."""
-    from framepack_cli.models.lora import lora_specs_from_options, merge_dit_file
+    from framepack_cli.engine.loras import lora_specs_from_options
+    from framepack_cli.models.lora import merge_dit_file
 
     lines = merge_dit_file(opts.dit, lora_specs_from_options(opts), opts.save_merged_model, verbose=opts.verbose,
                            output_flag="--save_merged_model")

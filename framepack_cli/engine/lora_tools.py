@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from framepack_cli.engine.loras import lora_specs_from_options
 from framepack_cli.models.lora import (
     NETWORK_LABELS,
     convert_lora_file,
     describe_lora,
-    lora_specs_from_options,
     merge_dit_file,
     read_lora,
 )

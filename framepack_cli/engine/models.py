@@ -83,7 +83,7 @@ class Models:
             self.sink.message(f"Loading DiT {o.dit}")
             kwargs = {}
             if o.lora_weight:
-                from framepack_cli.models.lora import lora_specs_from_options
+                from framepack_cli.engine.loras import lora_specs_from_options
 
                 kwargs["loras"] = lora_specs_from_options(o)
                 kwargs["lora_verbose"] = o.verbose

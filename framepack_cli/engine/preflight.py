@@ -21,7 +21,7 @@ FLAGS = (("dit", "dit"), ("vae", "vae"), ("text_encoder1", "text_encoder1"), ("t
 def _files(kind: str, path: str) -> list[Path]:
     """The files each loader would read (same resolution rules)."""
     if kind == "dit":
-        from framepack_cli.models.transformer import resolve_dit_files
+        from framepack_cli.models.loading import resolve_dit_files
 
         return resolve_dit_files(path)
     if kind == "vae":

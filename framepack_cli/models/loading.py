@@ -269,3 +269,19 @@ def key_mismatch(expected: Iterable[str], got: Iterable[str], n: int = 3) -> str
             shown = ", ".join(sorted(keys)[:n]) + (", ..." if len(keys) > n else "")
             parts.append(f"{len(keys)} {label} ({shown})")
     return "; ".join(parts) or None
+
+
+def resolve_dit_files(path: str | Path) -> list[Path]:
+    """Weight files of a DiT given as a file, any shard, a directory or an HF snapshot (`transformer/`).
+
+    Raises:
+        ModelFormatError: nothing usable at `path`, or shards missing.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / "transformer").is_dir():
+        # A pipeline snapshot keeps its DiT in transformer/ next to other components' weights.
+        try:
+            return find_weight_files(path / "transformer", kind="dit")
+        except ModelFormatError:
+            pass
+    return find_weight_files(path, ("transformer",), kind="dit")

@@ -32,13 +32,14 @@ from diffusers.models.transformers.transformer_hunyuan_video_framepack import (
 
 from framepack_cli.errors import FramepackError, ModelFormatError
 from framepack_cli.models.detect import expect_kind
+from framepack_cli.models.dtypes import torch_dtype
 from framepack_cli.models.loading import (
     TensorInfo,
-    find_weight_files,
     key_mismatch,
     load_state_dict,
     read_config_json,
     read_header_infos,
+    resolve_dit_files,
 )
 
 # Constants of the real model that the weights do not encode (RoPE has no parameters).
@@ -92,17 +93,6 @@ _INT_KEYS = {
     "text_embed_dim",
     "pooled_projection_dim",
     "image_proj_dim",
-}
-
-_DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "float": torch.float32,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "half": torch.float16,
 }
 
 if TYPE_CHECKING:
@@ -683,31 +673,6 @@ def dit_config_from_json(raw: dict) -> dict[str, Any]:
     return out
 
 
-def resolve_dit_files(path: str | Path) -> list[Path]:
-    """Weight files of a DiT given as a file, any shard, a directory or an HF snapshot (`transformer/`).
-
-    Raises:
-        ModelFormatError: nothing usable at `path`, or shards missing.
-    """
-    path = Path(path)
-    if path.is_dir() and (path / "transformer").is_dir():
-        # A pipeline snapshot keeps its DiT in transformer/ next to other components' weights.
-        try:
-            return find_weight_files(path / "transformer", kind="dit")
-        except ModelFormatError:
-            pass
-    return find_weight_files(path, ("transformer",), kind="dit")
-
-
-def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise FramepackError(f"unknown dtype {dtype!r}", hint="use bf16, fp16 or fp32") from None
-
-
 def load_dit(
     path: str | Path,
     *,
@@ -750,7 +715,7 @@ def load_dit(
         FramepackError: unknown dtype or unavailable attention mode.
     """
     path = Path(path)
-    dtype = _as_dtype(dtype)
+    dtype = torch_dtype(dtype)
     resolve_attention(attn_mode)  # fail before reading gigabytes
     files = resolve_dit_files(path)
     shown = path if path.is_file() else files[0]

@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from framepack_cli.cli.app import main
+from framepack_cli.engine.loras import lora_specs_from_options
 from framepack_cli.errors import FramepackError, ModelFormatError
 from framepack_cli.models.lora import (
     LoraSpec,
@@ -21,7 +22,6 @@ from framepack_cli.models.lora import (
     describe_lora,
     framepack_path,
     is_framepack_path,
-    lora_specs_from_options,
     merge_loras,
     musubi_name,
     plan_merge,
