@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from framepack_cli.errors import ModelFormatError
-from framepack_cli.models.loading import TensorInfo
+from framepack_cli.models.tensor_info import TensorInfo
 
 KIND_LABELS = {
     "dit": "a FramePack DiT",

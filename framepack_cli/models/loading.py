@@ -11,11 +11,12 @@ import json
 import re
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from framepack_cli.errors import ModelFormatError
+from framepack_cli.models.detect import detect_kind
+from framepack_cli.models.tensor_info import TensorInfo
 
 if TYPE_CHECKING:
     import torch
@@ -28,21 +29,6 @@ _ST_DTYPE_SIZES = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
     "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E8M0": 1, "F4": 1,
 }
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """Name, dtype (safetensors spelling, e.g. `BF16`) and shape of one stored tensor."""
-
-    dtype: str
-    shape: tuple[int, ...]
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
 
 
 def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
@@ -131,8 +117,6 @@ def find_weight_files(path: Path, subfolders: tuple[str, ...] = (), kind: str | 
             return sets[0]
         if len(sets) > 1:
             if kind is not None:
-                from framepack_cli.models.detect import detect_kind
-
                 matching = [s for s in sets if detect_kind(read_header_infos(s)).kind == kind]
                 if len(matching) == 1:
                     return matching[0]
