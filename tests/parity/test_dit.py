@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +19,13 @@ from framepack_cli.models.transformer import (
     load_dit,
     resolve_dit_files,
 )
-from tests.conftest import MODELS, golden
+from tests.conftest import GOLDEN, MODELS, golden
 
-ATOL, RTOL = 2e-4, 1e-3
+# float32 on CPU, the goldens' own precision: measured max |error| is ~2e-6 on outputs of magnitude ~5, so
+# 2e-5 leaves 10x for other CPUs' op orders while catching any real deviation (the golden README's 2e-4 / 1e-3
+# is meant for other hardware and kernels).
+ATOL, RTOL = 2e-5, 1e-4
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SHARDED = MODELS / "dit_sharded"
 SHARD1 = SHARDED / "diffusion_pytorch_model-00001-of-00002.safetensors"
 SHARD2 = SHARDED / "diffusion_pytorch_model-00002-of-00002.safetensors"
@@ -137,12 +143,39 @@ def test_rope_scaling(dit, vanilla):
 
 
 @torch.no_grad()
-def test_optional_inputs(dit, vanilla):
-    """guidance=None drops the guidance term; no history at all; shared 1-D indices."""
+def test_guidance_none_drops_the_guidance_term(vanilla):
+    """guidance=None must equal a model whose guidance embedder outputs zero (any guidance value), not guidance=0."""
     kwargs = _inputs(vanilla[0])
-    ref = dit(**kwargs)
-    no_guidance = dit(**{**kwargs, "guidance": None})
-    assert torch.isfinite(no_guidance).all() and not torch.allclose(no_guidance, ref)
+    model = load_dit(MODELS / "dit_single.safetensors")
+    no_guidance = model(**{**kwargs, "guidance": None})
+    assert not torch.allclose(no_guidance, model(**{**kwargs, "guidance": 0.0}), atol=1e-3)
+    last = model.time_text_embed.guidance_embedder.linear_2
+    last.weight.zero_()
+    last.bias.zero_()
+    _close(no_guidance, model(**kwargs))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@torch.no_grad()
+def test_no_history_matches_the_reference(dit, vanilla):
+    """No clean / 2x / 4x groups at all (shared 1-D indices): the reference model's own output on these inputs.
+
+    tests/assets/dit_no_history.safetensors was computed by the reference DiT class (see its metadata) from the
+    golden DiT and unit/dit_vanilla inputs; with other golden data it does not apply.
+    """
+    from safetensors import safe_open
+
+    asset = ASSETS / "dit_no_history.safetensors"
+    with safe_open(str(asset), "pt") as f:
+        meta = f.metadata()
+        expected = f.get_tensor("out.velocity_no_history")
+    if (meta["dit_sha256"] != _sha256(MODELS / "dit_single.safetensors")
+            or meta["inputs_sha256"] != _sha256(GOLDEN / "unit" / "dit_vanilla.safetensors")):
+        pytest.skip("reference output was computed for other golden weights")
+    kwargs = _inputs(vanilla[0])
     bare = dit(
         hidden_states=kwargs["hidden_states"],
         timestep=kwargs["timestep"],
@@ -153,7 +186,13 @@ def test_optional_inputs(dit, vanilla):
         latent_indices=kwargs["latent_indices"][0],
         image_embeddings=kwargs["image_embeddings"],
     )
-    assert bare.shape == ref.shape and torch.isfinite(bare).all()
+    _close(bare, expected)
+    assert not torch.allclose(bare, vanilla[0]["out.velocity"], atol=1e-2)  # the history does matter
+
+
+@torch.no_grad()
+def test_indices_without_latents_are_refused(dit, vanilla):
+    kwargs = _inputs(vanilla[0])
     with pytest.raises(ValueError, match="without their frame indices"):
         dit(**{**kwargs, "clean_latent_indices": None})
 
