@@ -63,8 +63,13 @@ class CacheLatentsOptions(OptionsBase):
     skip_existing: bool = F(False, "Skip items whose cache files all exist, are complete and were made with the "
                             "same settings (--f1/--one_frame/--one_frame_no_2x/4x, window size, resolution); "
                             "the others are cached again. Resumes an interrupted run.", panel=DATASET)
-    keep_cache: bool = F(False, "Keep *_fp.safetensors files in the cache directories that this run did not "
-                         "produce (default: delete them).", panel=DATASET)
+    keep_cache: bool = F(False, "Keep stale *_fp.safetensors files (not produced by this run) in the cache "
+                         "directories. Default: delete those that framepack wrote for the same dataset; files of other "
+                         "tools, of other datasets and users' files are always kept (the summary lists them).",
+                         panel=DATASET)
+    strict: bool = F(False, "Refuse the whole run (exit 2, before any model loads) when a clip is too short for one "
+                     "section (4 * fp_latent_window_size + 1 frames) or for every target_frames value. Default: "
+                     "skip such clips with a warning and list them in the summary.", panel=DATASET)
 
     # --- models
     vae: str | None = F(None, "VAE weights: file or directory (required unless --debug_mode).", panel=MODELS)
@@ -143,8 +148,9 @@ class CacheTextOptions(OptionsBase):
                                 "validated.", panel=DATASET, ge=1)
     skip_existing: bool = F(False, "Skip items whose text cache exists, is complete and holds the same caption.",
                             panel=DATASET)
-    keep_cache: bool = F(False, "Keep *_fp_te.safetensors files that this run did not produce (default: delete "
-                         "them).", panel=DATASET)
+    keep_cache: bool = F(False, "Keep stale *_fp_te.safetensors files (not produced by this run). Default: "
+                         "delete those that framepack wrote for the same dataset; files of other tools, of other "
+                         "datasets and users' files are always kept (the summary lists them).", panel=DATASET)
 
     # --- models
     text_encoder1: str = F(..., "LLaMA text encoder: Comfy-Org single file, first shard, or directory.", panel=MODELS)

@@ -753,6 +753,24 @@ def source_key(ds: ImageDataset | VideoDataset) -> str:
     return "video_directory" if ds.video_directory is not None else "video_jsonl_file"
 
 
+def dataset_identity(ds: ImageDataset | VideoDataset) -> str:
+    """What a dataset's cache files record as the dataset they were made for (`framepack_cli.dataset`).
+
+    A short hash of the source key and the source's real absolute path (not the path itself, so caches do
+    not carry folder names): the same for every run over the same images or videos, whatever the working
+    directory or the config file.
+    """
+    import hashlib
+
+    key = source_key(ds)
+    source = getattr(ds, key)
+    try:
+        where = str(Path(source).resolve())
+    except OSError:
+        where = os.path.abspath(source)
+    return hashlib.sha256(f"{key}={where}".encode()).hexdigest()[:16]
+
+
 def _check_unique(config: Path, datasets: list, errors: list[str]) -> None:
     seen: dict[Path, str] = {}
     for ds in datasets:

@@ -639,7 +639,9 @@ def fake_models(ws):
     return ["--vae", "vae.safetensors", "--image_encoder", "sig.safetensors"]
 
 
-def test_short_videos_are_refused_up_front(ws, fake_models, capsys):
+def test_short_videos_are_refused_up_front_with_strict(ws, fake_models, capsys):
+    """`--strict`: a clip too short for one section refuses the whole run before any model loads (the model
+    files here are empty); crops that no clip could fill are config errors with or without it."""
     frames("clips/c20", 20)
     frames("clips/c30", 30)
     for n in ("c20", "c30"):
@@ -677,7 +679,7 @@ frame_extraction = "full"
 max_frames = 17
 fp_latent_window_size = 5
 """)
-    code, err = run_cli(["cache", "latents", "--dataset_config", cfg, *fake_models], capsys)
+    code, err = run_cli(["cache", "latents", "--dataset_config", cfg, *fake_models, "--strict"], capsys)
     assert code == 2
     d = "datasets[{}] (video_jsonl_file = clips.jsonl)"
     expected = [
@@ -695,6 +697,14 @@ fp_latent_window_size = 5
         "fp_latent_window_size = 5 needs at least 21 frames (4 * 5 + 1)",
     ]
     assert sorted(err.strip().splitlines()) == sorted(f"Error: {cfg}: {line}" for line in expected), err
+
+
+    # Without --strict the clips that are too short themselves are left out (they would be cached without the
+    # others); the config errors remain and still stop the run before any model loads.
+    code, err = run_cli(["cache", "latents", "--dataset_config", cfg, *fake_models], capsys)
+    assert code == 2
+    config_errors = [expected[i] for i in (1, 2, 4, 5)]
+    assert sorted(err.strip().splitlines()) == sorted(f"Error: {cfg}: {line}" for line in config_errors), err
 
 
 def test_mode_and_dataset_kind_mismatch(ws, fake_models, capsys):
