@@ -55,7 +55,8 @@ class CacheLatentsOptions(OptionsBase):
 
     # --- dataset
     dataset_config: str = F(..., "Dataset config (.toml or .json) listing the image/video datasets and their "
-                            "cache directories.", panel=DATASET)
+                            "cache directories. Relative paths in it are read from the working directory, else "
+                            "beside the config (paths in JSONL lines: beside the JSONL file).", panel=DATASET)
     batch_size: int | None = F(None, "Items encoded at once; also the batch_size of datasets that set none "
                                "(as in the reference).", panel=DATASET, ge=1)
     num_workers: int | None = F(None, "Threads that load and resize images/frames (default: CPU count - 1).",
@@ -141,7 +142,8 @@ class CacheTextOptions(OptionsBase):
 
     # --- dataset
     dataset_config: str = F(..., "Dataset config (.toml or .json) listing the datasets and their cache "
-                            "directories.", panel=DATASET)
+                            "directories. Relative paths in it are read from the working directory, else beside "
+                            "the config (paths in JSONL lines: beside the JSONL file).", panel=DATASET)
     batch_size: int | None = F(None, "Items handed to the encoder at once (captions are still encoded one by one); "
                                "also the batch_size of datasets that set none.", panel=DATASET, ge=1)
     num_workers: int | None = F(None, "Accepted for compatibility: captions are read while the dataset config is "

@@ -318,3 +318,35 @@ def test_a_clip_too_short_is_left_out_with_a_warning(tmp_path, monkeypatch, caps
         ": 1 items cached (1 files), 0 skipped (already cached), 0 failed, 1 clip(s) too short (not cached)")
     assert lines[1:] == [f"Not cached (too short): clips/short: {reason}"]
     assert cache_files(wd) == ["j/clip_b_00000-025-0000_0064x0048_fp.safetensors"]
+
+
+def test_full_disk_while_writing_latents_stops_the_run_with_exit_3(tmp_path, monkeypatch, capsys):
+    """A write that fails (disk full) ends the run at once -- every other item would fail the same way -- in one
+    line naming the file and the errno text, exit 3; the file's temporary copy is gone, the files committed
+    before it are complete."""
+    import builtins
+    import errno
+
+    import framepack_cli.io.cache_format as fmt
+
+    wd = workdir(tmp_path / "w")
+    calls = []
+
+    def full_disk(path, *a, **k):
+        calls.append(path)
+        if len(calls) == 2:
+            f = builtins.open(path, *a, **k)
+            f.write(b"half a cache file")
+            f.close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return builtins.open(path, *a, **k)
+
+    monkeypatch.setattr(fmt, "open", full_disk, raising=False)
+    assert cli(wd, VANILLA, monkeypatch) == 3
+    out, err = capsys.readouterr()
+    errors = [ln for ln in err.splitlines() if ln.startswith("Error")]
+    assert errors == [f"Error: cache_directory: cannot write work/video_dir/{VIDEO_DIR[1]}: No space left on device; "
+                      "free some disk space or point the flag at another disk"]
+    assert "Done in" not in out
+    assert cache_files(wd) == [f"video_dir/{VIDEO_DIR[0]}"]  # no temporary file, the first one complete
+    load_file(str(wd / "work" / "video_dir" / VIDEO_DIR[0]))
