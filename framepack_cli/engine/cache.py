@@ -904,6 +904,13 @@ def _run_text(cfg: DatasetConfig, items: list[TextItem], opts: CacheTextOptions,
               t0: float) -> CacheSummary:
     for w in cfg.warnings:
         sink.message(f"Warning: {w}")
+    empty = [it for it in items if not it.caption.strip()]
+    if empty:
+        # Encoded as they are, like the reference's text caching (its trainer's caches); only inference turns an
+        # empty prompt into " ".
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        sink.message(f"Warning: {len(empty)} empty caption(s), encoded as they are (as the reference does): "
+                     f"{empty[0].source}{more}")
     summary = CacheSummary()
     todo = [it for it in items if not it.skip]
     summary.skipped = len(items) - len(todo)

@@ -174,7 +174,8 @@ class ImageItem:
 
     Attributes:
         path: the image file.
-        caption: its caption (stripped).
+        caption: its caption: a caption file's text stripped, a JSONL line's as written (as in the reference,
+            whose text caching encodes captions as they are, even empty).
         controls: control images in order (empty when the dataset has none).
     """
 
@@ -194,7 +195,7 @@ class VideoItem:
 
     Attributes:
         path: the video file or frame folder.
-        caption: its caption (stripped).
+        caption: its caption (caption file: stripped; JSONL line: as written).
         control: its control clip, if the dataset has controls (loaded by nobody: FramePack ignores it).
     """
 
@@ -488,7 +489,7 @@ def _image_items(c: _Ctx, source: Path, from_jsonl: bool, control_dir: Path | No
                 c.err("image_jsonl_file", f"{where}: control image not found: {bad[0]}{tried}")
                 continue
             controls = found
-        items.append(ImageItem(image_path, caption.strip(), tuple(controls) if has_control else ()))
+        items.append(ImageItem(image_path, caption, tuple(controls) if has_control else ()))
     if not rows and not c.errors:
         c.err("image_jsonl_file", f"{jsonl} lists no images")
     return items
@@ -547,7 +548,7 @@ def _video_items(c: _Ctx, source: Path, from_jsonl: bool, control_dir: Path | No
                 c.err("video_jsonl_file", f"{where}: control video or frame folder not found: {control}"
                                           f"{_tried(control, base)}")
                 continue
-        items.append(VideoItem(video_path, caption.strip(), control_path))
+        items.append(VideoItem(video_path, caption, control_path))
     if not rows and not c.errors:
         c.err("video_jsonl_file", f"{jsonl} lists no videos")
     return items

@@ -79,15 +79,20 @@ def test_empty_caption_is_encoded_as_it_is(fake_text, capsys):
     inference, which replaces an empty --prompt by " ". Kept for parity with the reference trainer's caches."""
     prompts, _ = fake_text
     Path("set").mkdir()
-    Path("set/v.jsonl").write_text('{"video_path": "clip", "caption": ""}\n')
+    Path("set/v.jsonl").write_text('{"video_path": "clip", "caption": ""}\n{"video_path": "clip2", "caption": " "}\n')
     Path("set/clip").mkdir()
+    Path("set/clip2").mkdir()
     cfg = dataset({"a": "", "b": "  \n", "c": "a cat"})
     cfg.write_text(cfg.read_text() + '\n[[datasets]]\nvideo_jsonl_file = "set/v.jsonl"\ncache_directory = "cv"\n')
     code, out, err = run(["cache", "text", "--dataset_config", cfg, *TEXT_ARGS], capsys)
     assert code == 0, err
-    assert prompts == ["", "", "a cat", ""]
+    assert "Warning: 4 empty caption(s), encoded as they are (as the reference does): imgs/a.png (and 3 more)" in (
+        err.splitlines())
+    # caption files are stripped, JSONL captions used as written: both as the reference reads them
+    assert prompts == ["", "", "a cat", "", " "]
     for path, caption in (("cache/a_fp_te.safetensors", ""), ("cache/b_fp_te.safetensors", ""),
-                          ("cache/c_fp_te.safetensors", "a cat"), ("cv/clip_fp_te.safetensors", "")):
+                          ("cache/c_fp_te.safetensors", "a cat"), ("cv/clip_fp_te.safetensors", ""),
+                          ("cv/clip2_fp_te.safetensors", " ")):
         with safe_open(path, framework="pt") as f:
             assert f.metadata()["caption1"] == caption
             assert f.get_tensor("llama_attention_mask").sum().item() == len(caption) + 1  # what encode_prompt gave

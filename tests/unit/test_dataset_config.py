@@ -189,7 +189,8 @@ fp_1f_clean_indices = [0, 1]
 fp_1f_target_index = 9
 """)
     v, i = load_dataset_config(cfg).datasets
-    assert [(x.path, x.caption, x.stem) for x in v.items] == [(Path("clips/c1"), "frames", "c1"),
+    # JSONL captions are used as written (the reference does not strip them; caption files are stripped)
+    assert [(x.path, x.caption, x.stem) for x in v.items] == [(Path("clips/c1"), " frames ", "c1"),
                                                               (Path("clips/v1.mp4"), "video", "v1")]
     assert i.items[0].controls == (Path("ctl/a0.png"), Path("ctl/a1.png"))
 
