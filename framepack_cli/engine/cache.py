@@ -4,11 +4,14 @@ Both run in three phases so that every user mistake surfaces before a model load
 
 1. plan: load and validate the dataset config, probe every clip and image, compute crops, buckets,
    sections and output files, refuse datasets the mode cannot use, and decide what `--skip_existing`
-   skips -- all problems at once, one line each;
-2. load the models (only if something is left to do);
+   skips -- all problems at once, one line each. A clip too short for one section is left out with a
+   warning (`--strict`: an error like the others);
+2. create every cache folder and prove it writable, then load the models (only if something is left to do);
 3. stream the sources through a small thread pool (decode + bucket resize), group them into batches
    like the reference, encode, and write each cache file atomically; a failing source is recorded and
-   the run goes on. A summary (cached, skipped, failed with reasons) ends the run; failures exit 2.
+   the run goes on, a failing write (disk full) ends it (exit 3). Stale cache files are then deleted when
+   framepack wrote them for the same dataset; others are kept. A summary on stdout (cached, skipped,
+   clips left out, files removed and kept with why) ends the run; failed items exit 2.
 """
 
 from __future__ import annotations
