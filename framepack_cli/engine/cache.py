@@ -4,11 +4,14 @@ Both run in three phases so that every user mistake surfaces before a model load
 
 1. plan: load and validate the dataset config, probe every clip and image, compute crops, buckets,
    sections and output files, refuse datasets the mode cannot use, and decide what `--skip_existing`
-   skips -- all problems at once, one line each;
-2. load the models (only if something is left to do);
+   skips -- all problems at once, one line each. A clip too short for one section is left out with a
+   warning (`--strict`: an error like the others);
+2. create every cache folder and prove it writable, then load the models (only if something is left to do);
 3. stream the sources through a small thread pool (decode + bucket resize), group them into batches
    like the reference, encode, and write each cache file atomically; a failing source is recorded and
-   the run goes on. A summary (cached, skipped, failed with reasons) ends the run; failures exit 2.
+   the run goes on, a failing write (disk full) ends it (exit 3). Stale cache files are then deleted when
+   framepack wrote them for the same dataset; others are kept. A summary on stdout (cached, skipped,
+   clips left out, files removed and kept with why) ends the run; failed items exit 2.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from framepack_cli.engine.progress import ProgressSink
-from framepack_cli.errors import FramepackError, NotBuiltError
+from framepack_cli.errors import FramepackError, NotBuiltError, ResourceError
 from framepack_cli.io.cache_format import (
     LATENT_SUFFIX,
     TEXT_SUFFIX,
     cache_mismatches,
+    cache_owner,
     crop_stem,
     image_cache_name,
     latent_cache_metadata,
@@ -44,7 +48,15 @@ from framepack_cli.io.cache_format import (
     text_cache_tensors,
 )
 from framepack_cli.options.cache import CacheLatentsOptions, CacheTextOptions
-from framepack_cli.options.dataset import DatasetConfig, ImageDataset, ImageItem, VideoDataset, VideoItem, source_key
+from framepack_cli.options.dataset import (
+    DatasetConfig,
+    ImageDataset,
+    ImageItem,
+    VideoDataset,
+    VideoItem,
+    dataset_identity,
+    source_key,
+)
 from framepack_cli.plan.frames import (
     CacheSection,
     converted_frame_count,
@@ -117,8 +129,12 @@ class CacheSummary:
         skipped: items left as they were (`--skip_existing`).
         recached: items rewritten although `--skip_existing` was given (incomplete or other settings).
         failed: `(item, reason)` of every item that could not be cached.
-        removed: stale cache files deleted (or, with `--keep_cache`, kept and counted in `kept`).
-        kept: stale cache files kept because of `--keep_cache`.
+        too_short: `(clip, reason)` of every clip left out because it is too short for one section (or for
+            every target_frames value); `--strict` refuses the run instead.
+        removed_files: stale cache files deleted (written by framepack for this dataset, not produced by
+            this run).
+        kept_files: `(file, why)` of cache files in the cache folders that this run does not produce and
+            did not delete (not written by framepack, another dataset's, `--keep_cache`).
         seconds: wall time.
     """
 
@@ -127,9 +143,20 @@ class CacheSummary:
     skipped: int = 0
     recached: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
-    removed: int = 0
-    kept: int = 0
+    too_short: list[tuple[str, str]] = field(default_factory=list)
+    removed_files: list[Path] = field(default_factory=list)
+    kept_files: list[tuple[Path, str]] = field(default_factory=list)
     seconds: float = 0.0
+
+    @property
+    def removed(self) -> int:
+        """How many stale cache files were deleted."""
+        return len(self.removed_files)
+
+    @property
+    def kept(self) -> int:
+        """How many cache files this run does not produce were kept."""
+        return len(self.kept_files)
 
 
 def cache_mode(opts: CacheLatentsOptions) -> str:
@@ -185,13 +212,26 @@ def _plan_images(cfg: DatasetConfig, ds: ImageDataset, errors: list[str]) -> lis
     return jobs
 
 
-def _plan_videos(cfg: DatasetConfig, ds: VideoDataset, errors: list[str]) -> list[SourceJob]:
+def _plan_videos(cfg: DatasetConfig, ds: VideoDataset, errors: list[str],
+                 too_short: list[tuple[str, str, str]] | None = None) -> list[SourceJob]:
+    """Jobs of a video dataset. A clip too short for one section (or for every target_frames value) goes to
+    `too_short` as `(clip, reason, error line)`, or to `errors` when `too_short` is None (`--strict`). Crops
+    that can never make a section whatever the clip (a target_frames value or max_frames below one section)
+    are config errors either way."""
     from framepack_cli.io.video_frames import probe_clip
 
     key = source_key(ds)
     window = ds.fp_latent_window_size
     need = min_section_frames(window)
     jobs = []
+
+    def clip_too_short(path: Path, bad_key: str, reason: str) -> None:
+        line = cfg.problem(ds, bad_key, f"{path}: {reason}")
+        if too_short is None:
+            errors.append(line)
+        else:
+            too_short.append((str(path), reason, line))
+
     for item in ds.items:
         try:
             info = probe_clip(item.path)
@@ -203,19 +243,23 @@ def _plan_videos(cfg: DatasetConfig, ds: VideoDataset, errors: list[str]) -> lis
                             frame_sample=ds.frame_sample, max_frames=ds.max_frames)
         fps_note = f" at 30 fps (source_fps {ds.source_fps:g})" if ds.source_fps else ""
         if not crops:
-            errors.append(cfg.problem(ds, "target_frames", f"{item.path}: {count} frames{fps_note}, fewer than every "
-                                      f"target_frames value {list(ds.target_frames)}: nothing to cache"))
+            clip_too_short(item.path, "target_frames", f"{count} frames{fps_note}, fewer than every target_frames "
+                                                       f"value {list(ds.target_frames)}: nothing to cache")
             continue
         short = sorted({length for _, length in crops if num_cache_sections(length, window) < 1})
         if short:
+            reason = f"shorter than one section, fp_latent_window_size = {window} needs at least {need} frames " \
+                     f"(4 * {window} + 1)"
             if ds.frame_extraction == "full":
                 bad_key = "max_frames" if ds.max_frames < need <= count else "fp_latent_window_size"
-                what = f"{item.path}: {count} frames{fps_note}, cropped to {short[0]}"
+                what = f"{count} frames{fps_note}, cropped to {short[0]}: {reason}"
+                if ds.max_frames >= need:  # the clip itself is short
+                    clip_too_short(item.path, bad_key, what)
+                    continue
             else:
                 bad_key = "target_frames"
-                what = f"{item.path}: crops of {', '.join(map(str, short))} frames ({ds.frame_extraction})"
-            errors.append(cfg.problem(ds, bad_key, f"{what}: shorter than one section, fp_latent_window_size = "
-                                      f"{window} needs at least {need} frames (4 * {window} + 1)"))
+                what = f"crops of {', '.join(map(str, short))} frames ({ds.frame_extraction}): {reason}"
+            errors.append(cfg.problem(ds, bad_key, f"{item.path}: {what}"))
             continue
         # Like the reference, video clips are always aspect-bucketed (enable_bucket / bucket_no_upscale apply to
         # images only), so caches of the same config are interchangeable with the reference trainer's.
@@ -256,14 +300,17 @@ def _mark_skips(jobs: list[SourceJob], settings: Callable[[Dataset], dict]) -> N
                 item.stale_reason = reasons[0]
 
 
-def plan_latents(cfg: DatasetConfig, opts: CacheLatentsOptions) -> list[list[SourceJob]]:
+def plan_latents(cfg: DatasetConfig, opts: CacheLatentsOptions
+                 ) -> tuple[list[list[SourceJob]], list[tuple[str, str, str]]]:
     """Sources, items and output files of every dataset, or one FramepackError listing every problem.
 
     Returns:
-        One list of jobs per dataset, in config order.
+        One list of jobs per dataset, in config order; and the clips left out as too short for one
+        section, `(clip, reason, error line)` (always empty with `--strict`: they are errors then).
     """
     mode = cache_mode(opts)
     errors: list[str] = []
+    too_short: list[tuple[str, str, str]] | None = None if opts.strict else []
     plans = []
     for ds in cfg.datasets:
         if mode == "one_frame" and ds.kind == "video":
@@ -279,13 +326,13 @@ def plan_latents(cfg: DatasetConfig, opts: CacheLatentsOptions) -> list[list[Sou
         elif ds.kind == "image":
             plans.append(_plan_images(cfg, ds, errors))
         else:
-            plans.append(_plan_videos(cfg, ds, errors))
+            plans.append(_plan_videos(cfg, ds, errors, too_short))
     if errors:
         raise FramepackError("\n".join(errors))
     if opts.skip_existing:
         for jobs in plans:
             _mark_skips(jobs, lambda ds: expected_settings(ds, mode, opts.one_frame_no_2x, opts.one_frame_no_4x))
-    return plans
+    return plans, too_short or []
 
 
 # --------------------------------------------------------------------------------------------------
@@ -453,7 +500,8 @@ def _context(latent: torch.Tensor, frames: tuple[int | None, ...]) -> torch.Tens
     return out
 
 
-def encode_sections(batch: list[Loaded], models: LatentModels, settings: dict, f1: bool) -> list[list[tuple]]:
+def encode_sections(batch: list[Loaded], models: LatentModels, settings: dict, f1: bool,
+                    dataset: str | None = None) -> list[list[tuple]]:
     """VAE + SigLIP encode a batch of equally long crops; returns per item `(path, tensors, metadata)` per section.
 
     The trimmed crop is encoded in one pass; sections are cut from its latents (training.md §2.4-§2.5).
@@ -484,13 +532,14 @@ def encode_sections(batch: list[Loaded], models: LatentModels, settings: dict, f
                 clean_latent_2x_indices=_index(sec.clean_latent_2x_indices),
                 clean_latent_4x_indices=_index(sec.clean_latent_4x_indices),
             )
-            meta = latent_cache_metadata(*ld.item.recorded, ld.item.length, settings)
+            meta = latent_cache_metadata(*ld.item.recorded, ld.item.length, settings, dataset)
             files.append((ld.item.outputs[sec.index], tensors, meta))
         out.append(files)
     return out
 
 
-def encode_one_frame(batch: list[Loaded], models: LatentModels, settings: dict, ds: ImageDataset) -> list[list[tuple]]:
+def encode_one_frame(batch: list[Loaded], models: LatentModels, settings: dict, ds: ImageDataset,
+                     dataset: str | None = None) -> list[list[tuple]]:
     """One-frame caches of a batch: controls and target VAE-encoded one frame at a time (training.md §2.6)."""
     import torch
 
@@ -521,7 +570,8 @@ def encode_one_frame(batch: list[Loaded], models: LatentModels, settings: dict, 
             clean_latent_2x_indices=None if idx2 is None else _index(idx2),
             clean_latent_4x_indices=None if idx4 is None else _index(idx4),
         )
-        out.append([(ld.item.outputs[0], tensors, latent_cache_metadata(*ld.item.recorded, None, settings))])
+        out.append([(ld.item.outputs[0], tensors, latent_cache_metadata(*ld.item.recorded, None, settings,
+                                                                               dataset))])
     return out
 
 
@@ -540,22 +590,72 @@ def _workers(n: int | None) -> int:
     return n if n is not None else max(1, (os.cpu_count() or 2) - 1)
 
 
-def _remove_stale(directory: Path, suffix: str, expected: set[Path], keep: bool, summary: CacheSummary,
-                  sink: ProgressSink) -> None:
-    """Delete cache files of this kind that this run does not produce (unless `--keep_cache`)."""
+def _remove_stale(ds: Dataset, suffix: str, expected: set[Path], keep: bool, summary: CacheSummary) -> None:
+    """Delete the cache files of this kind in `ds`'s cache folder that this run does not produce.
+
+    Only files this tool wrote for this dataset (their `framepack_cli.version` / `framepack_cli.dataset`
+    metadata says so) are deleted, and not with `--keep_cache`; any other file (a reference-made cache, a
+    user's file, one of another dataset) is kept. Both lists go into the summary with the reasons.
+    """
+    directory = ds.cache_directory
     if not directory.is_dir():
         return
     wanted = {p.resolve() for p in expected}
+    identity = dataset_identity(ds)
     for p in sorted(directory.glob(f"*{suffix}")):
         if suffix == LATENT_SUFFIX and p.name.endswith(TEXT_SUFFIX):
             continue
-        if p.resolve() in wanted:
+        if p.resolve() in wanted or not p.is_file():
             continue
-        if keep:
-            summary.kept += 1
+        owner = cache_owner(p)
+        if not owner.ours or owner.dataset is None:
+            summary.kept_files.append((p, owner.reason))
+        elif owner.dataset != identity:
+            summary.kept_files.append((p, "written by framepack for another dataset"))
+        elif keep:
+            summary.kept_files.append((p, "stale (not produced by this run), kept because of --keep_cache"))
         else:
-            p.unlink(missing_ok=True)
-            summary.removed += 1
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                summary.kept_files.append((p, f"stale, but could not be removed ({e.strerror or e})"))
+                continue
+            summary.removed_files.append(p)
+
+
+def prepare_cache_dirs(cfg: DatasetConfig, datasets: Iterable[Dataset]) -> list[tuple[Path, Path | None]]:
+    """Create every dataset's cache_directory if missing and prove it writable, before any model loads.
+
+    Returns:
+        `(folder, top folder created or None)` pairs for `release_cache_dirs`.
+
+    Raises:
+        FramepackError: a cache_directory is a file (exit 2).
+        ResourceError: one cannot be created or written (exit 3); folders created so far are removed.
+    """
+    from framepack_cli.io.writable import ensure_writable_dir
+
+    made: list[tuple[Path, Path | None]] = []
+    try:
+        for ds in datasets:
+            if any(ds.cache_directory == d for d, _ in made):
+                continue
+            made.append((ds.cache_directory, ensure_writable_dir(ds.cache_directory,
+                                                                f"{cfg.path}: {ds.label}: cache_directory")))
+    except FramepackError:
+        release_cache_dirs(made)
+        raise
+    return made
+
+
+def release_cache_dirs(made: list[tuple[Path, Path | None]]) -> None:
+    """Remove the cache folders `prepare_cache_dirs` created that are still empty (a run that wrote nothing)."""
+    from framepack_cli.io.writable import remove_created
+
+    for folder, top in made:
+        remove_created(folder, top)
 
 
 def _report_recache(pairs: list[tuple[str, str]], sink: ProgressSink) -> None:
@@ -567,14 +667,25 @@ def _report_recache(pairs: list[tuple[str, str]], sink: ProgressSink) -> None:
 
 
 def _finish(summary: CacheSummary, what: str, sink: ProgressSink) -> CacheSummary:
+    """The run's summary on stdout (counts, clips left out, stale files removed or kept); failures raise."""
     parts = [f"{summary.cached} {what} cached ({summary.files} files)", f"{summary.skipped} skipped (already cached)",
              f"{len(summary.failed)} failed"]
     if summary.recached:
         parts.insert(1, f"{summary.recached} re-cached (incomplete or made with other settings)")
-    stale = f"; {summary.removed} stale cache files removed" if summary.removed else ""
+    if summary.too_short:
+        parts.append(f"{len(summary.too_short)} clip(s) too short (not cached)")
+    files = []
+    if summary.removed:
+        files.append(f"{summary.removed} stale cache file(s) removed")
     if summary.kept:
-        stale = f"; {summary.kept} stale cache files kept (--keep_cache)"
-    sink.message(f"Done in {summary.seconds:.1f}s: " + ", ".join(parts) + stale)
+        files.append(f"{summary.kept} other cache file(s) kept")
+    sink.result(f"Done in {summary.seconds:.1f}s: " + ", ".join(parts) + "".join(f"; {f}" for f in files))
+    for clip, reason in summary.too_short:
+        sink.result(f"Not cached (too short): {clip}: {reason}")
+    for p in summary.removed_files:
+        sink.result(f"Removed stale cache file {p}")
+    for p, why in summary.kept_files:
+        sink.result(f"Kept {p}: {why}")
     if summary.failed:
         raise FramepackError("\n".join([f"{len(summary.failed)} item(s) could not be cached:"]
                                        + [f"  {name}: {reason}" for name, reason in summary.failed]),
@@ -601,29 +712,42 @@ def run_latents(opts: CacheLatentsOptions, sink: ProgressSink | None = None) -> 
     from framepack_cli.options.dataset import load_dataset_config
 
     cfg = load_dataset_config(opts.dataset_config, batch_size=opts.batch_size)
-    plans = plan_latents(cfg, opts)
+    plans, too_short = plan_latents(cfg, opts)
     sink = sink or _default_sink()
     try:
-        return _run_latents(cfg, plans, opts, sink, t0)
+        return _run_latents(cfg, plans, too_short, opts, sink, t0)
     finally:
         sink.close()
 
 
-def _run_latents(cfg: DatasetConfig, plans: list[list[SourceJob]], opts: CacheLatentsOptions, sink: ProgressSink,
-                 t0: float) -> CacheSummary:
-    import torch
-
-    from framepack_cli.engine.context import resolve_device
-
+def _run_latents(cfg: DatasetConfig, plans: list[list[SourceJob]], too_short: list[tuple[str, str, str]],
+                 opts: CacheLatentsOptions, sink: ProgressSink, t0: float) -> CacheSummary:
     for w in cfg.warnings:
         sink.message(f"Warning: {w}")
-    mode = cache_mode(opts)
     summary = CacheSummary()
+    for clip, reason, line in too_short:
+        sink.message(f"Warning: {line}; this clip is not cached (--strict refuses the run instead)")
+        summary.too_short.append((clip, reason))
     items = [it for jobs in plans for job in jobs for it in job.items]
     todo = [it for it in items if not it.skip]
     summary.skipped = len(items) - len(todo)
     summary.recached = sum(1 for it in todo if it.stale_reason)
     _report_recache([(it.name, it.stale_reason) for it in todo if it.stale_reason], sink)
+    made = prepare_cache_dirs(cfg, [jobs[0].dataset for jobs in plans if jobs])
+    try:
+        return _encode_datasets(plans, opts, sink, summary, items, todo, t0)
+    finally:
+        release_cache_dirs(made)
+
+
+def _encode_datasets(plans: list[list[SourceJob]], opts: CacheLatentsOptions, sink: ProgressSink,
+                     summary: CacheSummary, items: list[LatentItem], todo: list[LatentItem], t0: float
+                     ) -> CacheSummary:
+    import torch
+
+    from framepack_cli.engine.context import resolve_device
+
+    mode = cache_mode(opts)
     models = None
     if todo:
         device = resolve_device(opts.device)
@@ -664,7 +788,7 @@ def _run_latents(cfg: DatasetConfig, plans: list[list[SourceJob]], opts: CacheLa
         for key in list(groups):
             flush(key)
         expected = {p for job in jobs for it in job.items for p in it.outputs}
-        _remove_stale(ds.cache_directory, LATENT_SUFFIX, expected, opts.keep_cache, summary, sink)
+        _remove_stale(ds, LATENT_SUFFIX, expected, opts.keep_cache, summary)
     sink.end_items()
     summary.seconds = time.perf_counter() - t0
     return _finish(summary, "items", sink)
@@ -688,9 +812,9 @@ def _encode_and_save(batch: list[Loaded], models: LatentModels, settings: dict, 
 
     try:
         if mode == "one_frame":
-            results = encode_one_frame(batch, models, settings, ds)
+            results = encode_one_frame(batch, models, settings, ds, dataset=dataset_identity(ds))
         else:
-            results = encode_sections(batch, models, settings, f1=mode == "f1")
+            results = encode_sections(batch, models, settings, f1=mode == "f1", dataset=dataset_identity(ds))
     except (FramepackError, torch.cuda.OutOfMemoryError) as e:
         if isinstance(e, FramepackError):
             reason = e.message
@@ -710,6 +834,8 @@ def _encode_and_save(batch: list[Loaded], models: LatentModels, settings: dict, 
                 save_cache_file(path, tensors, meta)
                 summary.files += 1
             summary.cached += 1
+        except ResourceError:
+            raise  # disk full or folder gone: every other item would fail the same way
         except FramepackError as e:
             summary.failed.append((ld.item.name, e.message))
         sink.advance()
@@ -779,6 +905,29 @@ def run_text(opts: CacheTextOptions, sink: ProgressSink | None = None) -> CacheS
 
 def _run_text(cfg: DatasetConfig, items: list[TextItem], opts: CacheTextOptions, sink: ProgressSink,
               t0: float) -> CacheSummary:
+    for w in cfg.warnings:
+        sink.message(f"Warning: {w}")
+    empty = [it for it in items if not it.caption.strip()]
+    if empty:
+        # Encoded as they are, like the reference's text caching (its trainer's caches); only inference turns an
+        # empty prompt into " ".
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        sink.message(f"Warning: {len(empty)} empty caption(s), encoded as they are (as the reference does): "
+                     f"{empty[0].source}{more}")
+    summary = CacheSummary()
+    todo = [it for it in items if not it.skip]
+    summary.skipped = len(items) - len(todo)
+    summary.recached = sum(1 for it in todo if it.stale_reason)
+    _report_recache([(str(it.source), it.stale_reason) for it in todo if it.stale_reason], sink)
+    made = prepare_cache_dirs(cfg, list({id(it.dataset): it.dataset for it in items}.values()))
+    try:
+        return _encode_texts(items, todo, opts, summary, sink, t0)
+    finally:
+        release_cache_dirs(made)
+
+
+def _encode_texts(items: list[TextItem], todo: list[TextItem], opts: CacheTextOptions, summary: CacheSummary,
+                  sink: ProgressSink, t0: float) -> CacheSummary:
     import torch
 
     from framepack_cli.engine.context import resolve_device
@@ -789,13 +938,6 @@ def _run_text(cfg: DatasetConfig, items: list[TextItem], opts: CacheTextOptions,
         load_tokenizers,
     )
 
-    for w in cfg.warnings:
-        sink.message(f"Warning: {w}")
-    summary = CacheSummary()
-    todo = [it for it in items if not it.skip]
-    summary.skipped = len(items) - len(todo)
-    summary.recached = sum(1 for it in todo if it.stale_reason)
-    _report_recache([(str(it.source), it.stale_reason) for it in todo if it.stale_reason], sink)
     for directory in {it.dataset.cache_directory for it in items}:
         remove_temp_files(directory)
     sink.start_items(len(items), "caching text")
@@ -815,17 +957,19 @@ def _run_text(cfg: DatasetConfig, items: list[TextItem], opts: CacheTextOptions,
                 bad = replace_nans(tensors)
                 if bad:
                     sink.message(f"Warning: {it.output.name}: NaN in {', '.join(bad)} replaced by 0")
-                save_text_cache(it.output, tensors, it.caption)
+                save_text_cache(it.output, tensors, it.caption, dataset_identity(it.dataset))
                 summary.cached += 1
                 summary.files += 1
+            except ResourceError:
+                raise
             except FramepackError as e:
                 summary.failed.append((str(it.source), e.message))
             sink.advance()
-    by_dir: dict[Path, set[Path]] = {}
+    by_dataset: dict[int, tuple[Dataset, set[Path]]] = {}
     for it in items:
-        by_dir.setdefault(it.dataset.cache_directory, set()).add(it.output)
-    for directory, expected in by_dir.items():
-        _remove_stale(directory, TEXT_SUFFIX, expected, opts.keep_cache, summary, sink)
+        by_dataset.setdefault(id(it.dataset), (it.dataset, set()))[1].add(it.output)
+    for ds, expected in by_dataset.values():
+        _remove_stale(ds, TEXT_SUFFIX, expected, opts.keep_cache, summary)
     sink.end_items()
     summary.seconds = time.perf_counter() - t0
     return _finish(summary, "captions", sink)

@@ -8,9 +8,12 @@ musubi-tuner are interchangeable:
   (length = the untrimmed crop length, W x H = the bucket size);
 * text encoder: `<stem>_fp_te.safetensors`.
 
-On top of the reference metadata (`architecture`, `width`, `height`, `format_version`, `frame_count`)
-latent caches record the settings that must match at training time under `framepack_cli.*` keys; the
-reference trainer ignores metadata, so these extra keys cost nothing in interchangeability.
+On top of the reference metadata (`architecture`, `width`, `height`, `format_version`, `frame_count`;
+text caches: `architecture`, `caption1`, `format_version`) our caches record, under `framepack_cli.*` keys,
+the settings that must match at training time (latent caches), the writer (`framepack_cli.version`) and
+the dataset they were made for (`framepack_cli.dataset`, see `options.dataset.dataset_identity`). The
+reference trainer ignores metadata, so these extra keys cost nothing in interchangeability; they let a
+run delete only stale caches it made itself for the same dataset (`cache_owner`).
 
 Every file is written to a hidden temporary name in the same folder, synced, then renamed over the final
 name: a run killed at any point leaves either the complete old file, the complete new file, or a
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from framepack_cli.errors import FramepackError
+from framepack_cli.io.writable import resource_error_for
 
 if TYPE_CHECKING:
     import torch
@@ -39,6 +43,8 @@ LATENT_SUFFIX = f"_{ARCH_SHORT}.safetensors"
 TEXT_SUFFIX = f"_{ARCH_SHORT}_te.safetensors"
 META_PREFIX = "framepack_cli."
 TEMP_SUFFIX = ".framepack-tmp"
+VERSION_KEY = META_PREFIX + "version"  # the writer tag: present only in files framepack wrote
+DATASET_KEY = META_PREFIX + "dataset"
 
 # Settings a trainer must agree with. Values are stored as strings (safetensors metadata is str -> str).
 SETTING_KEYS = (
@@ -206,17 +212,26 @@ def _meta_value(value: Any) -> str:
     return str(value)
 
 
-def latent_cache_metadata(width: int, height: int, frame_count: int | None, settings: dict[str, Any]) -> dict:
-    """Reference metadata plus our `framepack_cli.*` settings.
+def _writer_metadata(dataset: str | None) -> dict[str, str]:
+    from framepack_cli import __version__
+
+    meta = {VERSION_KEY: __version__}
+    if dataset is not None:
+        meta[DATASET_KEY] = dataset
+    return meta
+
+
+def latent_cache_metadata(width: int, height: int, frame_count: int | None, settings: dict[str, Any],
+                          dataset: str | None = None) -> dict:
+    """Reference metadata plus our `framepack_cli.*` settings, writer version and dataset identity.
 
     Args:
         width: recorded width (original image size, or the video bucket width).
         height: recorded height.
         frame_count: untrimmed crop length for videos, None for images.
         settings: values for (a subset of) `SETTING_KEYS`.
+        dataset: identity of the dataset the cache is made for (`dataset_identity`).
     """
-    from framepack_cli import __version__
-
     meta = {"architecture": ARCHITECTURE, "width": str(width), "height": str(height), "format_version": FORMAT_VERSION}
     if frame_count is not None:
         meta["frame_count"] = str(frame_count)
@@ -224,13 +239,44 @@ def latent_cache_metadata(width: int, height: int, frame_count: int | None, sett
         if key not in SETTING_KEYS:
             raise ValueError(f"unknown cache setting {key!r}")
         meta[META_PREFIX + key] = _meta_value(value)
-    meta[META_PREFIX + "version"] = __version__
+    meta.update(_writer_metadata(dataset))
     return meta
 
 
-def text_cache_metadata(caption: str) -> dict:
-    """Metadata of a text cache (the reference's three keys)."""
-    return {"architecture": ARCHITECTURE, "caption1": caption, "format_version": FORMAT_VERSION}
+def text_cache_metadata(caption: str, dataset: str | None = None) -> dict:
+    """Metadata of a text cache: the reference's three keys, plus our writer version and dataset identity."""
+    return {"architecture": ARCHITECTURE, "caption1": caption, "format_version": FORMAT_VERSION,
+            **_writer_metadata(dataset)}
+
+
+@dataclass(frozen=True)
+class CacheOwner:
+    """Who wrote a cache file, from its metadata.
+
+    Attributes:
+        ours: written by framepack (it has `framepack_cli.version`).
+        dataset: the dataset identity it records (None: not ours, or written without one).
+        reason: for a file that is not ours or records no dataset, why (for the run's summary).
+    """
+
+    ours: bool
+    dataset: str | None = None
+    reason: str = ""
+
+
+def cache_owner(path: Path) -> CacheOwner:
+    """Read who wrote `path` (header only, no torch); unreadable or foreign files are never ours."""
+    try:
+        _, meta = read_cache_header(path)
+    except FramepackError:
+        return CacheOwner(False, reason="unreadable or incomplete, so not known to be written by framepack")
+    if VERSION_KEY not in meta:
+        return CacheOwner(False, reason="not written by framepack (no framepack_cli metadata: made by another tool, "
+                                        "such as musubi-tuner, or by hand)")
+    dataset = meta.get(DATASET_KEY)
+    if dataset is None:
+        return CacheOwner(True, reason="written by framepack without a dataset identity (an older version)")
+    return CacheOwner(True, dataset)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -258,11 +304,15 @@ def _kill_point() -> tuple[int, bool] | None:
     return int(n), how == "partial"
 
 
-def save_cache_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+def save_cache_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+                    flag: str = "cache_directory") -> None:
     """Write a safetensors file atomically: temporary file in the same folder, fsync, rename.
 
+    Nothing is left under either name when the write fails.
+
     Raises:
-        FramepackError: the folder is not writable or the disk is full (the message names the file).
+        ResourceError: the folder is not writable or the disk is full: `<flag>: cannot write <path>: <errno
+            text>` with what would help (exit code 3).
     """
     from safetensors.torch import save
 
@@ -285,7 +335,7 @@ def save_cache_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict
     except OSError as e:
         with contextlib.suppress(OSError):  # e.g. the folder is below a file: nothing to clean up
             tmp.unlink()
-        raise FramepackError(f"{path}: cannot write cache file ({e.strerror or e})") from None
+        raise resource_error_for(e, flag, path) from None
     _written += 1
     if kill and not kill[1] and _written == kill[0]:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -316,7 +366,7 @@ def _base_key(key: str) -> str:
     return base
 
 
-def save_text_cache(path: Path, tensors: dict[str, torch.Tensor], caption: str) -> None:
+def save_text_cache(path: Path, tensors: dict[str, torch.Tensor], caption: str, dataset: str | None = None) -> None:
     """Write a text cache, merged into an existing file like the reference does.
 
     Keys of the existing file that another architecture or tool stored are kept; the ones this cache
@@ -327,7 +377,7 @@ def save_text_cache(path: Path, tensors: dict[str, torch.Tensor], caption: str) 
         FramepackError: the existing file belongs to another architecture, or writing fails.
     """
     path = Path(path)
-    metadata = text_cache_metadata(caption)
+    metadata = text_cache_metadata(caption, dataset)
     if path.exists():
         old_meta, old = _read_existing(path)
         if old_meta is not None:
@@ -402,7 +452,8 @@ def cache_settings(path: Path) -> dict[str, str]:
     if meta.get("architecture") not in (None, ARCHITECTURE):
         raise FramepackError(f"{path}: cache of architecture {meta.get('architecture')!r}, not {ARCHITECTURE!r}")
     out = {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
-    out.pop("version", None)
+    out.pop(VERSION_KEY[len(META_PREFIX):], None)
+    out.pop(DATASET_KEY[len(META_PREFIX):], None)
     if "mode" in out and "latent_window_size" in out:
         return out
     lat = _find(infos, "latents_")

@@ -55,7 +55,8 @@ class CacheLatentsOptions(OptionsBase):
 
     # --- dataset
     dataset_config: str = F(..., "Dataset config (.toml or .json) listing the image/video datasets and their "
-                            "cache directories.", panel=DATASET)
+                            "cache directories. Relative paths in it are read from the working directory, else "
+                            "beside the config (paths in JSONL lines: beside the JSONL file).", panel=DATASET)
     batch_size: int | None = F(None, "Items encoded at once; also the batch_size of datasets that set none "
                                "(as in the reference).", panel=DATASET, ge=1)
     num_workers: int | None = F(None, "Threads that load and resize images/frames (default: CPU count - 1).",
@@ -63,8 +64,13 @@ class CacheLatentsOptions(OptionsBase):
     skip_existing: bool = F(False, "Skip items whose cache files all exist, are complete and were made with the "
                             "same settings (--f1/--one_frame/--one_frame_no_2x/4x, window size, resolution); "
                             "the others are cached again. Resumes an interrupted run.", panel=DATASET)
-    keep_cache: bool = F(False, "Keep *_fp.safetensors files in the cache directories that this run did not "
-                         "produce (default: delete them).", panel=DATASET)
+    keep_cache: bool = F(False, "Keep stale *_fp.safetensors files (not produced by this run) in the cache "
+                         "directories. Default: delete those that framepack wrote for the same dataset; files of other "
+                         "tools, of other datasets and users' files are always kept (the summary lists them).",
+                         panel=DATASET)
+    strict: bool = F(False, "Refuse the whole run (exit 2, before any model loads) when a clip is too short for one "
+                     "section (4 * fp_latent_window_size + 1 frames) or for every target_frames value. Default: "
+                     "skip such clips with a warning and list them in the summary.", panel=DATASET)
 
     # --- models
     vae: str | None = F(None, "VAE weights: file or directory (required unless --debug_mode).", panel=MODELS)
@@ -136,15 +142,17 @@ class CacheTextOptions(OptionsBase):
 
     # --- dataset
     dataset_config: str = F(..., "Dataset config (.toml or .json) listing the datasets and their cache "
-                            "directories.", panel=DATASET)
+                            "directories. Relative paths in it are read from the working directory, else beside "
+                            "the config (paths in JSONL lines: beside the JSONL file).", panel=DATASET)
     batch_size: int | None = F(None, "Items handed to the encoder at once (captions are still encoded one by one); "
                                "also the batch_size of datasets that set none.", panel=DATASET, ge=1)
     num_workers: int | None = F(None, "Accepted for compatibility: captions are read while the dataset config is "
                                 "validated.", panel=DATASET, ge=1)
     skip_existing: bool = F(False, "Skip items whose text cache exists, is complete and holds the same caption.",
                             panel=DATASET)
-    keep_cache: bool = F(False, "Keep *_fp_te.safetensors files that this run did not produce (default: delete "
-                         "them).", panel=DATASET)
+    keep_cache: bool = F(False, "Keep stale *_fp_te.safetensors files (not produced by this run). Default: "
+                         "delete those that framepack wrote for the same dataset; files of other tools, of other "
+                         "datasets and users' files are always kept (the summary lists them).", panel=DATASET)
 
     # --- models
     text_encoder1: str = F(..., "LLaMA text encoder: Comfy-Org single file, first shard, or directory.", panel=MODELS)

@@ -11,7 +11,14 @@ reported before any model loads. All problems come back at once in one `Framepac
 naming the config file, the dataset and the key. Pydantic and the standard library only (no torch):
 `--help` and validation stay instant.
 
-Relative paths are relative to the working directory, as in the reference.
+Relative paths: the working directory first (as in the reference), then the file that names them. A path
+key of the config (`image_directory`, `video_directory`, `image_jsonl_file`, `video_jsonl_file`,
+`control_directory`) that does not exist relative to the working directory is looked up relative to the
+config's folder; a path in a JSONL line (`image_path`, `video_path`, `control_path*`) relative to the JSONL
+file's folder. When neither exists the error names both places. `cache_directory` (an output that may not
+exist yet): an existing folder is found the same way; a new one goes where its parent folder exists (the
+working directory when both or neither have it, unless the dataset's sources were themselves found only
+relative to the config: then beside them).
 """
 
 from __future__ import annotations
@@ -167,7 +174,8 @@ class ImageItem:
 
     Attributes:
         path: the image file.
-        caption: its caption (stripped).
+        caption: its caption: a caption file's text stripped, a JSONL line's as written (as in the reference,
+            whose text caching encodes captions as they are, even empty).
         controls: control images in order (empty when the dataset has none).
     """
 
@@ -187,7 +195,7 @@ class VideoItem:
 
     Attributes:
         path: the video file or frame folder.
-        caption: its caption (stripped).
+        caption: its caption (caption file: stripped; JSONL line: as written).
         control: its control clip, if the dataset has controls (loaded by nobody: FramePack ignores it).
     """
 
@@ -314,12 +322,45 @@ def _resolution(value: int | list[int]) -> tuple[int, int] | str:
     return int(value[0]), int(value[1])
 
 
-def _exists_hint(config: Path, value: str) -> str:
-    """Point at the likely mistake when a relative path exists next to the config but not in the cwd."""
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _tried(value: str, base: Path) -> str:
+    """` (looked in <cwd>/<value> and <base>/<value>)`, or nothing when both are the same place."""
     p = Path(value)
-    if not p.is_absolute() and (config.parent / p).exists() and config.parent.resolve() != Path.cwd().resolve():
-        return f" (relative paths are read from the working directory {os.getcwd()}; it exists relative to the config)"
-    return ""
+    if p.is_absolute() or _same_dir(base, Path.cwd()):
+        return ""
+    return f" (looked in {os.path.abspath(p)} and {os.path.abspath(base / p)})"
+
+
+def _locate(value: str, base: Path, test=Path.exists) -> Path | None:
+    """A relative input path: as given (working directory) when `test` passes there, else below `base`."""
+    p = Path(value)
+    if test(p):
+        return p
+    if not p.is_absolute() and test(base / p):
+        return base / p
+    return None
+
+
+def _locate_output(value: str, base: Path, beside_base: bool) -> Path:
+    """Where a relative output folder (`cache_directory`) is: an existing folder as `_locate` finds it; a new
+    one where its parent exists, the working directory when both or neither places have the parent, unless
+    `beside_base` (the dataset's sources were found only relative to `base`)."""
+    p = Path(value)
+    if p.is_absolute() or _same_dir(base, Path.cwd()) or p.exists():
+        return p
+    alt = base / p
+    if alt.exists():
+        return alt
+    here, there = p.parent.is_dir(), alt.parent.is_dir()
+    if here != there:
+        return p if here else alt
+    return alt if beside_base else p
 
 
 def _read_caption(path: Path) -> str | None:
@@ -372,13 +413,9 @@ class _Ctx:
         self.errors.append(f"{self.config}: {self.label}: {key}: {message}")
 
 
-def _captioned_files(c: _Ctx, key: str, value: str, lister, extensions, noun: str,
+def _captioned_files(c: _Ctx, key: str, directory: Path, lister, extensions, noun: str,
                      caption_ext: str | None) -> list[tuple[Path, str]]:
     """The media files of a source directory with their captions; every problem goes to `c` (one line each)."""
-    directory = Path(value)
-    if not directory.is_dir():
-        c.err(key, f"folder not found: {directory}{_exists_hint(c.config, value)}")
-        return []
     files = lister(directory)
     if not files:
         c.err(key, f"no {noun}s ({', '.join(extensions)}) in {directory}")
@@ -397,12 +434,12 @@ def _captioned_files(c: _Ctx, key: str, value: str, lister, extensions, noun: st
     return out
 
 
-def _image_items(c: _Ctx, s: ImageSection, caption_ext: str | None, control_count: int) -> list[ImageItem]:
+def _image_items(c: _Ctx, source: Path, from_jsonl: bool, control_dir: Path | None, caption_ext: str | None,
+                 control_count: int) -> list[ImageItem]:
     items: list[ImageItem] = []
-    control_dir = Path(s.control_directory) if s.control_directory else None
-    pool = list_images(control_dir) if control_dir and control_dir.is_dir() else None
-    if s.image_directory is not None:
-        for img, caption in _captioned_files(c, "image_directory", s.image_directory, list_images, IMAGE_EXTENSIONS,
+    pool = list_images(control_dir) if control_dir is not None else None
+    if not from_jsonl:
+        for img, caption in _captioned_files(c, "image_directory", source, list_images, IMAGE_EXTENSIONS,
                                              "image", caption_ext):
             controls: list[Path] = []
             if pool is not None:
@@ -418,10 +455,7 @@ def _image_items(c: _Ctx, s: ImageSection, caption_ext: str | None, control_coun
                 controls = controls[:control_count]
             items.append(ImageItem(img, caption, tuple(controls)))
         return items
-    jsonl = Path(s.image_jsonl_file)
-    if not jsonl.is_file():
-        c.err("image_jsonl_file", f"file not found: {jsonl}{_exists_hint(c.config, s.image_jsonl_file)}")
-        return []
+    jsonl, base = source, source.parent
     rows = _jsonl_lines(jsonl, c.errors, f"{c.config}: {c.label}: image_jsonl_file")
     has_control = any(any(k == "control_path" or k.startswith("control_path_") for k in obj) for _, obj in rows)
     for n, obj in rows:
@@ -431,8 +465,9 @@ def _image_items(c: _Ctx, s: ImageSection, caption_ext: str | None, control_coun
         if not isinstance(image, str) or not isinstance(caption, str):
             c.err("image_jsonl_file", f"{where}: needs string entries \"image_path\" and \"caption\"")
             continue
-        if not Path(image).is_file():
-            c.err("image_jsonl_file", f"{where}: image not found: {image}")
+        image_path = _locate(image, base, Path.is_file)
+        if image_path is None:
+            c.err("image_jsonl_file", f"{where}: image not found: {image}{_tried(image, base)}")
             continue
         controls_raw = {}
         if "control_path" in obj:
@@ -446,12 +481,15 @@ def _image_items(c: _Ctx, s: ImageSection, caption_ext: str | None, control_coun
                 c.err("image_jsonl_file", f"{where}: {len(controls)} control path(s), fp_1f_clean_indices needs "
                                           f"{control_count}")
                 continue
-            bad = [p for p in controls if not isinstance(p, str) or not Path(p).is_file()]
-            if bad:
-                c.err("image_jsonl_file", f"{where}: control image not found: {bad[0]}")
-                continue
             controls = controls[:control_count]
-        items.append(ImageItem(Path(image), caption.strip(), tuple(Path(p) for p in controls) if has_control else ()))
+            found = [_locate(p, base, Path.is_file) if isinstance(p, str) else None for p in controls]
+            bad = [p for p, f in zip(controls, found, strict=True) if f is None]
+            if bad:
+                tried = _tried(bad[0], base) if isinstance(bad[0], str) else ""
+                c.err("image_jsonl_file", f"{where}: control image not found: {bad[0]}{tried}")
+                continue
+            controls = found
+        items.append(ImageItem(image_path, caption, tuple(controls) if has_control else ()))
     if not rows and not c.errors:
         c.err("image_jsonl_file", f"{jsonl} lists no images")
     return items
@@ -470,14 +508,14 @@ def _find_video_control(video: Path, control_dir: Path) -> Path | None:
     return None
 
 
-def _video_items(c: _Ctx, s: VideoSection, caption_ext: str | None) -> list[VideoItem]:
+def _video_items(c: _Ctx, source: Path, from_jsonl: bool, control_dir: Path | None,
+                 caption_ext: str | None) -> list[VideoItem]:
     items: list[VideoItem] = []
-    control_dir = Path(s.control_directory) if s.control_directory else None
-    if s.video_directory is not None:
-        for video, caption in _captioned_files(c, "video_directory", s.video_directory, list_videos,
+    if not from_jsonl:
+        for video, caption in _captioned_files(c, "video_directory", source, list_videos,
                                                VIDEO_EXTENSIONS, "video", caption_ext):
             control = None
-            if control_dir is not None and control_dir.is_dir():
+            if control_dir is not None:
                 control = _find_video_control(video, control_dir)
                 if control is None:
                     c.err("control_directory",
@@ -485,10 +523,7 @@ def _video_items(c: _Ctx, s: VideoSection, caption_ext: str | None) -> list[Vide
                     continue
             items.append(VideoItem(video, caption, control))
         return items
-    jsonl = Path(s.video_jsonl_file)
-    if not jsonl.is_file():
-        c.err("video_jsonl_file", f"file not found: {jsonl}{_exists_hint(c.config, s.video_jsonl_file)}")
-        return []
+    jsonl, base = source, source.parent
     rows = _jsonl_lines(jsonl, c.errors, f"{c.config}: {c.label}: video_jsonl_file")
     has_control = any("control_path" in obj for _, obj in rows)
     for n, obj in rows:
@@ -497,15 +532,23 @@ def _video_items(c: _Ctx, s: VideoSection, caption_ext: str | None) -> list[Vide
         if not isinstance(video, str) or not isinstance(caption, str):
             c.err("video_jsonl_file", f"{where}: needs string entries \"video_path\" and \"caption\"")
             continue
-        if not Path(video).exists():
-            c.err("video_jsonl_file", f"{where}: video or frame folder not found: {video}")
+        video_path = _locate(video, base)
+        if video_path is None:
+            c.err("video_jsonl_file", f"{where}: video or frame folder not found: {video}{_tried(video, base)}")
             continue
         control = obj.get("control_path")
-        if has_control and (not isinstance(control, str) or not Path(control).exists()):
-            c.err("video_jsonl_file", f"{where}: control_path missing or not found (every line needs one when any "
-                                      "line has one)")
-            continue
-        items.append(VideoItem(Path(video), caption.strip(), Path(control) if has_control else None))
+        control_path = None
+        if has_control:
+            if not isinstance(control, str):
+                c.err("video_jsonl_file", f"{where}: control_path missing (every line needs one when any line has "
+                                          "one)")
+                continue
+            control_path = _locate(control, base)
+            if control_path is None:
+                c.err("video_jsonl_file", f"{where}: control video or frame folder not found: {control}"
+                                          f"{_tried(control, base)}")
+                continue
+        items.append(VideoItem(video_path, caption, control_path))
     if not rows and not c.errors:
         c.err("video_jsonl_file", f"{jsonl} lists no videos")
     return items
@@ -569,24 +612,39 @@ def _resolve_dataset(
                             "multiples of 16 (the latent grid is 8 px and the DiT patches 2x2 latents)")
     caption_ext = pick("caption_extension", None)
     window = section.fp_latent_window_size or 9
-    cache_dir = section.cache_directory or getattr(section, src_a)
+    base = config.parent
+    src_key = src_a if getattr(section, src_a) is not None else src_b
+    src_value = getattr(section, src_key)
+    source = _locate(src_value, base, Path.is_dir if src_key == src_a else Path.is_file)
+    if source is None:
+        noun = "folder" if src_key == src_a else "file"
+        c.err(src_key, f"{noun} not found: {src_value}{_tried(src_value, base)}")
+    beside_config = source is not None and source != Path(src_value)
+    cache_dir: Path | None = None
+    if section.cache_directory is not None:
+        cache_dir = _locate_output(section.cache_directory, base, beside_config)
+    elif src_key == src_a:
+        cache_dir = source if source is not None else Path(src_value)
     if cache_dir is None:
         c.err("cache_directory", f"required for a {src_b} dataset (there is no folder to default to)")
-    elif Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+    elif cache_dir.exists() and not cache_dir.is_dir():
         c.err("cache_directory", f"{cache_dir} exists and is not a folder")
-    elif cache_dir:
-        blocking = next((q for q in Path(cache_dir).parents if q.exists() and not q.is_dir()), None)
+    else:
+        blocking = next((q for q in cache_dir.parents if q.exists() and not q.is_dir()), None)
         if blocking is not None:
             c.err("cache_directory", f"cannot create {cache_dir}: {blocking} is a file")
-    control_dir = section.control_directory
-    if control_dir is not None and not Path(control_dir).is_dir():
-        c.err("control_directory", f"folder not found: {control_dir}{_exists_hint(config, control_dir)}")
+    control_dir: Path | None = None
+    if section.control_directory is not None:
+        control_dir = _locate(section.control_directory, base, Path.is_dir)
+        if control_dir is None:
+            c.err("control_directory", f"folder not found: {section.control_directory}"
+                                       f"{_tried(section.control_directory, base)}")
     common = dict(
         index=index, label=label, resolution=resolution, caption_extension=caption_ext,
         batch_size=pick("batch_size", 1), num_repeats=pick("num_repeats", 1), enable_bucket=enable_bucket,
         bucket_no_upscale=bool(pick("bucket_no_upscale", False)) and enable_bucket,
-        cache_directory=Path(cache_dir) if cache_dir else Path("."),
-        control_directory=Path(control_dir) if control_dir else None, fp_latent_window_size=window,
+        cache_directory=cache_dir if cache_dir is not None else Path("."),
+        control_directory=control_dir, fp_latent_window_size=window,
     )
     if is_image:
         if section.multiple_target:
@@ -599,10 +657,11 @@ def _resolve_dataset(
         if clean is not None and any(i < 0 for i in clean):
             c.err("fp_1f_clean_indices", f"indices must be >= 0, got {clean}")
         control_count = len(clean) if clean else 1
-        items = _image_items(c, section, caption_ext, control_count)
+        from_jsonl = src_key == src_b
+        items = [] if source is None else _image_items(c, source, from_jsonl, control_dir, caption_ext, control_count)
         return ImageDataset(
-            **common, image_directory=Path(section.image_directory) if section.image_directory else None,
-            image_jsonl_file=Path(section.image_jsonl_file) if section.image_jsonl_file else None,
+            **common, image_directory=None if from_jsonl else source or Path(src_value),
+            image_jsonl_file=(source or Path(src_value)) if from_jsonl else None,
             fp_1f_clean_indices=tuple(clean) if clean is not None else None,
             fp_1f_target_index=section.fp_1f_target_index, fp_1f_no_post=bool(section.fp_1f_no_post),
             items=tuple(items),
@@ -624,10 +683,11 @@ def _resolve_dataset(
     if effective_extraction(mode, sample) != mode:
         warnings.append(f"{config}: {label}: frame_extraction 'uniform' with frame_sample 1 is 'head'")
         mode = effective_extraction(mode, sample)
-    items = _video_items(c, section, caption_ext)
+    from_jsonl = src_key == src_b
+    items = [] if source is None else _video_items(c, source, from_jsonl, control_dir, caption_ext)
     return VideoDataset(
-        **common, video_directory=Path(section.video_directory) if section.video_directory else None,
-        video_jsonl_file=Path(section.video_jsonl_file) if section.video_jsonl_file else None,
+        **common, video_directory=None if from_jsonl else source or Path(src_value),
+        video_jsonl_file=(source or Path(src_value)) if from_jsonl else None,
         target_frames=targets, frame_extraction=mode, frame_stride=section.frame_stride or 1, frame_sample=sample,
         max_frames=section.max_frames or 129,
         source_fps=float(section.source_fps) if section.source_fps is not None else None, items=tuple(items),
@@ -692,6 +752,24 @@ def source_key(ds: ImageDataset | VideoDataset) -> str:
     if ds.kind == "image":
         return "image_directory" if ds.image_directory is not None else "image_jsonl_file"
     return "video_directory" if ds.video_directory is not None else "video_jsonl_file"
+
+
+def dataset_identity(ds: ImageDataset | VideoDataset) -> str:
+    """What a dataset's cache files record as the dataset they were made for (`framepack_cli.dataset`).
+
+    A short hash of the source key and the source's real absolute path (not the path itself, so caches do
+    not carry folder names): the same for every run over the same images or videos, whatever the working
+    directory or the config file.
+    """
+    import hashlib
+
+    key = source_key(ds)
+    source = getattr(ds, key)
+    try:
+        where = str(Path(source).resolve())
+    except OSError:
+        where = os.path.abspath(source)
+    return hashlib.sha256(f"{key}={where}".encode()).hexdigest()[:16]
 
 
 def _check_unique(config: Path, datasets: list, errors: list[str]) -> None:

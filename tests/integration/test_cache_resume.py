@@ -23,6 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from framepack_cli import __version__
 from framepack_cli.cli.app import main
 from framepack_cli.engine.cache import run_latents, run_text
 from framepack_cli.engine.progress import NullProgress
@@ -111,13 +112,17 @@ def test_killed_run_resumes_to_a_clean_result(tmp_path, monkeypatch):
     # clip no longer in the dataset; plus a text cache that latent caching must not touch.
     golden = GOLDEN / "cache"
     jsonl = work / "video_jsonl"
-    jsonl.mkdir()
+    assert jsonl.is_dir()  # every cache folder was created (and proven writable) before the models loaded
     shutil.copy(golden / "f1" / "video_dir" / VIDEO_DIR[2], work / "video_dir" / VIDEO_DIR[2])
     cut = jsonl / "clip_b_00000-025-0000_0064x0048_fp.safetensors"
     cut.write_bytes((golden / "vanilla" / "video_jsonl" / cut.name).read_bytes()[:-64])
     shutil.copy(golden / "vanilla" / "video_jsonl" / "clip_c_00000-021-0000_0064x0048_fp.safetensors", jsonl)
     stale = work / "video_dir" / "old_00000-041-0000_0064x0048_fp.safetensors"
-    shutil.copy(work / "video_dir" / VIDEO_DIR[0], stale)
+    shutil.copy(work / "video_dir" / VIDEO_DIR[0], stale)  # ours, for this dataset: stale, removed
+    foreign = work / "video_dir" / "ref_00000-041-0000_0064x0048_fp.safetensors"
+    shutil.copy(golden / "vanilla" / "video_dir" / VIDEO_DIR[0], foreign)  # the reference's: kept
+    junk = work / "video_dir" / "notes_fp.safetensors"
+    junk.write_bytes(b"a user's file that happens to end in _fp.safetensors")  # kept
     te = work / "video_dir" / "clip_a_fp_te.safetensors"
     te.write_bytes(b"not a latent cache, and not ours to delete")
 
@@ -128,19 +133,45 @@ def test_killed_run_resumes_to_a_clean_result(tmp_path, monkeypatch):
     summary = run_latents(vanilla_opts(skip_existing=True), sink)
     assert (summary.skipped, summary.recached, summary.cached, summary.files, summary.removed, summary.failed) == (
         1, 2, 3, 4, 1, [])
-    assert "2 re-cached (incomplete or made with other settings)" in sink.messages[-1]
+    assert "2 re-cached (incomplete or made with other settings)" in sink.results[0]
+    assert sink.results[0].endswith("; 1 stale cache file(s) removed; 2 other cache file(s) kept")
+    not_ours = ("not written by framepack (no framepack_cli metadata: made by another tool, such as musubi-tuner, "
+                "or by hand)")
+    unreadable = "unreadable or incomplete, so not known to be written by framepack"
+    assert sink.results[1:] == [
+        "Removed stale cache file work/video_dir/old_00000-041-0000_0064x0048_fp.safetensors",
+        f"Kept work/video_dir/notes_fp.safetensors: {unreadable}",
+        f"Kept work/video_dir/ref_00000-041-0000_0064x0048_fp.safetensors: {not_ours}",
+    ]
+    assert not stale.exists() and foreign.exists() and junk.exists() and te.exists()
+    foreign.unlink()
+    junk.unlink()
     assert sorted(f for f in cache_files(wd) if f != "video_dir/clip_a_fp_te.safetensors") == sorted(ALL)
-    assert te.exists()
     assert_matches_reference(wd, reference_made={"video_jsonl/clip_c_00000-021-0000_0064x0048_fp.safetensors"})
 
-    # Once more, with --keep_cache and a stale file: everything is up to date, nothing is loaded or written.
+    # Once more, with --keep_cache, a stale file and one of the other dataset: everything is up to date, nothing
+    # is loaded, written or deleted.
     shutil.copy(work / "video_dir" / VIDEO_DIR[0], stale)
+    other = work / "video_dir" / "other_00000-025-0000_0064x0048_fp.safetensors"
+    shutil.copy(work / "video_jsonl" / "clip_b_00000-025-0000_0064x0048_fp.safetensors", other)
     stamps = {f: (work / f).stat().st_mtime_ns for f in ALL}
     sink = NullProgress()
     summary = run_latents(vanilla_opts(skip_existing=True, keep_cache=True), sink)
-    assert (summary.skipped, summary.cached, summary.kept) == (4, 0, 1) and stale.exists()
+    assert (summary.skipped, summary.cached, summary.removed, summary.kept) == (4, 0, 0, 2) and stale.exists()
+    assert sink.results[1:] == [
+        "Kept work/video_dir/old_00000-041-0000_0064x0048_fp.safetensors: stale (not produced by this run), kept "
+        "because of --keep_cache",
+        "Kept work/video_dir/other_00000-025-0000_0064x0048_fp.safetensors: written by framepack for another dataset",
+    ]
     assert not any("Loading" in m for m in sink.messages)
     assert {f: (work / f).stat().st_mtime_ns for f in ALL} == stamps
+
+    # Without --keep_cache the other dataset's file is still kept; only this dataset's stale file goes.
+    sink = NullProgress()
+    summary = run_latents(vanilla_opts(skip_existing=True), sink)
+    assert [p.name for p in summary.removed_files] == [stale.name] and other.exists()
+    assert [(p.name, why) for p, why in summary.kept_files] == [(other.name, "written by framepack for another "
+                                                                             "dataset")]
 
 
 def test_kill_hook_points(tmp_path, monkeypatch):
@@ -182,9 +213,9 @@ def test_a_failing_source_does_not_stop_the_others(tmp_path, monkeypatch, capsys
                                'video_jsonl_file = "clips.jsonl"\ncache_directory = "work/j"\n'
                                'frame_extraction = "full"\nfp_latent_window_size = 5\n')
     code = cli(wd, ["--dataset_config", "d.toml", *MODELS], monkeypatch)
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert code == 2
-    assert "Done in" in err and "1 items cached (1 files), 0 skipped (already cached), 1 failed" in err
+    assert "Done in" in out and "1 items cached (1 files), 0 skipped (already cached), 1 failed" in out
     lines = [ln for ln in err.splitlines() if ln.startswith("Error:")]
     assert lines[0] == "Error: 1 item(s) could not be cached:"
     assert lines[1].startswith("Error:   bad_00000-021: clips/bad/frame_0010.png: cannot read frame image (")
@@ -213,11 +244,17 @@ def test_text_cache_reruns(tmp_path, monkeypatch):
     save_file(tensors, str(b), {"architecture": "framepack", "caption1": "old caption", "format_version": "1.0.1",
                                 "note": "kept"})
     (folder / f".{names[2]}.123{TEMP_SUFFIX}").write_bytes(b"half")
-    (folder / "gone_fp_te.safetensors").write_bytes(b"")
+    shutil.copy(folder / names[2], folder / "gone_fp_te.safetensors")  # ours, of an image no longer there
+    (folder / "user_fp_te.safetensors").write_bytes(b"")  # not ours: kept
     before_c = (folder / names[2]).stat().st_mtime_ns
 
-    summary = run_text(CacheTextOptions(**{**opts.model_dump(), "skip_existing": True}), NullProgress())
-    assert (summary.skipped, summary.recached, summary.cached, summary.removed) == (1, 2, 2, 1)
+    sink = NullProgress()
+    summary = run_text(CacheTextOptions(**{**opts.model_dump(), "skip_existing": True}), sink)
+    assert (summary.skipped, summary.recached, summary.cached, summary.removed, summary.kept) == (1, 2, 2, 1, 1)
+    assert sink.results[1:] == ["Removed stale cache file work/image_1f/gone_fp_te.safetensors",
+                                "Kept work/image_1f/user_fp_te.safetensors: unreadable or incomplete, so not known to "
+                                "be written by framepack"]
+    (folder / "user_fp_te.safetensors").unlink()
     assert sorted(p.name for p in folder.iterdir()) == names  # temp and stale files gone
     assert (folder / names[2]).stat().st_mtime_ns == before_c
     for n in names:
@@ -228,8 +265,10 @@ def test_text_cache_reruns(tmp_path, monkeypatch):
     assert sorted(merged) == ["clip_l_pooler_float32", "llama_attention_mask", "llama_vec_float32",
                               "other_tool_vec_float16"]
     with safe_open(str(b), framework="pt") as f:
-        assert f.metadata() == {"architecture": "framepack", "caption1": "A cat sits on the window sill.",
-                                "format_version": "1.0.1", "note": "kept"}
+        meta = f.metadata()
+    assert meta.pop("framepack_cli.version") == __version__ and len(meta.pop("framepack_cli.dataset")) == 16
+    assert meta == {"architecture": "framepack", "caption1": "A cat sits on the window sill.",
+                    "format_version": "1.0.1", "note": "kept"}
 
 
 def test_one_frame_without_2x_4x_indices(tmp_path, monkeypatch):
@@ -247,3 +286,67 @@ def test_one_frame_without_2x_4x_indices(tmp_path, monkeypatch):
         with safe_open(str(out / name), framework="pt") as f:
             assert f.metadata()["framepack_cli.one_frame_no_2x"] == "true"
             assert f.metadata()["framepack_cli.one_frame_no_4x"] == "true"
+
+
+def test_a_clip_too_short_is_left_out_with_a_warning(tmp_path, monkeypatch, capsys):
+    """A clip shorter than one section does not stop the run: warned about up front, listed in the summary,
+    exit 0; with --strict the run is refused before any model loads, as before."""
+    wd = workdir(tmp_path / "w")
+    frames = wd / "clips" / "short"
+    frames.mkdir(parents=True)
+    for f in sorted((GOLDEN / "datasets" / "video_frames" / "clip_c").iterdir())[:20]:
+        shutil.copy(f, frames / f.name)
+    (wd / "clips.jsonl").write_text('{"video_path": "clips/short", "caption": "x"}\n'
+                                    '{"video_path": "datasets/videos/clip_b.mp4", "caption": "y"}\n')
+    (wd / "d.toml").write_text('[general]\nresolution = [64, 48]\nenable_bucket = true\n\n[[datasets]]\n'
+                               'video_jsonl_file = "clips.jsonl"\ncache_directory = "work/j"\n'
+                               'frame_extraction = "full"\nfp_latent_window_size = 5\n')
+    reason = ("20 frames, cropped to 17: shorter than one section, fp_latent_window_size = 5 needs at least 21 "
+              "frames (4 * 5 + 1)")
+    line = f"d.toml: datasets[0] (video_jsonl_file = clips.jsonl): fp_latent_window_size: clips/short: {reason}"
+
+    assert cli(wd, ["--dataset_config", "d.toml", *MODELS, "--strict"], monkeypatch) == 2
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [f"Error: {line}"] and out == ""
+    assert not (wd / "work").exists()  # refused before anything was created or loaded
+
+    assert cli(wd, ["--dataset_config", "d.toml", *MODELS], monkeypatch) == 0
+    out, err = capsys.readouterr()
+    assert f"Warning: {line}; this clip is not cached (--strict refuses the run instead)" in err.splitlines()
+    lines = out.splitlines()
+    assert lines[0].startswith("Done in ") and lines[0].endswith(
+        ": 1 items cached (1 files), 0 skipped (already cached), 0 failed, 1 clip(s) too short (not cached)")
+    assert lines[1:] == [f"Not cached (too short): clips/short: {reason}"]
+    assert cache_files(wd) == ["j/clip_b_00000-025-0000_0064x0048_fp.safetensors"]
+
+
+def test_full_disk_while_writing_latents_stops_the_run_with_exit_3(tmp_path, monkeypatch, capsys):
+    """A write that fails (disk full) ends the run at once -- every other item would fail the same way -- in one
+    line naming the file and the errno text, exit 3; the file's temporary copy is gone, the files committed
+    before it are complete."""
+    import builtins
+    import errno
+
+    import framepack_cli.io.cache_format as fmt
+
+    wd = workdir(tmp_path / "w")
+    calls = []
+
+    def full_disk(path, *a, **k):
+        calls.append(path)
+        if len(calls) == 2:
+            f = builtins.open(path, *a, **k)
+            f.write(b"half a cache file")
+            f.close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return builtins.open(path, *a, **k)
+
+    monkeypatch.setattr(fmt, "open", full_disk, raising=False)
+    assert cli(wd, VANILLA, monkeypatch) == 3
+    out, err = capsys.readouterr()
+    errors = [ln for ln in err.splitlines() if ln.startswith("Error")]
+    assert errors == [f"Error: cache_directory: cannot write work/video_dir/{VIDEO_DIR[1]}: No space left on device; "
+                      "free some disk space or point the flag at another disk"]
+    assert "Done in" not in out
+    assert cache_files(wd) == [f"video_dir/{VIDEO_DIR[0]}"]  # no temporary file, the first one complete
+    load_file(str(wd / "work" / "video_dir" / VIDEO_DIR[0]))

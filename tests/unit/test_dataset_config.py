@@ -38,7 +38,7 @@ from tests.conftest import GOLDEN
 
 @pytest.fixture
 def ws(tmp_path, monkeypatch):
-    """An empty working directory (relative dataset paths are read from the cwd, as in the reference)."""
+    """An empty working directory (relative dataset paths are read from the cwd first, as in the reference)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -189,9 +189,137 @@ fp_1f_clean_indices = [0, 1]
 fp_1f_target_index = 9
 """)
     v, i = load_dataset_config(cfg).datasets
-    assert [(x.path, x.caption, x.stem) for x in v.items] == [(Path("clips/c1"), "frames", "c1"),
+    # JSONL captions are used as written (the reference does not strip them; caption files are stripped)
+    assert [(x.path, x.caption, x.stem) for x in v.items] == [(Path("clips/c1"), " frames ", "c1"),
                                                               (Path("clips/v1.mp4"), "video", "v1")]
     assert i.items[0].controls == (Path("ctl/a0.png"), Path("ctl/a1.png"))
+
+
+def test_relative_paths_fall_back_to_the_config_folder(ws):
+    """A dataset TOML kept with its data works from any working directory; the working directory still comes
+    first (the reference reads relative paths from there only)."""
+    videos("data/videos", ["a"])
+    videos("data/ctl", ["a"], captions=False)
+    images("data/imgs", ["x"])
+    png(Path("data/imgs_ctl/x.png"))
+    Path("data/old_cache").mkdir()
+    Path("old_cache").mkdir()  # exists in both places: the working directory's wins
+    Path("data/only_here").mkdir()
+    Path("data/out").mkdir()
+    Path("work").mkdir()
+    videos("videos", ["b"])  # the working directory's "videos" wins over data/videos
+    cfg = toml("""
+[general]
+caption_extension = ".txt"
+
+[[datasets]]
+video_directory = "videos"
+cache_directory = "old_cache"
+
+[[datasets]]
+video_directory = "ctl"
+cache_directory = "only_here"
+
+[[datasets]]
+image_directory = "imgs"
+control_directory = "imgs_ctl"
+cache_directory = "new_cache"
+
+[[datasets]]
+video_directory = "videos"
+cache_directory = "new_cache_cwd"
+
+[[datasets]]
+video_directory = "ctl"
+cache_directory = "out/c"
+
+[[datasets]]
+video_directory = "ctl"
+cache_directory = "work/c"
+
+[[datasets]]
+video_directory = "ctl"
+cache_directory = "nowhere/c"
+
+[[datasets]]
+image_directory = "imgs"
+""", "data/dataset.toml")
+    Path("data/ctl/a.txt").write_text("caption of a")
+    ds = load_dataset_config(cfg).datasets
+    assert ds[0].video_directory == Path("videos") and [i.path for i in ds[0].items] == [Path("videos/b.mp4")]
+    assert ds[0].cache_directory == Path("old_cache")
+    assert ds[1].video_directory == Path("data/ctl") and ds[1].cache_directory == Path("data/only_here")
+    assert ds[2].image_directory == Path("data/imgs") and ds[2].control_directory == Path("data/imgs_ctl")
+    assert ds[2].items[0].controls == (Path("data/imgs_ctl/x.png"),) and ds[2].items[0].caption == "caption of x"
+    # a new cache folder: beside the sources when they were found beside the config, else the working directory
+    assert ds[2].cache_directory == Path("data/new_cache")
+    assert ds[3].cache_directory == Path("new_cache_cwd")
+    # ... unless only one place has its parent folder
+    assert ds[4].cache_directory == Path("data/out/c")
+    assert ds[5].cache_directory == Path("work/c")
+    assert ds[6].cache_directory == Path("data/nowhere/c")
+    assert ds[7].cache_directory == Path("data/imgs")  # unset: the source folder, where it was found
+    assert not Path("data/new_cache").exists()  # loading creates nothing
+
+    absolute = toml(f'[[datasets]]\nvideo_directory = "{Path.cwd() / "data/ctl"}"\ncaption_extension = ".txt"\n'
+                    f'cache_directory = "{Path.cwd() / "abs_cache"}"\n', "data/abs.toml")
+    (a,) = load_dataset_config(absolute).datasets
+    assert a.video_directory == Path.cwd() / "data/ctl" and a.cache_directory == Path.cwd() / "abs_cache"
+
+
+def test_jsonl_paths_fall_back_to_the_jsonl_folder(ws):
+    """Relative paths in a JSONL line: the working directory first, then the JSONL file's folder; the error
+    names both places."""
+    frames("set/clips/c1", 3)
+    videos("set/clips", ["v1", "k1"], captions=False)
+    frames("clips/c2", 3)  # found in the working directory
+    Path("set/videos.jsonl").write_text(
+        json.dumps({"video_path": "clips/c1", "caption": "one", "control_path": "clips/k1.mp4"}) + "\n"
+        + json.dumps({"video_path": "clips/c2", "caption": "two", "control_path": "clips/c1"}) + "\n")
+    png(Path("set/img/a.png"))
+    png(Path("set/ctl/a0.png"))
+    png(Path("set/ctl/a1.png"))
+    Path("set/images.jsonl").write_text(json.dumps({"image_path": "img/a.png", "caption": "cap",
+                                                    "control_path_0": "ctl/a0.png", "control_path_1": "ctl/a1.png"}))
+    cfg = toml("""
+[[datasets]]
+video_jsonl_file = "set/videos.jsonl"
+cache_directory = "cv"
+
+[[datasets]]
+image_jsonl_file = "set/images.jsonl"
+cache_directory = "ci"
+fp_1f_clean_indices = [0, 1]
+""")
+    v, i = load_dataset_config(cfg).datasets
+    assert [(x.path, x.control) for x in v.items] == [(Path("set/clips/c1"), Path("set/clips/k1.mp4")),
+                                                      (Path("clips/c2"), Path("set/clips/c1"))]
+    assert i.items[0].path == Path("set/img/a.png")
+    assert i.items[0].controls == (Path("set/ctl/a0.png"), Path("set/ctl/a1.png"))
+
+    Path("set/bad.jsonl").write_text(
+        json.dumps({"video_path": "clips/gone", "caption": "x", "control_path": "clips/k1.mp4"}) + "\n"
+        + json.dumps({"video_path": "clips/c1", "caption": "x", "control_path": "clips/nope"}) + "\n")
+    Path("set/bad_i.jsonl").write_text(json.dumps({"image_path": "img/gone.png", "caption": "x"}) + "\n"
+                                       + json.dumps({"image_path": "img/a.png", "caption": "x",
+                                                     "control_path": "ctl/gone.png"}) + "\n")
+    cfg = toml('[[datasets]]\nvideo_jsonl_file = "set/bad.jsonl"\ncache_directory = "cv"\n\n'
+               '[[datasets]]\nimage_jsonl_file = "set/bad_i.jsonl"\ncache_directory = "ci"\n', "bad.toml")
+
+    def tried(value):
+        return f" (looked in {Path.cwd() / value} and {Path.cwd() / 'set' / value})"
+
+    assert_lines(
+        cfg,
+        "datasets[0] (video_jsonl_file = set/bad.jsonl): video_jsonl_file: set/bad.jsonl line 1: video or frame "
+        "folder not found: clips/gone" + tried("clips/gone"),
+        "datasets[0] (video_jsonl_file = set/bad.jsonl): video_jsonl_file: set/bad.jsonl line 2: control video or "
+        "frame folder not found: clips/nope" + tried("clips/nope"),
+        "datasets[1] (image_jsonl_file = set/bad_i.jsonl): image_jsonl_file: set/bad_i.jsonl line 1: image not "
+        "found: img/gone.png" + tried("img/gone.png"),
+        "datasets[1] (image_jsonl_file = set/bad_i.jsonl): image_jsonl_file: set/bad_i.jsonl line 2: control image "
+        "not found: ctl/gone.png" + tried("ctl/gone.png"),
+    )
 
 
 def test_control_matching(ws):
@@ -382,7 +510,9 @@ image_jsonl_file = "nope.jsonl"
 image_directory = "imgs2"
 cache_directory = "c5"
 """, "sub/dataset.toml")
-    hint = " (relative paths are read from the working directory {}; it exists relative to the config)"
+    def tried(value):  # the config is not in the working directory: both places are named
+        return f" (looked in {Path.cwd() / value} and {Path.cwd() / 'sub' / value})"
+
     assert_lines(
         cfg,
         "datasets[0] (image_directory = imgs): caption_extension: imgs/a.png: caption file imgs/a.txt not found or "
@@ -391,14 +521,18 @@ cache_directory = "c5"
         "unreadable",
         "datasets[1] (video_directory = vids): caption_extension: vids/v1.mp4: caption file vids/v1.txt not found "
         "or unreadable",
-        "datasets[2] (image_directory = nope): image_directory: folder not found: nope",
-        "datasets[2] (image_directory = nope): control_directory: folder not found: nope_ctl",
-        "datasets[3] (video_jsonl_file = nope.jsonl): video_jsonl_file: file not found: nope.jsonl",
+        "datasets[2] (image_directory = nope): image_directory: folder not found: nope" + tried("nope"),
+        "datasets[2] (image_directory = nope): control_directory: folder not found: nope_ctl" + tried("nope_ctl"),
+        "datasets[3] (video_jsonl_file = nope.jsonl): video_jsonl_file: file not found: nope.jsonl"
+        + tried("nope.jsonl"),
         "datasets[4] (image_jsonl_file = nope.jsonl): cache_directory: required for a image_jsonl_file dataset "
         "(there is no folder to default to)",
-        "datasets[4] (image_jsonl_file = nope.jsonl): image_jsonl_file: file not found: nope.jsonl",
-        "datasets[5] (image_directory = imgs2): image_directory: folder not found: imgs2" + hint.format(Path.cwd()),
+        "datasets[4] (image_jsonl_file = nope.jsonl): image_jsonl_file: file not found: nope.jsonl"
+        + tried("nope.jsonl"),
+        # datasets[5]: imgs2 is not in the working directory but beside the config: found there
     )
+    same = toml('[[datasets]]\nimage_directory = "nope"\ncaption_extension = ".txt"\n')
+    assert_lines(same, "datasets[0] (image_directory = nope): image_directory: folder not found: nope")
 
 
 def test_no_caption_extension_and_empty_folders(ws):
@@ -506,7 +640,9 @@ def fake_models(ws):
     return ["--vae", "vae.safetensors", "--image_encoder", "sig.safetensors"]
 
 
-def test_short_videos_are_refused_up_front(ws, fake_models, capsys):
+def test_short_videos_are_refused_up_front_with_strict(ws, fake_models, capsys):
+    """`--strict`: a clip too short for one section refuses the whole run before any model loads (the model
+    files here are empty); crops that no clip could fill are config errors with or without it."""
     frames("clips/c20", 20)
     frames("clips/c30", 30)
     for n in ("c20", "c30"):
@@ -544,7 +680,7 @@ frame_extraction = "full"
 max_frames = 17
 fp_latent_window_size = 5
 """)
-    code, err = run_cli(["cache", "latents", "--dataset_config", cfg, *fake_models], capsys)
+    code, err = run_cli(["cache", "latents", "--dataset_config", cfg, *fake_models, "--strict"], capsys)
     assert code == 2
     d = "datasets[{}] (video_jsonl_file = clips.jsonl)"
     expected = [
@@ -562,6 +698,14 @@ fp_latent_window_size = 5
         "fp_latent_window_size = 5 needs at least 21 frames (4 * 5 + 1)",
     ]
     assert sorted(err.strip().splitlines()) == sorted(f"Error: {cfg}: {line}" for line in expected), err
+
+
+    # Without --strict the clips that are too short themselves are left out (they would be cached without the
+    # others); the config errors remain and still stop the run before any model loads.
+    code, err = run_cli(["cache", "latents", "--dataset_config", cfg, *fake_models], capsys)
+    assert code == 2
+    config_errors = [expected[i] for i in (1, 2, 4, 5)]
+    assert sorted(err.strip().splitlines()) == sorted(f"Error: {cfg}: {line}" for line in config_errors), err
 
 
 def test_mode_and_dataset_kind_mismatch(ws, fake_models, capsys):
