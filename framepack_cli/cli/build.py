@@ -193,7 +193,9 @@ def _value_line(e: dict[str, Any], label: str, field: FieldInfo | None) -> str:
               "less_than": ("large", "<", "lt"), "less_than_equal": ("large", "<=", "le")}
     if kind in bounds:
         size, op, key = bounds[kind]
-        return f"{label}: {q} is too {size}; expected a value {op} {ctx.get(key)}"
+        limit = ctx.get(key)
+        return f"{label}: {q} is too {size}; expected a value {op} {limit:g}" if isinstance(limit, float) else \
+            f"{label}: {q} is too {size}; expected a value {op} {limit}"
     if kind == "multiple_of":
         return f"{label}: {q} is not a multiple of {ctx.get('multiple_of')}"
     if kind in ("string_type", "string_sub_type"):

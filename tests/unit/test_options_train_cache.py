@@ -3,9 +3,9 @@
 `framepack train` and `framepack download` refuse as not built before they parse anything (tests/cli/
 test_help_and_usage.py); here that up-front refusal is switched off (fixture `validate_unbuilt`) so that the
 validation rules they will run are tested: their runners still raise NotBuiltError after validation, so
-"exit 2 with the not-built line" proves that parsing and every cross-field check passed. The cache engines are built: with the empty
-dataset config of these tests they get as far as reading it, which proves the same. Other tests capture
-the validated options with a patched runner, or check the exact validation lines.
+"exit 2 with the not-built line" proves that parsing and every cross-field check passed. The cache engines
+are built: with the empty dataset config of these tests they get as far as reading it, which proves the same.
+Other tests capture the validated options with a patched runner, or check the exact validation lines.
 """
 
 from __future__ import annotations
