@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any
 
 import typer
-from typer._click.exceptions import ClickException, MissingParameter, NoArgsIsHelpError  # typer vendors click
 
 from framepack_cli import __version__
 from framepack_cli.cli.build import (
@@ -31,7 +30,15 @@ from framepack_cli.cli.build import (
     variadic_flags,
 )
 from framepack_cli.cli.commands import COMMANDS, CommandSpec, load_options
-from framepack_cli.cli.help import MAX_HELP_WIDTH, FramepackGroup, MissingInput, command_class
+from framepack_cli.cli.help import (
+    MAX_HELP_WIDTH,
+    ClickException,
+    FramepackGroup,
+    MissingInput,
+    MissingParameter,
+    NoArgsIsHelpError,
+    command_class,
+)
 from framepack_cli.errors import FramepackError
 
 HELP = (

@@ -15,9 +15,19 @@ import importlib
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
-from typer._click import Context, HelpFormatter
-from typer._click.exceptions import UsageError
 from typer.core import TyperArgument, TyperCommand, TyperGroup
+
+try:  # typer >= 0.29 vendors its own click; its classes and exceptions are not click's
+    from typer._click import Context, HelpFormatter
+    from typer._click.exceptions import ClickException, MissingParameter, NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer runs on click itself (click < 8.2 prints help, exit 0)
+    from click import Context, HelpFormatter
+    from click.exceptions import ClickException, MissingParameter, UsageError
+
+    NoArgsIsHelpError = ()  # type: ignore[assignment,misc]
+
+__all__ = ["ClickException", "MissingParameter", "NoArgsIsHelpError", "FramepackCommand", "FramepackGroup",
+           "MissingInput", "command_class"]
 
 from framepack_cli.cli.build import required_inputs
 
