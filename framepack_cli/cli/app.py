@@ -3,7 +3,9 @@ turns errors into output and exit codes.
 
 - `FramepackError` (bad input, wrong file) -> `Error: ...; <hint>` on one line, exit 2, no traceback;
   its subclass `ResourceError` (out of memory, disk full, unwritable folder) exits 3.
-- click usage errors (unknown flag, bad int) -> one `Error: ...` line, exit 2.
+- click usage errors (unknown flag, missing value) -> one `Error: ...` line, exit 2; a missing argument or a
+  command given nothing also print its usage line first. A group without its command (`framepack`,
+  `framepack lora`) prints its help on stderr, exit 2 (click's own rule); `--help` prints on stdout, exit 0.
 - anything else is a bug -> exit 1; the traceback only with `--debug`.
 
 No torch import happens here: `framepack --help` must stay fast. Runners are imported when a command runs.
@@ -18,16 +20,25 @@ from typing import Any
 
 import typer
 
-try:  # typer 0.29 vendors its own click; its exceptions are not click's
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError
-except ImportError:  # pragma: no cover - older typer runs on click itself
-    from click.exceptions import ClickException
-
-    NoArgsIsHelpError = ()  # type: ignore[assignment,misc]
-
 from framepack_cli import __version__
-from framepack_cli.cli.build import expand_variadic, known_flags, make_command, normalize_dashes, variadic_flags
+from framepack_cli.cli.build import (
+    expand_variadic,
+    known_flags,
+    make_command,
+    normalize_dashes,
+    tuple_flags,
+    variadic_flags,
+)
 from framepack_cli.cli.commands import COMMANDS, CommandSpec, load_options
+from framepack_cli.cli.help import (
+    MAX_HELP_WIDTH,
+    ClickException,
+    FramepackGroup,
+    MissingInput,
+    MissingParameter,
+    NoArgsIsHelpError,
+    command_class,
+)
 from framepack_cli.errors import FramepackError
 
 HELP = (
@@ -45,10 +56,13 @@ def _runner(spec: CommandSpec) -> Callable[[Any], Any]:
     return run
 
 
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": MAX_HELP_WIDTH}
+
+
 def build_app() -> typer.Typer:
     app = typer.Typer(
         help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-        context_settings={"help_option_names": ["-h", "--help"]},
+        context_settings=CONTEXT, cls=FramepackGroup, rich_markup_mode=None,
     )
     groups: dict[str, typer.Typer] = {}
     for spec in COMMANDS:
@@ -58,14 +72,15 @@ def build_app() -> typer.Typer:
             key = " ".join(parents[: depth + 1])
             if key not in groups:
                 group = typer.Typer(
-                    help=spec.group_help, no_args_is_help=True, add_completion=False,
-                    context_settings={"help_option_names": ["-h", "--help"]},
+                    help=spec.group_help, no_args_is_help=True, add_completion=False, context_settings=CONTEXT,
+                    cls=FramepackGroup, rich_markup_mode=None,
                 )
                 target.add_typer(group, name=parents[depth])
                 groups[key] = group
             target = groups[key]
-        cmd = make_command(load_options(spec), _runner(spec), doc=spec.help)
-        target.command(name, help=spec.help, epilog=spec.epilog, no_args_is_help=spec.no_args_is_help)(cmd)
+        options = load_options(spec)
+        cmd = make_command(options, _runner(spec), doc=spec.help)
+        target.command(name, help=spec.help, epilog=spec.epilog, cls=command_class(options, spec.refuse_first))(cmd)
 
     @app.callback(invoke_without_command=True)
     def _root(
@@ -89,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     classes = [load_options(s) for s in COMMANDS]
-    args = expand_variadic(normalize_dashes(args, known_flags(classes)), variadic_flags(classes))
+    args = expand_variadic(normalize_dashes(args, known_flags(classes)), variadic_flags(classes), tuple_flags(classes))
     command = typer.main.get_command(build_app())
     try:
         rc = command.main(args=args, prog_name="framepack", standalone_mode=False)
@@ -98,13 +113,15 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         _err("Aborted.")
         rc = 130
-    except NoArgsIsHelpError as e:
-        sys.stdout.write(e.format_message() + "\n")
-        rc = 0
+    except NoArgsIsHelpError as e:  # `framepack`, `framepack lora`: which command? Help on stderr, exit 2.
+        _err(e.format_message())
+        rc = 2
     except ClickException as e:
-        # Usage errors: unknown option, missing value, not an integer... one line, exit 2.
+        # Usage errors: unknown option, missing value... one line, exit 2.
         msg = e.format_message().replace("\n", " ").replace("Value error, ", "")
         ctx = getattr(e, "ctx", None)
+        if ctx is not None and isinstance(e, (MissingParameter, MissingInput)):
+            _err(ctx.get_usage())
         where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         _err(f"Error: {msg}{where}")
         rc = 2

@@ -20,7 +20,7 @@ class CommandSpec:
     help: str
     epilog: str | None = None
     group_help: str | None = None  # help of the parent group (first spec of a group sets it)
-    no_args_is_help: bool = True
+    refuse_first: str | None = None  # "module:function" of an engine not built yet: refuses before parsing
 
 
 def load_options(spec: CommandSpec) -> type[BaseModel]:
@@ -83,8 +83,9 @@ COMMANDS: tuple[CommandSpec, ...] = (
     ),
     CommandSpec(
         ("train",), "framepack_cli.options.train:TrainOptions", "framepack_cli.engine.train:run",
-        "Train a FramePack LoRA (or LoHa/LoKr) from latent and text caches.",
-        epilog=TRAIN_EPILOG,
+        "Train a FramePack LoRA (or LoHa/LoKr) from latent and text caches. Not built yet: refused in this "
+        "version.",
+        epilog=TRAIN_EPILOG, refuse_first="framepack_cli.engine.train:refuse",
     ),
     CommandSpec(
         ("lora", "inspect"), "framepack_cli.options.lora:LoraInspectOptions",
@@ -105,6 +106,8 @@ COMMANDS: tuple[CommandSpec, ...] = (
     ),
     CommandSpec(
         ("download",), "framepack_cli.options.download:DownloadOptions", "framepack_cli.engine.download:run",
-        "Download FramePack weights (DiT, F1 DiT, VAE, text encoders, SigLIP, tokenizers) from the Hugging Face Hub.",
+        "Download FramePack weights (DiT, F1 DiT, VAE, text encoders, SigLIP, tokenizers) from the Hugging Face Hub. "
+        "Not built yet: refused in this version.",
+        refuse_first="framepack_cli.engine.download:refuse",
     ),
 )

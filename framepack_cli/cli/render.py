@@ -1,5 +1,5 @@
 """rich rendering of engine progress: a sections bar and a steps bar with it/s and ETA; an items bar with
-items/s and ETA for dataset caching."""
+items/s and ETA for dataset caching. Plain `key  value` reports (`print_rows`) that never cut a name."""
 
 from __future__ import annotations
 
@@ -7,6 +7,23 @@ import sys
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+KEY_COLUMN_MAX = 40  # keys up to this long line their values up; longer ones push their value right
+
+
+def format_rows(rows: list[tuple[str, str]]) -> list[str]:
+    """`key  value` lines, values aligned after the longest key (up to KEY_COLUMN_MAX): plain text, nothing
+    wrapped, cropped or ellipsized, whatever the terminal width or when piped, so every key and value can be
+    copied or grepped whole."""
+    width = min(max((len(k) for k, _ in rows), default=0), KEY_COLUMN_MAX)
+    return [f"{key:<{width}}  {value}".rstrip() if value else key.rstrip() for key, value in rows]
+
+
+def print_rows(rows: list[tuple[str, str]]) -> None:
+    """`format_rows` on stdout."""
+    for line in format_rows(rows):
+        sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 class RichProgress:

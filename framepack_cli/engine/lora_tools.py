@@ -30,41 +30,37 @@ def run_inspect(opts: LoraInspectOptions) -> dict[str, Any]:
     if opts.json_output:
         print(json.dumps(info))
         return info
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
+    from framepack_cli.cli.render import print_rows
 
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("format", f"{info['format']} ({info['network']})")
-    table.add_row("tensors", f"{info['tensors']} ({', '.join(info['dtypes'])})")
+    rows: list[tuple[str, str]] = [
+        ("format", f"{info['format']} ({info['network']})"),
+        ("tensors", f"{info['tensors']} ({', '.join(info['dtypes'])})"),
+    ]
     split = "" if info["file_modules"] == info["framepack_modules"] else f" (from {info['file_modules']} in the file)"
-    table.add_row("modules", f"{info['framepack_modules']} FramePack modules{split}")
-    table.add_row("rank", _list(info["ranks"]))
-    table.add_row("alpha", _list(info["alphas"]) if info["alphas"] else "none (scale 1)")
-    table.add_row("scale", _list(info["scales"]))
+    rows.append(("modules", f"{info['framepack_modules']} FramePack modules{split}"))
+    rows.append(("rank", _list(info["ranks"])))
+    rows.append(("alpha", _list(info["alphas"]) if info["alphas"] else "none (scale 1)"))
+    rows.append(("scale", _list(info["scales"])))
     for block, entry in info["targets"].items():
         where = f"{block} {entry['blocks']}" if entry["blocks"] else "outside the blocks"
-        table.add_row(f"  {where}", ", ".join(entry["modules"]))
+        rows.append((f"  {where}", ", ".join(entry["modules"])))
     if info["unused_keys"]:
         keys = list(info["unused_keys"].items())
         shown = keys if opts.verbose else keys[:3]
         more = "" if len(shown) == len(keys) else f" (first {len(shown)}; --verbose lists all)"
-        table.add_row("unused keys", f"{len(keys)}{more}")
-        for k, why in shown:
-            table.add_row("", escape(f"{k}: {why}"))
+        rows.append(("unused keys", f"{len(keys)}{more}"))
+        rows += [("", f"{k}: {why}") for k, why in shown]
     if opts.verbose:
         for m in info["modules"]:
-            table.add_row(f"  {m['module']}", f"{m['network']} rank {m['rank']} alpha {m['alpha']} "
-                          f"{m['shape'][0]}x{m['shape'][1]} <- {escape(m['source'])}")
+            rows.append((f"  {m['module']}", f"{m['network']} rank {m['rank']} alpha {m['alpha']} "
+                         f"{m['shape'][0]}x{m['shape'][1]} <- {m['source']}"))
     meta = info["metadata"]
     hidden = info["metadata_keys"] - len(meta)
-    table.add_row("metadata", f"{info['metadata_keys']} keys" + (f" ({hidden} shown with --verbose)" if hidden else ""))
+    rows.append(("metadata", f"{info['metadata_keys']} keys" + (f" ({hidden} shown with --verbose)" if hidden else "")))
     for k, v in meta.items():
         v = v if opts.verbose or len(v) <= 100 else v[:97] + "..."
-        table.add_row(f"  {escape(k)}", escape(v))
-    Console(highlight=False).print(table)
+        rows.append((f"  {k}", v))
+    print_rows(rows)
     return info
 
 

@@ -27,6 +27,8 @@ def cli(
     panel: str | None = None,
     argument: bool = False,
     hidden: bool = False,
+    required: str | None = None,
+    unbuilt: bool = False,
 ) -> dict[str, Any]:
     """CLI details for a field, for `Field(json_schema_extra=cli(...))`.
 
@@ -37,11 +39,15 @@ def cli(
         panel: help section the option is listed under.
         argument: a positional argument instead of an option.
         hidden: accepted but not listed in help (reference spellings kept for compatibility).
+        required: when an optional-typed option is nevertheless needed, as help shows it: `"unless --latent_path"`
+            reads `[required unless --latent_path]`; `"always"` reads `[required]` (for options whose absence a
+            cross-field rule reports). Options without a default are marked `[required]` automatically.
+        unbuilt: accepted, but the engine refuses it as not built yet; help says so (`[not built yet: refused]`).
     """
     return {
         "cli": {
             "variadic": variadic, "aliases": aliases, "metavar": metavar, "panel": panel,
-            "argument": argument, "hidden": hidden,
+            "argument": argument, "hidden": hidden, "required": required, "unbuilt": unbuilt,
         }
     }
 

@@ -73,11 +73,11 @@ class CacheLatentsOptions(OptionsBase):
                      "skip such clips with a warning and list them in the summary.", panel=DATASET)
 
     # --- models
-    vae: str | None = F(None, "VAE weights: file or directory (required unless --debug_mode).", panel=MODELS)
+    vae: str | None = F(None, "VAE weights: file or directory.", panel=MODELS, required="unless --debug_mode")
     vae_dtype: str | None = F(None, "Accepted only as 'float16' for compatibility: FramePack's VAE always encodes "
                               "in float16 (use --dtype instead).", panel=MODELS)
-    image_encoder: str | None = F(None, "SigLIP image encoder: file or directory (required unless --debug_mode).",
-                                  panel=MODELS)
+    image_encoder: str | None = F(None, "SigLIP image encoder: file or directory.", panel=MODELS,
+                                  required="unless --debug_mode")
     dtype: DTYPES = F("auto", "Compute and storage dtype of the VAE and SigLIP outputs: auto = float16 on CUDA "
                       "(the reference's caches), float32 on CPU. The key suffixes name it; trainers strip them.",
                       panel=MODELS)
@@ -101,11 +101,13 @@ class CacheLatentsOptions(OptionsBase):
     # --- debug
     debug_mode: Literal["image", "console", "video"] | None = F(
         None, "Preview the prepared items instead of caching (no model is loaded): image = OpenCV window, "
-        "console = ASCII art, video = write .mp4/.jpg beside the cache paths. Not built yet: refused.", panel=DEBUG)
-    console_width: int = F(80, "Width of the console preview (--debug_mode console).", panel=DEBUG, ge=1)
-    console_back: str | None = F(None, "Background colour of the console preview.", panel=DEBUG)
+        "console = ASCII art, video = write .mp4/.jpg beside the cache paths.", panel=DEBUG, unbuilt=True)
+    console_width: int = F(80, "Width of the console preview (--debug_mode console, not built yet).", panel=DEBUG,
+                           ge=1)
+    console_back: str | None = F(None, "Background colour of the console preview (--debug_mode, not built yet).",
+                                 panel=DEBUG)
     console_num_images: int | None = F(None, "Console preview: show this many items per dataset without waiting "
-                                       "for keys.", panel=DEBUG, ge=1)
+                                       "for keys (--debug_mode, not built yet).", panel=DEBUG, ge=1)
 
     @field_validator("vae_dtype")
     @classmethod

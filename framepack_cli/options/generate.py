@@ -34,10 +34,12 @@ OUTPUT = "Output"
 BATCH = "Batch and interactive"
 
 MAX_BLOCKS_TO_SWAP = 38
+NO_GENERATION = "--latent_path or --save_merged_model"  # the runs that decode or merge instead of generating
 
 
 def F(default=None, description: str = "", **kw):  # noqa: N802 - short field helper
-    extra = {k: kw.pop(k) for k in ("variadic", "aliases", "metavar", "panel", "argument", "hidden") if k in kw}
+    extra = {k: kw.pop(k) for k in ("variadic", "aliases", "metavar", "panel", "argument", "hidden", "required",
+                                         "unbuilt") if k in kw}
     return Field(default, description=description, json_schema_extra=cli(**extra), **kw)
 
 
@@ -102,12 +104,16 @@ class GenerateOptions(OptionsBase):
     """Generate a video from a start image (or decode saved latents with --latent_path)."""
 
     # --- models
-    dit: str | None = F(None, "DiT weights: single file, first shard of a sharded set, or a directory.", panel=MODELS)
-    vae: str | None = F(None, "VAE weights: pytorch_model.pt, diffusers .safetensors, or a directory.", panel=MODELS)
+    dit: str | None = F(None, "DiT weights: single file, first shard of a sharded set, or a directory.", panel=MODELS,
+                        required="unless --latent_path")
+    vae: str | None = F(None, "VAE weights: pytorch_model.pt, diffusers .safetensors, or a directory.", panel=MODELS,
+                        required="unless --save_merged_model")
     text_encoder1: str | None = F(None, "LLaMA text encoder: Comfy-Org single file, first shard, or directory.",
-                                  panel=MODELS)
-    text_encoder2: str | None = F(None, "CLIP-L text encoder: single file or directory.", panel=MODELS)
-    image_encoder: str | None = F(None, "SigLIP image encoder: single file or directory.", panel=MODELS)
+                                  panel=MODELS, required=f"unless {NO_GENERATION}")
+    text_encoder2: str | None = F(None, "CLIP-L text encoder: single file or directory.", panel=MODELS,
+                                  required=f"unless {NO_GENERATION}")
+    image_encoder: str | None = F(None, "SigLIP image encoder: single file or directory.", panel=MODELS,
+                                  required=f"unless {NO_GENERATION}")
     tokenizer1: str | None = F(None, "LLaMA tokenizer directory (default: tokenizer/ beside the weights, then the "
                                "HF cache).", panel=MODELS)
     tokenizer2: str | None = F(None, "CLIP tokenizer directory (default: tokenizer_2/ beside the weights, then the "
@@ -130,7 +136,8 @@ class GenerateOptions(OptionsBase):
     save_merged_model: str | None = F(None, "Save the DiT with the LoRAs merged to this file and exit.", panel=LORA)
 
     # --- prompt and images
-    prompt: str | None = F(None, "Prompt. Per section: 'p1|p2' (time order) or '0:p1;;;1:p2;;;-1:p3'.", panel=PROMPT)
+    prompt: str | None = F(None, "Prompt. Per section: 'p1|p2' (time order) or '0:p1;;;1:p2;;;-1:p3'.", panel=PROMPT,
+                           required=f"unless --from_file, --interactive, {NO_GENERATION}")
     negative_prompt: str | None = F(None, "Negative prompt (used only when --guidance_scale is not 1).", panel=PROMPT)
     custom_system_prompt: str | None = F(None, "Replace the LLaMA system prompt.", panel=PROMPT)
     image_path: str | None = F(None, "Start image. Per section: 'a.png|b.png' or '0:a.png;;;-1:b.png'.", panel=PROMPT)
@@ -177,26 +184,31 @@ class GenerateOptions(OptionsBase):
     device: str | None = F(None, "Device (default: cuda if available, else cpu).", panel=PERF)
     attn_mode: Literal["torch", "sdpa", "flash", "sageattn", "xformers"] = F(
         "torch", "Attention kernel (torch and sdpa are the same).", panel=PERF)
-    fp8: bool = F(False, "Store the DiT in fp8.", panel=PERF)
-    fp8_scaled: bool = F(False, "Block-scaled fp8 DiT weights (better quality than --fp8).", panel=PERF)
+    fp8: bool = F(False, "Store the DiT in fp8.", panel=PERF, unbuilt=True)
+    fp8_scaled: bool = F(False, "Block-scaled fp8 DiT weights (better quality than --fp8).", panel=PERF,
+                         unbuilt=True)
     fp8_llm: bool = F(False, "Store the LLaMA text encoder in fp8.", panel=PERF)
     blocks_to_swap: int = F(0, f"DiT blocks kept in CPU memory and swapped in (0-{MAX_BLOCKS_TO_SWAP}).",
-                            panel=PERF, ge=0, le=MAX_BLOCKS_TO_SWAP)
-    use_pinned_memory_for_block_swap: bool = F(False, "Pinned buffers for block swap.", panel=PERF)
-    compile: bool = F(False, "torch.compile the DiT blocks.", panel=PERF)
-    compile_backend: str = F("inductor", "torch.compile backend.", panel=PERF)
+                            panel=PERF, ge=0, le=MAX_BLOCKS_TO_SWAP, unbuilt=True)
+    use_pinned_memory_for_block_swap: bool = F(False, "Pinned buffers for block swap (--blocks_to_swap, not built "
+                                               "yet).", panel=PERF)
+    compile: bool = F(False, "torch.compile the DiT blocks.", panel=PERF, unbuilt=True)
+    compile_backend: str = F("inductor", "torch.compile backend (--compile, not built yet).", panel=PERF)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = F(
-        "default", "torch.compile mode.", panel=PERF)
-    compile_dynamic: Literal["true", "false", "auto"] | None = F(None, "torch.compile dynamic shapes.", panel=PERF)
-    compile_fullgraph: bool = F(False, "torch.compile fullgraph.", panel=PERF)
-    compile_cache_size_limit: int | None = F(None, "torch._dynamo cache size limit.", panel=PERF, ge=1)
+        "default", "torch.compile mode (--compile, not built yet).", panel=PERF)
+    compile_dynamic: Literal["true", "false", "auto"] | None = F(
+        None, "torch.compile dynamic shapes (--compile, not built yet).", panel=PERF)
+    compile_fullgraph: bool = F(False, "torch.compile fullgraph (--compile, not built yet).", panel=PERF)
+    compile_cache_size_limit: int | None = F(None, "torch._dynamo cache size limit (--compile, not built yet).",
+                                             panel=PERF, ge=1)
     magcache_mag_ratios: str | None = F(None, "MagCache ratios (comma list, or 0 for the built-in ones).",
-                                        panel=PERF)
-    magcache_retention_ratio: float = F(0.2, "MagCache retention ratio.", panel=PERF, ge=0, le=1)
-    magcache_threshold: float = F(0.24, "MagCache error threshold.", panel=PERF, ge=0)
-    magcache_k: int = F(6, "MagCache max consecutive skips.", panel=PERF, ge=0)
+                                        panel=PERF, unbuilt=True)
+    magcache_retention_ratio: float = F(0.2, "MagCache retention ratio (MagCache is not built yet).", panel=PERF,
+                                        ge=0, le=1)
+    magcache_threshold: float = F(0.24, "MagCache error threshold (MagCache is not built yet).", panel=PERF, ge=0)
+    magcache_k: int = F(6, "MagCache max consecutive skips (MagCache is not built yet).", panel=PERF, ge=0)
     magcache_calibration: bool = F(False, "Print MagCache ratios for this run instead of skipping steps.",
-                                   panel=PERF)
+                                   panel=PERF, unbuilt=True)
 
     # --- VAE
     vae_tiling: bool = F(False, "Spatial VAE tiling with 256 px tiles.", panel=VAE)
@@ -388,9 +400,10 @@ class KisekaeOptions(GenerateOptions):
     """Kisekaeichi: the start image wearing what the reference image shows."""
 
     start: str | None = F(None, "Start image (the person to dress); default control image 1 and --image_path.",
-                          panel=ONE_FRAME)
+                          panel=ONE_FRAME, required="unless --control_image_path")
     reference: str | None = F(None, "Reference image (the clothes); control image 2. Its alpha channel is its "
-                              "mask unless --reference-mask is given.", panel=ONE_FRAME)
+                              "mask unless --reference-mask is given.", panel=ONE_FRAME,
+                              required="unless --control_image_path")
     start_mask: str | None = F(None, "Mask of the start image (255 keep, 0 drop).", panel=ONE_FRAME)
     reference_mask: str | None = F(None, "Mask of the reference image (255 keep, 0 drop).", panel=ONE_FRAME)
     one_frame_inference: str | None = F(KISEKAE_RECIPE, "One-frame options (the Kisekaeichi recipe by default).",

@@ -36,6 +36,7 @@ SAMPLING = "Sampling"
 LOGGING = "Logging"
 HUB = "Hub"
 
+TRAIN_NEEDS = "unless in --config_file or with --show_timesteps"  # how the options required to train are marked
 MAX_BLOCKS_TO_SWAP = 36  # the reference's documented maximum for training (38 for inference)
 ATTENTION_FLAGS = ("sdpa", "flash_attn", "sage_attn", "xformers", "flash3")
 FRAMEPACK_NETWORK_MODULES = ("networks.lora_framepack", "networks.loha", "networks.lokr")
@@ -175,8 +176,8 @@ class TrainOptions(OptionsBase):
     # --- model
     config_file: str | None = F(None, "TOML file with any of these options (tables are flattened, '.toml' is "
                                 "appended when missing); the command line overrides it.", panel=MODEL)
-    dit: str | None = F(None, "DiT weights: single file, first shard of a sharded set, or directory (required). "
-                        "Use the F1 DiT for caches made with --f1.", panel=MODEL)
+    dit: str | None = F(None, "DiT weights: single file, first shard of a sharded set, or directory. "
+                        "Use the F1 DiT for caches made with --f1.", panel=MODEL, required=TRAIN_NEEDS)
     dtype: DTYPES = F("auto", "DiT dtype: auto = bfloat16 on CUDA (the reference's fixed choice), float32 on CPU. "
                       "The LoRA itself always trains in float32.", panel=MODEL)
     vae: str | None = F(None, "VAE weights (sample generation; its name goes into the metadata).", panel=MODEL)
@@ -196,7 +197,7 @@ class TrainOptions(OptionsBase):
 
     # --- dataset
     dataset_config: str | None = F(None, "Dataset config (.toml or .json) whose cache directories hold the "
-                                   "latent and text caches (required).", panel=DATASET)
+                                   "latent and text caches.", panel=DATASET, required=TRAIN_NEEDS)
     max_data_loader_n_workers: int = F(8, "DataLoader workers (capped at the CPU count).", panel=DATASET, ge=0)
     persistent_data_loader_workers: bool = F(False, "Keep DataLoader workers alive between epochs.", panel=DATASET)
 
@@ -340,8 +341,9 @@ class TrainOptions(OptionsBase):
                                        "compatibility).", panel=MEMORY)
 
     # --- saving
-    output_dir: str | None = F(None, "Directory of the saved network, states and samples (required).", panel=SAVING)
-    output_name: str | None = F(None, "Base name of the saved files (required).", panel=SAVING)
+    output_dir: str | None = F(None, "Directory of the saved network, states and samples.", panel=SAVING,
+                               required=TRAIN_NEEDS)
+    output_name: str | None = F(None, "Base name of the saved files.", panel=SAVING, required=TRAIN_NEEDS)
     save_precision: Literal["float", "fp32", "fp16", "bf16"] | None = F(
         None, "dtype of the saved weights (default: float32).", panel=SAVING)
     save_every_n_epochs: int | None = F(None, "Save a checkpoint every N epochs (not after the last one: the "
