@@ -127,7 +127,7 @@ class VideoJob:
         height, width = o.video_size
         if self.section_image[0] is None:
             out.append(BLACK_START)
-        for path in dict.fromkeys(p for p in self.section_image.values() if p):
+        for path in dict.fromkeys(self.section_image[i] for i in sorted(self.section_image) if self.section_image[i]):
             out += image_notes("--image_path", path, width, height)
         if o.end_image_path:
             out += image_notes("--end_image_path", o.end_image_path, width, height)

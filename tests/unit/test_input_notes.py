@@ -92,11 +92,11 @@ def test_rgba_start_and_end_images_say_the_alpha_is_dropped(tmp_path):
     ]
 
 
-def test_each_section_image_is_checked_once(tmp_path):
-    rgba = png(tmp_path, "rgba.png", (64, 48), "RGBA")
-    job = VideoJob(opts(image_path=f"{START}|{rgba}|{rgba}", video_sections=3))
-    assert job.notes() == [f"Warning: --image_path {rgba} has an alpha channel; it is dropped and transparent "
-                           "pixels keep their colour (as musubi-tuner does)"]
+def test_each_section_image_is_checked_once_in_time_order(tmp_path):
+    a, b = png(tmp_path, "a.png", (64, 48), "RGBA"), png(tmp_path, "b.png", (64, 48), "RGBA")
+    job = VideoJob(opts(image_path=f"{START}|{a}|{b}|{b}", video_sections=4))
+    tail = "has an alpha channel; it is dropped and transparent pixels keep their colour (as musubi-tuner does)"
+    assert job.notes() == [f"Warning: --image_path {a} {tail}", f"Warning: --image_path {b} {tail}"]
 
 
 def test_tiny_image_upscaled_more_than_4x(tmp_path):
