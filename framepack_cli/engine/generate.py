@@ -19,11 +19,13 @@ import torch
 from framepack_cli import __version__
 from framepack_cli.engine.context import resolve_device, resolve_dtype
 from framepack_cli.engine.denoiser import TextCond, make_model_fn
+from framepack_cli.engine.input_notes import BLACK_START, image_notes, seconds_note
 from framepack_cli.engine.models import Models
 from framepack_cli.engine.pipeline import Conditioning, JobResult, run_jobs
 from framepack_cli.engine.progress import ProgressSink
 from framepack_cli.engine.writing import run_metadata, write_outputs
 from framepack_cli.errors import FramepackError, NotBuiltError
+from framepack_cli.models.text_encoders import positive_prompt
 from framepack_cli.options.sections import is_pipe_form, parse_section_values, value_for_section
 from framepack_cli.plan.schedules import flow_mu, flow_sigmas, noisy_token_count
 from framepack_cli.plan.sections import (
@@ -103,7 +105,9 @@ class VideoJob:
         images = section_values(opts.image_path, self.n, "--image_path") or {0: None}
         self.plan = plan_f1(self.n) if opts.f1 else plan_vanilla(self.n, opts.paddings)
         self.section_image = {s.index: value_for_section(images, s.index, self.n) for s in self.plan}
-        self.section_prompt = {s.index: value_for_section(prompts, s.index, self.n) for s in self.plan}
+        # The text each section encodes: an empty prompt is encoded as " ", as the reference does.
+        self.section_prompt = {s.index: positive_prompt(value_for_section(prompts, s.index, self.n))
+                               for s in self.plan}
 
     def vae_images(self) -> list[str | None]:
         return [*self.section_image.values(), *([self.opts.end_image_path] if self.opts.end_image_path else [])]
@@ -118,8 +122,17 @@ class VideoJob:
         return run_metadata(self.opts, self.seed, latent, {"video_sections": self.n})
 
     def notes(self) -> list[str]:
-        """Settings that will have no effect, said before the work starts."""
+        """Settings that will have no effect and odd inputs, said before the work starts."""
         o, out = self.opts, []
+        height, width = o.video_size
+        if self.section_image[0] is None:
+            out.append(BLACK_START)
+        for path in dict.fromkeys(self.section_image[i] for i in sorted(self.section_image) if self.section_image[i]):
+            out += image_notes("--image_path", path, width, height)
+        if o.end_image_path:
+            out += image_notes("--end_image_path", o.end_image_path, width, height)
+        if (note := seconds_note(o, self.n)) is not None:
+            out.append(note)
         if o.negative_prompt and o.guidance_scale == 1.0:
             out.append("Warning: --negative_prompt has no effect with --guidance_scale 1 (real CFG off)")
         for flag, text in (("--prompt", o.prompt), ("--image_path", o.image_path)):

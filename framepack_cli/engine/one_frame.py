@@ -14,9 +14,11 @@ import torch
 
 from framepack_cli.engine.denoiser import make_model_fn
 from framepack_cli.engine.generate import LATENT_CHANNELS, to_device
+from framepack_cli.engine.input_notes import BLACK_SIGLIP, image_notes
 from framepack_cli.engine.pipeline import Conditioning
 from framepack_cli.engine.progress import ProgressSink
 from framepack_cli.engine.writing import run_metadata
+from framepack_cli.models.text_encoders import positive_prompt
 from framepack_cli.options.sections import parse_section_values
 from framepack_cli.plan.one_frame import auto_resize_bucket, one_frame_layout
 from framepack_cli.plan.schedules import flow_mu, flow_sigmas, noisy_token_count
@@ -75,10 +77,31 @@ class OneFrameJob:
             control_index=spec.control_index, no_post=spec.no_post, no_2x=spec.no_2x, no_4x=spec.no_4x,
         )
         self.image0 = parse_section_values(opts.image_path)[0] if opts.image_path else None
-        self.prompt0 = parse_section_values(opts.prompt)[0] if opts.prompt is not None else ""
+        # An empty prompt is encoded as " ", as the reference does.
+        self.prompt0 = positive_prompt(parse_section_values(opts.prompt)[0] if opts.prompt is not None else None)
 
     def notes(self) -> list[str]:
-        return list(self._notes)
+        """Ignored settings and odd inputs (black SigLIP image, unused alpha, tiny images)."""
+        o, out = self.opts, list(self._notes)
+        height, width = o.video_size
+        kisekae = bool(getattr(o, "start", None) and o.control_image_path == [o.start, o.reference])
+        masks = mask_paths(o)
+        for i, (ctrl, mask) in enumerate(zip(self.controls, masks, strict=False)):
+            if ctrl is None:
+                continue
+            flag = ("--start", "--reference")[i] if kisekae else "--control_image_path"
+            if mask is None:
+                alpha = "mask"  # the alpha channel is this control image's mask
+            else:
+                mask_flag = ("--start-mask", "--reference-mask")[i] if kisekae and not o.control_image_mask_path \
+                    else "--control_image_mask_path"
+                alpha = f"it is not used, {mask_flag} {mask} is this image's mask"
+            out += image_notes(flag, ctrl, width, height, alpha=alpha)
+        if self.image0 is None:
+            out.append(BLACK_SIGLIP)
+        elif self.image0 not in self.controls:  # else said above for the control image
+            out += image_notes("--image_path", self.image0, width, height)
+        return out
 
     def vae_images(self) -> list[str | None]:
         return [c for c in self.controls if c is not None]

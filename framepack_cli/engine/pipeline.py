@@ -65,6 +65,30 @@ class JobResult:
     exc: FramepackError | None = None
 
 
+def warn_long_prompts(jobs: list[Job], models: Models, sink: ProgressSink) -> None:
+    """One warning per prompt that a text encoder truncates, before any model loads (tokenizers only)."""
+    from framepack_cli.engine.input_notes import may_overflow, prompt_length_notes
+
+    named = []
+    for job in jobs:
+        texts = list(dict.fromkeys(job.prompts()))
+        for t in texts:
+            short = t if len(t) <= 30 else t[:29] + "…"
+            named.append((job, "--prompt" if len(texts) == 1 else f"--prompt {short!r}", t))
+        if job.opts.guidance_scale != 1.0 and job.opts.negative_prompt:
+            named.append((job, "--negative_prompt", job.opts.negative_prompt))
+    named = [x for x in named if may_overflow(x[2])]
+    if not named:
+        return
+    from framepack_cli.models.text_encoders import load_tokenizers
+
+    o = models.opts
+    tok1, tok2 = load_tokenizers(o.text_encoder1, o.text_encoder2, o.tokenizer1, o.tokenizer2)
+    for job, name, text in named:
+        for note in prompt_length_notes([(name, text)], tok1, tok2, custom_system_prompt=job.opts.custom_system_prompt):
+            sink.message(f"{job.label}: {note}" if job.label else note)
+
+
 def run_jobs(jobs: list[Job], models: Models, sink: ProgressSink, *, report_errors: bool = True) -> list[JobResult]:
     """Run `jobs` through the four phases; see the module docstring.
 
@@ -91,6 +115,7 @@ def run_jobs(jobs: list[Job], models: Models, sink: ProgressSink, *, report_erro
     for job in jobs:  # warnings about settings that will have no effect, before any model loads
         for note in job.notes():
             sink.message(f"{job.label}: {note}" if job.label else note)
+    warn_long_prompts(jobs, models, sink)
     results = [JobResult(job.label, job.seed) for job in jobs]
     conds = [Conditioning() for _ in jobs]
     alive = list(range(len(jobs)))

@@ -42,6 +42,37 @@ def _open(path: str | Path) -> Image.Image:
     return img
 
 
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info)
+
+
+def probe_image(path: str | Path) -> tuple[int, int, bool]:
+    """`(width, height, has_alpha)` of an image file from its header (nothing is decoded).
+
+    `has_alpha` follows `load_image`: true when `load_image` would return an alpha channel.
+
+    Raises:
+        FramepackError: missing or unreadable file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise FramepackError(f"{p}: image file not found")
+    try:
+        with Image.open(p) as img:
+            return img.width, img.height, _has_alpha(img)
+    except UnidentifiedImageError:
+        raise FramepackError(f"{p}: not an image file PIL can read") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise FramepackError(f"{p}: cannot read image ({e})") from None
+
+
+def bucket_scale(src_w: int, src_h: int, width: int, height: int) -> float:
+    """Scale factor the bucket resize applies to a `src_w x src_h` image for a `width x height` target."""
+    return max(width / src_w, height / src_h)
+
+
 def load_image(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Load an image file as RGB plus its alpha channel.
 
@@ -61,7 +92,7 @@ def load_image(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     alpha = None
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
-    if img.mode in _ALPHA_MODES:
+    if _has_alpha(img):
         alpha = np.array(img.getchannel(img.getbands()[-1]).convert("L"), dtype=np.uint8)
     try:
         rgb = np.array(img.convert("RGB"), dtype=np.uint8)
@@ -83,7 +114,7 @@ def bucket_resize_plan(src_w: int, src_h: int, width: int, height: int) -> tuple
         `(new_w, new_h, upscale)`: the scaled size (covers the target) and whether it is an upscale
         (`scale > 1`, PIL LANCZOS) rather than a downscale or same size (`scale <= 1`, cv2 INTER_AREA).
     """
-    scale = max(width / src_w, height / src_h)
+    scale = bucket_scale(src_w, src_h, width, height)
     new_w = int(src_w * scale + 0.5)
     new_h = int(src_h * scale + 0.5)
     return new_w, new_h, scale > 1

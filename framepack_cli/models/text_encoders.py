@@ -663,6 +663,45 @@ def crop_or_pad_with_mask(vec: torch.Tensor, length: int = TEXT_LENGTH) -> tuple
     return out, mask
 
 
+EMPTY_PROMPT = " "  # what an empty positive prompt is encoded as (the reference: `args.prompt if args.prompt else " "`)
+
+
+def positive_prompt(prompt: str | None) -> str:
+    """The text encoded for a positive (section) prompt: an empty or missing prompt becomes a single space.
+
+    musubi-tuner encodes `" "` when `--prompt` is empty; this applies the same rule to every empty positive
+    prompt (an empty section of `"0:;;;1:foo"`, a batch line with only inline options) so equal inputs give
+    equal videos. Negative prompts are not passed through this: an empty negative prompt is encoded as "".
+    """
+    return prompt if prompt else EMPTY_PROMPT
+
+
+def prompt_overflow(
+    prompt: str,
+    tok1: Any,
+    tok2: Any,
+    *,
+    custom_system_prompt: str | None = None,
+    max_length: int = 256,
+) -> dict[str, tuple[int, int]]:
+    """Tokens of `prompt` that encoding drops, per encoder: `{"LLaMA": (tokens, kept), "CLIP-L": ...}`.
+
+    Only encoders that drop something are listed. LLaMA counts the prompt's tokens after the template
+    crop, with the closing `<|eot_id|>` (at most `max_length` are kept, see `encode_llama`); CLIP-L counts
+    the raw prompt's tokens with BOS and EOS (at most 77 are kept).
+    """
+    text, crop = llama_text_and_crop(prompt, tok1, custom_system_prompt)
+    with _quiet_transformers():  # "sequence length is longer than the maximum" is what we are measuring
+        n_llama = len(tok1(text, truncation=False)["input_ids"]) - crop
+        n_clip = len(tok2(prompt, truncation=False)["input_ids"])
+    out = {}
+    if n_llama > max_length:
+        out["LLaMA"] = (n_llama, max_length)
+    if n_clip > CLIP_LENGTH:
+        out["CLIP-L"] = (n_clip, CLIP_LENGTH)
+    return out
+
+
 def llama_text_and_crop(prompt: str, tok1: Any, custom_system_prompt: str | None = None) -> tuple[str, int]:
     """The templated LLaMA input for `prompt` and the number of prefix tokens (incl. BOS) to crop."""
     if custom_system_prompt is None:
@@ -730,7 +769,8 @@ def encode_prompt(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Encode one prompt into the DiT's text conditioning (inference.md §3.1-3.2).
 
-    The prompt is used as given (the generator maps an empty `--prompt` to " " before calling this).
+    The prompt is used as given: the generator passes positive prompts through `positive_prompt` first
+    (an empty one becomes " "), negative prompts as they are.
 
     Args:
         prompt: the user's prompt.

@@ -2,7 +2,8 @@
 
 `A cat walks. --w 640 --h 640 --d 42 --i start.png` : the text before the first ` --` is the prompt; each
 following ` --opt value` part sets one option of that job (values may contain spaces). Unknown options
-are an error naming them (the reference ignores them silently).
+are an error naming them (the reference ignores them silently). A line of options only (` --w 64`) has an
+empty prompt.
 """
 
 from __future__ import annotations
@@ -40,8 +41,7 @@ def parse_prompt_line(line: str) -> dict[str, Any]:
         ValueError: an unknown inline option, a missing value or a value of the wrong type.
     """
     parts = (" " + line.strip()).split(" --")
-    if not parts[0].strip():
-        raise ValueError("no prompt before the inline options (write the prompt first, then --w 640 ...)")
+    # A line of inline options only has an empty prompt (encoded as " ", like an empty --prompt).
     out: dict[str, Any] = {"prompt": parts[0].strip()}
     for part in parts[1:]:
         name, _, value = part.strip().partition(" ")

@@ -125,6 +125,12 @@ def frames_per_section(window: int) -> int:
     return window * 4 - 3
 
 
+def video_frame_count(n: int, window: int) -> int:
+    """Pixel frames of an `n`-section video: `1 + n W` latent frames (the start latent plus `W` per section)
+    decode to `4 (T - 1) + 1` frames."""
+    return 4 * n * window + 1
+
+
 def decode_chunks(num_latents: int, window: int) -> list[tuple[int, int]]:
     """Latent slices decoded separately by the progressive decode, in time order.
 

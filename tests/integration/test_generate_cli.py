@@ -173,8 +173,7 @@ def test_interactive_reads_until_eof(tmp_path, monkeypatch, capsys):
                      "--save_path", tmp_path, "--output_type", "latent"], capsys)
     assert code == 0
     assert [p.name.split("_")[-2] for p in tmp_path.glob("*_latent.safetensors")] == ["11"]
-    assert "Error: prompt 2: no prompt before the inline options (write the prompt first, then --w 640 ...)" in (
-        out.err + out.out)
+    assert "Error: prompt 2: unknown inline option --nonsense" in out.err + out.out
     assert "Error: prompt 3: unknown inline option --unknown" in out.err + out.out
 
 

@@ -25,11 +25,15 @@ def test_parse_all_options():
     ("x --zz 1", "unknown inline option --zz"),
     ("x --d", "--d needs a value"),
     ("x --d seven", "--d: expected int, got 'seven'"),
-    ("--d 1", "no prompt before the inline options"),
 ])
 def test_errors(line, msg):
     with pytest.raises(ValueError, match=msg):
         parse_prompt_line(line)
+
+
+@pytest.mark.parametrize("line", ["--d 1", " --d 1", "   --d 1  "])
+def test_options_only_line_has_an_empty_prompt(line):
+    assert parse_prompt_line(line) == {"prompt": "", "seed": 1}
 
 
 def test_job_values_merges_size():
