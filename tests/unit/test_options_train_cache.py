@@ -122,24 +122,68 @@ def train_line(f):
 # Appendix A command lines
 
 
-@pytest.mark.parametrize("extra", [[], ["--f1"], ["--one_frame"], ["--one_frame", "--one_frame_no_2x"],
-                                   ["--one_frame", "--one_frame_no_4x"],
-                                   ["--one_frame", "--one_frame_no_2x", "--one_frame_no_4x"]])
-def test_reference_cache_latents_lines(extra, files, capsys):
-    assert_not_built("cache latents", [*latents_line(files), *extra], capsys)
+def _check_flags(opts, given: dict, switches: tuple[str, ...]) -> None:
+    """Each flag of the line reached the options with its value; every other switch stayed off."""
+    for name, value in given.items():
+        assert getattr(opts, name) == value, name
+    for name in switches:
+        if name not in given:
+            assert not getattr(opts, name), name
 
 
-@pytest.mark.parametrize("extra", [[], ["--fp8_llm"]])
-def test_reference_cache_text_lines(extra, files, capsys):
-    assert_not_built("cache text", [*text_line(files), *extra], capsys)
+LATENT_SWITCHES = ("f1", "one_frame", "one_frame_no_2x", "one_frame_no_4x")
 
 
-@pytest.mark.parametrize("extra", [
-    [], ["--f1"], ["--one_frame"], ["--fp8_base", "--fp8_scaled"], ["--blocks_to_swap", "36"], ["--split_attn"],
-    ["--fp8_base", "--fp8_scaled", "--blocks_to_swap", "20", "--split_attn", "--f1"],
+@pytest.mark.parametrize("extra,given", [
+    ([], {}), (["--f1"], {"f1": True}), (["--one_frame"], {"one_frame": True}),
+    (["--one_frame", "--one_frame_no_2x"], {"one_frame": True, "one_frame_no_2x": True}),
+    (["--one_frame", "--one_frame_no_4x"], {"one_frame": True, "one_frame_no_4x": True}),
+    (["--one_frame", "--one_frame_no_2x", "--one_frame_no_4x"],
+     {"one_frame": True, "one_frame_no_2x": True, "one_frame_no_4x": True}),
 ])
-def test_reference_train_lines(extra, files, capsys):
-    assert_not_built("train", [*train_line(files), *extra], capsys)
+def test_reference_cache_latents_lines(extra, given, files, captured, capsys):
+    o = parse(["cache", "latents", *latents_line(files), *extra], captured, capsys)
+    assert (o.dataset_config, o.vae, o.image_encoder, o.vae_chunk_size) == (
+        files["toml"], files["vae"], files["image_encoder"], 32)
+    _check_flags(o, given, LATENT_SWITCHES)
+
+
+@pytest.mark.parametrize("extra,given", [([], {}), (["--fp8_llm"], {"fp8_llm": True})])
+def test_reference_cache_text_lines(extra, given, files, captured, capsys):
+    o = parse(["cache", "text", *text_line(files), *extra], captured, capsys)
+    assert (o.dataset_config, o.text_encoder1, o.text_encoder2, o.batch_size) == (
+        files["toml"], files["te1"], files["te2"], 16)
+    _check_flags(o, given, ("fp8_llm",))
+
+
+@pytest.mark.parametrize("command,line", [("cache latents", latents_line), ("cache text", text_line)])
+def test_reference_cache_lines_reach_the_engine(command, line, files, capsys):
+    """Unpatched: the engine runs and its first step (reading the dataset config) reports the empty TOML."""
+    assert_not_built(command, line(files), capsys)
+
+
+TRAIN_SWITCHES = ("f1", "one_frame", "fp8_base", "fp8_scaled", "split_attn")
+
+
+@pytest.mark.parametrize("extra,given", [
+    ([], {}), (["--f1"], {"f1": True}), (["--one_frame"], {"one_frame": True}),
+    (["--fp8_base", "--fp8_scaled"], {"fp8_base": True, "fp8_scaled": True}),
+    (["--blocks_to_swap", "36"], {"blocks_to_swap": 36}), (["--split_attn"], {"split_attn": True}),
+    (["--fp8_base", "--fp8_scaled", "--blocks_to_swap", "20", "--split_attn", "--f1"],
+     {"fp8_base": True, "fp8_scaled": True, "blocks_to_swap": 20, "split_attn": True, "f1": True}),
+])
+def test_reference_train_lines(extra, given, files, captured, capsys):
+    o = parse(["train", *train_line(files), *extra], captured, capsys)
+    assert (o.dit, o.dataset_config, o.network_dim, o.learning_rate, o.output_name) == (
+        files["dit"], files["toml"], 32, 2e-4, "name-of-lora")
+    _check_flags(o, given, TRAIN_SWITCHES)
+    if "blocks_to_swap" not in given:
+        assert o.blocks_to_swap is None
+
+
+def test_reference_train_line_reaches_the_runner(files, capsys):
+    """Unpatched runner: validation passes and the not-built line is the only output."""
+    assert_not_built("train", train_line(files), capsys)
 
 
 def test_not_built_comes_after_validation(files, capsys):
