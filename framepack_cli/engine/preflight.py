@@ -25,9 +25,9 @@ def _files(kind: str, path: str) -> list[Path]:
 
         return resolve_dit_files(path)
     if kind == "vae":
-        from framepack_cli.models.vae import _vae_weight_files
+        from framepack_cli.models.vae import vae_weight_files
 
-        return _vae_weight_files(Path(path))
+        return vae_weight_files(Path(path))
     from framepack_cli.models.text_encoders import resolve_weight_files
 
     sub = {"text_encoder1": "text_encoder", "text_encoder2": "text_encoder_2", "image_encoder": "image_encoder"}[kind]

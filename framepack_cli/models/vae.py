@@ -147,7 +147,7 @@ def load_vae(
         raise FramepackError(f"--vae_chunk_size must be a positive integer, got {chunk_size}")
 
     path = Path(path)
-    files = _vae_weight_files(path)
+    files = vae_weight_files(path)
     where = files[0] if len(files) == 1 else path
 
     # Safetensors can be classified from the header alone; a pickle has to be loaded anyway, so load it
@@ -204,7 +204,8 @@ def _resolve_tile_size(size: int | None, tiling: bool) -> int | None:
     return size
 
 
-def _vae_weight_files(path: Path) -> list[Path]:
+def vae_weight_files(path: Path) -> list[Path]:
+    """The VAE weight files at a user path: a file, a VAE folder, or a snapshot (its `vae/` folder)."""
     # A snapshot root also holds the DiT / text-encoder files, so its vae/ folder must win over
     # whatever weights sit in the root itself.
     if path.is_dir() and (path / "vae").is_dir():
