@@ -43,11 +43,11 @@ def _config(kind: str, infos: dict[str, TensorInfo], files: list[Path]) -> dict[
 
         return infer_vae_config(infos, files[0])
     if kind in ("text_encoder1", "text_encoder2", "image_encoder"):
-        from framepack_cli.models import image_encoder as ie
-        from framepack_cli.models import text_encoders as te
+        from framepack_cli.models.clip_text import clip_text_config
+        from framepack_cli.models.image_encoder import siglip_config
+        from framepack_cli.models.llama import llama_config
 
-        fn = {"text_encoder1": te._llama_config, "text_encoder2": te._clip_config,
-              "image_encoder": ie._siglip_config}[kind]
+        fn = {"text_encoder1": llama_config, "text_encoder2": clip_text_config, "image_encoder": siglip_config}[kind]
         cfg = fn(infos, raw, files[0]).to_dict()
         keep = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
                 "intermediate_size", "vocab_size", "max_position_embeddings", "image_size", "patch_size",

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from framepack_cli.errors import FramepackError, ModelFormatError
-from framepack_cli.models.text_encoders import (
-    _config_from_json,
-    _count_layers,
-    _quiet_transformers,
-    _shape,
+from framepack_cli.models.hf_build import (
+    config_from_json,
+    count_layers,
     load_hf_encoder,
+    quiet_transformers,
+    tensor_shape,
 )
 
 if TYPE_CHECKING:
@@ -36,14 +36,15 @@ _HEAD_RE = re.compile(r"^(?:vision_model\.)?head\.")
 _EXTRAS = ("vision_model.embeddings.position_ids", "embeddings.position_ids")
 
 
-def _siglip_config(infos: dict, raw: dict | None, path: object) -> Any:
+def siglip_config(infos: dict, raw: dict | None, path: object) -> Any:
+    """The `SiglipVisionConfig` of the weights (config.json `raw` if it is a SigLIP one, else shapes), head off."""
     from transformers import SiglipVisionConfig
 
-    n_layers = _count_layers(infos, _SIGLIP_LAYER_RE, path)
-    cfg = _config_from_json(raw, ("siglip_vision_model",), "vision_config")
+    n_layers = count_layers(infos, _SIGLIP_LAYER_RE, path)
+    cfg = config_from_json(raw, ("siglip_vision_model",), "vision_config")
     if cfg is not None:
         cfg.pop("architectures", None)
-        with _quiet_transformers():
+        with quiet_transformers():
             config = SiglipVisionConfig.from_dict(cfg)
         if config.num_hidden_layers != n_layers:
             raise ModelFormatError(
@@ -51,9 +52,9 @@ def _siglip_config(infos: dict, raw: dict | None, path: object) -> Any:
             )
     else:
         p = "vision_model." if any(k.startswith("vision_model.") for k in infos) else ""
-        hidden, channels, patch, _ = _shape(infos, p + "embeddings.patch_embedding.weight", path)
-        positions = _shape(infos, p + "embeddings.position_embedding.weight", path)[0]
-        inter = _shape(infos, p + "encoder.layers.0.mlp.fc1.weight", path)[0]
+        hidden, channels, patch, _ = tensor_shape(infos, p + "embeddings.patch_embedding.weight", path)
+        positions = tensor_shape(infos, p + "embeddings.position_embedding.weight", path)[0]
+        inter = tensor_shape(infos, p + "encoder.layers.0.mlp.fc1.weight", path)[0]
         if hidden % SIGLIP_HEAD_DIM:
             raise ModelFormatError(
                 f"{path}: hidden size {hidden} is not a multiple of so400m's head_dim {SIGLIP_HEAD_DIM}; "
@@ -66,7 +67,7 @@ def _siglip_config(infos: dict, raw: dict | None, path: object) -> Any:
         # 384 px with patch 14 gives 27x27 patches (the conv drops the last 6 px); the preprocessing resizes to
         # image_size, so keep the real 384 whenever it yields this grid, else the exact multiple.
         image_size = SIGLIP_IMAGE_SIZE if SIGLIP_IMAGE_SIZE // patch == side else side * patch
-        with _quiet_transformers():
+        with quiet_transformers():
             config = SiglipVisionConfig(
                 hidden_size=hidden,
                 intermediate_size=inter,
@@ -112,7 +113,7 @@ def load_image_encoder(
     from transformers import SiglipVisionModel
 
     return load_hf_encoder(path, subfolder="image_encoder", kind="image_encoder", flag=flag,
-                           model_cls=SiglipVisionModel, config_fn=_siglip_config, extras=_EXTRAS,
+                           model_cls=SiglipVisionModel, config_fn=siglip_config, extras=_EXTRAS,
                            prefix="vision_model.", device=device, dtype=dtype,
                            skip=lambda k: bool(_HEAD_RE.match(k)))
 
