@@ -66,3 +66,20 @@ def test_plan_and_sampling_are_pure():
         bad = {m for m in imports(f) if m.split(".")[0] in ("safetensors", "av", "cv2", "transformers", "diffusers")
                or m.startswith(("framepack_cli.models", "framepack_cli.engine", "framepack_cli.cli"))}
         assert not bad, f"{f.name} imports {bad}"
+
+
+def test_no_module_imports_another_modules_private_names():
+    """Underscore names are module-private: a helper two modules share is public in one of them."""
+    bad = []
+    for f in sorted(PKG.rglob("*.py")):
+        tree = ast.parse(f.read_text())
+        aliases = {a.asname or a.name.rsplit(".", 1)[-1] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                   and n.module and n.module.startswith("framepack_cli") for a in n.names}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("framepack_cli"):
+                bad += [f"{f.relative_to(PKG)}: {node.module}.{a.name}" for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
+            elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                  and node.attr.startswith("_") and not node.attr.startswith("__")):
+                bad.append(f"{f.relative_to(PKG)}: {node.value.id}.{node.attr}")
+    assert not bad, bad
