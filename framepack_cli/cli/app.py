@@ -4,6 +4,7 @@ turns errors into output and exit codes.
 - `FramepackError` (bad input, wrong file) -> `Error: ...; <hint>` on one line, exit 2, no traceback;
   its subclass `ResourceError` (out of memory, disk full, unwritable folder) exits 3.
 - click usage errors (unknown flag, bad int) -> one `Error: ...` line, exit 2.
+- Ctrl-C -> one `Interrupted ...` line saying how far the run got and what it wrote, exit 130.
 - anything else is a bug -> exit 1; the traceback only with `--debug`.
 
 No torch import happens here: `framepack --help` must stay fast. Runners are imported when a command runs.
@@ -28,7 +29,7 @@ except ImportError:  # pragma: no cover - older typer runs on click itself
 from framepack_cli import __version__
 from framepack_cli.cli.build import expand_variadic, known_flags, make_command, normalize_dashes, variadic_flags
 from framepack_cli.cli.commands import COMMANDS, CommandSpec, load_options
-from framepack_cli.errors import FramepackError
+from framepack_cli.errors import FramepackError, Interrupted
 
 HELP = (
     "FramePack image-to-video in one tool: generate videos from a start image, edit single images "
@@ -40,7 +41,12 @@ HELP = (
 def _runner(spec: CommandSpec) -> Callable[[Any], Any]:
     def run(opts: Any) -> Any:
         module, _, func = spec.runner.partition(":")
-        return getattr(importlib.import_module(module), func)(opts)
+        try:
+            return getattr(importlib.import_module(module), func)(opts)
+        except KeyboardInterrupt:
+            # click would print a blank line and `Aborted!`; the runners that track their work raise
+            # `Interrupted` with a better line themselves.
+            raise Interrupted("Interrupted") from None
 
     return run
 
@@ -120,8 +126,12 @@ def main(argv: list[str] | None = None) -> None:
         for line in lines:
             _err(f"Error: {line}")
         rc = e.exit_code
+    except Interrupted as e:
+        # Ctrl-C during a run: one line saying how far it got and what it wrote; no traceback.
+        _err(str(e))
+        rc = e.exit_code
     except KeyboardInterrupt:
-        _err("Interrupted.")
+        _err("Interrupted")
         rc = 130
     except Exception as e:  # a bug: say so in one line unless --debug
         if debug:
