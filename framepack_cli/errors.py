@@ -43,3 +43,13 @@ class ResourceError(FramepackError):
     """
 
     exit_code = 3
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped a run: the message says how far it got and what it wrote; exit code 130.
+
+    Not a `FramepackError` (the line has no `Error:` prefix) and not a `KeyboardInterrupt` (click would turn
+    that into its own `Aborted!`).
+    """
+
+    exit_code = 130

@@ -6,6 +6,7 @@ turns errors into output and exit codes.
 - click usage errors (unknown flag, missing value) -> one `Error: ...` line, exit 2; a missing argument or a
   command given nothing also print its usage line first. A group without its command (`framepack`,
   `framepack lora`) prints its help on stderr, exit 2 (click's own rule); `--help` prints on stdout, exit 0.
+- Ctrl-C -> one `Interrupted ...` line saying how far the run got and what it wrote, exit 130.
 - anything else is a bug -> exit 1; the traceback only with `--debug`.
 
 No torch import happens here: `framepack --help` must stay fast. Runners are imported when a command runs.
@@ -39,7 +40,7 @@ from framepack_cli.cli.help import (
     NoArgsIsHelpError,
     command_class,
 )
-from framepack_cli.errors import FramepackError
+from framepack_cli.errors import FramepackError, Interrupted
 
 HELP = (
     "FramePack image-to-video in one tool: generate videos from a start image, edit single images "
@@ -51,7 +52,12 @@ HELP = (
 def _runner(spec: CommandSpec) -> Callable[[Any], Any]:
     def run(opts: Any) -> Any:
         module, _, func = spec.runner.partition(":")
-        return getattr(importlib.import_module(module), func)(opts)
+        try:
+            return getattr(importlib.import_module(module), func)(opts)
+        except KeyboardInterrupt:
+            # click would print a blank line and `Aborted!`; the runners that track their work raise
+            # `Interrupted` with a better line themselves.
+            raise Interrupted("Interrupted") from None
 
     return run
 
@@ -137,8 +143,12 @@ def main(argv: list[str] | None = None) -> None:
         for line in lines:
             _err(f"Error: {line}")
         rc = e.exit_code
+    except Interrupted as e:
+        # Ctrl-C during a run: one line saying how far it got and what it wrote; no traceback.
+        _err(str(e))
+        rc = e.exit_code
     except KeyboardInterrupt:
-        _err("Interrupted.")
+        _err("Interrupted")
         rc = 130
     except Exception as e:  # a bug: say so in one line unless --debug
         if debug:

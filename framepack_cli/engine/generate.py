@@ -227,7 +227,18 @@ def run(opts, sink: ProgressSink | None = None) -> list[JobResult] | list[Genera
         check_models(opts, kinds=("dit",))
     else:
         preflight(opts)
-    sink = sink or default_sink()
+    from framepack_cli.engine.lifecycle import RunTracker
+    from framepack_cli.errors import Interrupted
+    from framepack_cli.io.writable import ensure_writable_dir, remove_created
+
+    # The output folder is created and proven writable before any model loads (not found unwritable after
+    # the sampling); a folder this run created is removed again when the run leaves it empty.
+    flag, folder = (("--save_merged_model", Path(opts.save_merged_model).parent) if opts.save_merged_model
+                    and not opts.latent_path else ("--save_path", Path(opts.save_path)))
+    created = ensure_writable_dir(folder, flag)
+    before = ("before decoding" if opts.latent_path else "while merging" if opts.save_merged_model
+              else "before sampling")
+    sink = RunTracker(sink or default_sink(), before=before)
     try:
         if opts.latent_path:
             return decode_latent_files(opts, sink)
@@ -243,20 +254,30 @@ def run(opts, sink: ProgressSink | None = None) -> list[JobResult] | list[Genera
         if results[0].exc is not None:
             raise results[0].exc
         return results
+    except KeyboardInterrupt:
+        # The writers have dropped their partial files by now; say how far the run got and what it kept.
+        raise Interrupted(sink.interrupted_line()) from None
     finally:
         sink.close()
+        remove_created(folder, created)
 
 
 def save_merged_model(opts, sink: ProgressSink) -> list[str]:
     """`--save_merged_model PATH`: merge the LoRAs into the DiT, save it in the same key layout, and stop."""
     from framepack_cli.engine.loras import lora_specs_from_options
+    from framepack_cli.io.writable import resource_error_for, writing_failed
     from framepack_cli.models.lora import merge_dit_file
 
-    lines = merge_dit_file(opts.dit, lora_specs_from_options(opts), opts.save_merged_model, verbose=opts.verbose,
-                           output_flag="--save_merged_model")
+    try:
+        lines = merge_dit_file(opts.dit, lora_specs_from_options(opts), opts.save_merged_model,
+                               verbose=opts.verbose, output_flag="--save_merged_model")
+    except OSError as e:
+        if not writing_failed(e, opts.save_merged_model):
+            raise
+        raise resource_error_for(e, "--save_merged_model", opts.save_merged_model) from None
     for line in lines:
         sink.message(line)
-    sink.message(f"Wrote {opts.save_merged_model}")
+    sink.result(f"Wrote {opts.save_merged_model}")
     return lines
 
 
@@ -373,6 +394,6 @@ def decode_latent_files(opts, sink: ProgressSink) -> list[GenerateResult]:
         o = opts.model_copy(update=update)
         stem = Path(path).name.removesuffix(".safetensors").removesuffix("_latent")
         files = write_outputs(o, latent.float(), seed, meta or None, vae=models.vae, sink=sink, base=stem,
-                              one_frame=one_frame, save_latent_file=False)
+                              one_frame=one_frame, save_latent_file=False, latent_source=str(path))
         results.append(GenerateResult(seed=seed, latent=latent, files=files))
     return results

@@ -1,12 +1,16 @@
 """Engines of `framepack lora inspect`, `framepack lora convert` and `framepack lora merge`.
 
-The work is in `framepack_cli.models.lora`; these runners print. Reports go to stdout, errors are raised as
-`FramepackError` (one line, exit 2) by the library.
+The work is in `framepack_cli.models.lora`; these runners print. Results (the inspect report or its `--json`,
+`Wrote <path>`) go to stdout; progress and warnings to stderr; errors are raised as `FramepackError` (one
+line, exit 2) by the library, write failures as `ResourceError` (exit 3).
 """
 
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from framepack_cli.engine.loras import lora_specs_from_options
@@ -64,20 +68,51 @@ def run_inspect(opts: LoraInspectOptions) -> dict[str, Any]:
     return info
 
 
+def _message(text: str) -> None:
+    """Progress and warnings: stderr."""
+    sys.stderr.write(text.rstrip("\n") + "\n")
+    sys.stderr.flush()
+
+
+def _result(text: str) -> None:
+    """Results (`Wrote <path>`): stdout, one line each."""
+    sys.stdout.write(text.rstrip("\n") + "\n")
+    sys.stdout.flush()
+
+
+def _write(output: str, write: Callable[[], Any]) -> Any:
+    """Run `write` for `--output`: its folder is created and proven writable first (and removed again when
+    the command fails and leaves it empty); a write error is one line with exit code 3."""
+    from framepack_cli.io.writable import ensure_writable_dir, remove_created, resource_error_for, writing_failed
+
+    folder = Path(output).parent
+    created = ensure_writable_dir(folder, "--output")
+    try:
+        return write()
+    except OSError as e:
+        if not writing_failed(e, output):
+            raise
+        raise resource_error_for(e, "--output", output) from None
+    finally:
+        remove_created(folder, created)
+
+
 def run_convert(opts: LoraConvertOptions) -> None:
     """Run `framepack lora convert` with validated options."""
-    src = convert_lora_file(opts.file, opts.to, opts.output, overwrite=opts.overwrite)
+    src = _write(opts.output, lambda: convert_lora_file(opts.file, opts.to, opts.output, overwrite=opts.overwrite))
     out = read_lora(opts.output, flag="--output")
-    print(f"Converted {src.path.name} ({src.format}, {len(src.modules)} FramePack modules, "
-          f"{len(src.unused)} keys unused) to {opts.to}: {opts.output} ({out.n_keys} tensors)")
+    _message(f"Converted {src.path.name} ({src.format}, {len(src.modules)} FramePack modules, "
+             f"{len(src.unused)} keys unused) to {opts.to} ({out.n_keys} tensors)")
     lycoris = sorted({NETWORK_LABELS[m.kind] for m in src.modules.values()} - {NETWORK_LABELS["lora"]})
     if lycoris and opts.to != "musubi":
-        print(f"Warning: {', '.join(lycoris)} modules keep their LyCORIS keys under the {opts.to} prefix; framepack "
-              f"reads them, but other {opts.to} loaders may not")
+        _message(f"Warning: {', '.join(lycoris)} modules keep their LyCORIS keys under the {opts.to} prefix; "
+                 f"framepack reads them, but other {opts.to} loaders may not")
+    _result(f"Wrote {opts.output}")
 
 
 def run_merge(opts: LoraMergeOptions) -> None:
     """Run `framepack lora merge` with validated options."""
-    merge_dit_file(opts.dit, lora_specs_from_options(opts), opts.output, dtype=opts.dtype,
-                   overwrite=opts.overwrite, verbose=getattr(opts, "verbose", False), progress=print)
-    print(f"Saved merged DiT: {opts.output}")
+    _write(opts.output, lambda: merge_dit_file(
+        opts.dit, lora_specs_from_options(opts), opts.output, dtype=opts.dtype, overwrite=opts.overwrite,
+        verbose=getattr(opts, "verbose", False), progress=_message))
+    _result(f"Wrote {opts.output}")

@@ -27,13 +27,17 @@ def run_metadata(opts, seed: int, latent: torch.Tensor, extra: dict | None = Non
     `framepack` JSON with everything else (sections, images and their hashes, model files, LoRAs, version)."""
     if opts.no_metadata:
         return None
+    one_frame = opts.one_frame_inference is not None
     meta = {
         "seeds": str(seed), "prompt": opts.prompt or "", "height": str(latent.shape[-2] * 8),
-        "width": str(latent.shape[-1] * 8), "video_seconds": str(opts.video_seconds),
-        "infer_steps": str(opts.infer_steps), "guidance_scale": str(opts.guidance_scale),
-        "latent_window_size": str(opts.latent_window_size), "embedded_cfg_scale": str(opts.embedded_cfg_scale),
-        "guidance_rescale": str(opts.guidance_rescale), "sample_solver": opts.sample_solver, "fps": str(opts.fps),
+        "width": str(latent.shape[-1] * 8), "infer_steps": str(opts.infer_steps),
+        "guidance_scale": str(opts.guidance_scale), "latent_window_size": str(opts.latent_window_size),
+        "embedded_cfg_scale": str(opts.embedded_cfg_scale), "guidance_rescale": str(opts.guidance_rescale),
+        "sample_solver": opts.sample_solver,
     }
+    if not one_frame:  # a still image has no frame rate or length
+        meta["video_seconds"] = str(video_seconds(latent.shape[1], opts.fps))
+        meta["fps"] = str(opts.fps)
     if opts.negative_prompt:
         meta["negative_prompt"] = opts.negative_prompt
     from framepack_cli.options.sections import parse_section_values
@@ -43,7 +47,7 @@ def run_metadata(opts, seed: int, latent: torch.Tensor, extra: dict | None = Non
                            *(opts.control_image_mask_path or [])] if p}
     settings = {
         "framepack_version": __version__, "seed": seed, "f1": opts.f1, "video_size": list(opts.video_size),
-        "video_sections": opts.video_sections, "flow_shift": opts.flow_shift, "latent_paddings": opts.latent_paddings,
+        "flow_shift": opts.flow_shift, "latent_paddings": opts.latent_paddings,
         "custom_system_prompt": opts.custom_system_prompt, "image_path": opts.image_path,
         "end_image_path": opts.end_image_path,
         "images": {Path(p).name: sha256_file(p) for p in sorted(images) if Path(p).is_file()},
@@ -53,9 +57,17 @@ def run_metadata(opts, seed: int, latent: torch.Tensor, extra: dict | None = Non
         "rope_scaling_factor": opts.rope_scaling_factor, "dtype": opts.dtype,
         "one_frame_inference": opts.one_frame_inference,
     }
+    if not one_frame:
+        settings["video_sections"] = opts.video_sections
     settings.update(extra or {})
     meta["framepack"] = json.dumps(settings, sort_keys=True)
     return meta
+
+
+def video_seconds(latent_frames: int, fps: int) -> float:
+    """Length of the video a latent of `latent_frames` frames decodes to: `1 + 4·(T - 1)` frames at `fps`
+    (what the reference computes from `--video_sections`), rounded to the millisecond."""
+    return round((1 + 4 * (latent_frames - 1)) / fps, 3)
 
 
 def _multipliers(opts) -> list[float]:
@@ -70,19 +82,25 @@ def timestamp() -> str:
 
 
 def write_outputs(opts, latent: torch.Tensor, seed: int, meta: dict[str, str] | None, *, vae, sink: ProgressSink,
-                  base: str | None = None, one_frame: bool = False, save_latent_file: bool = True) -> list[Path]:
+                  base: str | None = None, one_frame: bool = False, save_latent_file: bool = True,
+                  latent_source: str | None = None) -> list[Path]:
     """Save the latent and/or decode it to MP4 / PNG frames (streamed) per `--output_type`.
+
+    Every file is announced as a `Wrote <path>` result (stdout) as soon as it is in place. A failed write (disk
+    full, folder gone) leaves no partial file and raises one `ResourceError` naming `--save_path`, the file and
+    the errno text; the latent is saved first to a fallback folder (the temp folder, else home, else the
+    current folder), so the sampling is not lost.
 
     Args:
         vae: a callable returning the loaded VAE (only called when something must be decoded).
         base: default base name (else `--output_name`, else `<timestamp>_<seed>`); a suffix is added when a
             file of that name exists, never overwriting.
         one_frame: one-frame latents: each latent frame decodes to one PNG, written flat as `<base>_000.png`.
+        latent_source: the file the latent was read from (`--latent_path`), named instead of a fallback copy.
     """
     from framepack_cli.io.outputs import PngSequenceWriter, VideoWriter, save_latent, unique_base
 
     save_dir = Path(opts.save_path)
-    save_dir.mkdir(parents=True, exist_ok=True)
     kind = opts.output_type
     want_latent = save_latent_file and kind in ("latent", "both", "latent_images")
     want_video = kind in ("video", "both") and not one_frame
@@ -91,38 +109,123 @@ def write_outputs(opts, latent: torch.Tensor, seed: int, meta: dict[str, str] | 
         ([""] if not one_frame else ["_000.png"]) if want_images else [])
     base = unique_base(save_dir, opts.output_name or base or f"{timestamp()}_{seed}", suffixes)
     files: list[Path] = []
-    written: list[str] = []
-    if want_latent:
-        files.append(save_latent(save_dir / f"{base}_latent.safetensors", latent, meta))
-        written.append(str(files[-1]))
-    if want_video or want_images:
-        sinks = []
-        if want_video:
-            sinks.append(VideoWriter(save_dir / f"{base}.mp4", fps=opts.fps, crf=opts.crf, metadata=meta))
-        if want_images:
-            sinks.append(PngSequenceWriter(save_dir, base, metadata=meta, subdir=not one_frame))
-        try:
-            decode_to(sinks, vae(), latent, opts.latent_window_size, bulk=opts.bulk_decode, per_frame=one_frame,
-                      sink=sink)
-        except BaseException:
-            for w in sinks:
-                w.abort()
-            raise
-        for w in sinks:
-            out = w.close()
-            if isinstance(out, list):
-                files.extend(out)
-                written.append(str(out[0]) if len(out) == 1 else f"{len(out)} frames to {out[0].parent}/")
-            else:
-                files.append(out)
-                written.append(str(out))
-    sink.message("Wrote " + ", ".join(written))
+    saved_latent: Path | None = None
+    try:
+        _named(save_dir, lambda: save_dir.mkdir(parents=True, exist_ok=True))
+        if want_latent:
+            target = save_dir / f"{base}_latent.safetensors"
+            saved_latent = _named(target, lambda: save_latent(target, latent, meta))
+            files.append(saved_latent)
+            sink.result(f"Wrote {saved_latent}")
+        if want_video or want_images:
+            writers: list[_Named] = []
+            if want_video:
+                writers.append(_Named(VideoWriter(save_dir / f"{base}.mp4", fps=opts.fps, crf=opts.crf,
+                                                  metadata=meta), save_dir / f"{base}.mp4"))
+            if want_images:
+                where = save_dir / (f"{base}_000.png" if one_frame else base)  # the frame, or the frames' folder
+                writers.append(_Named(PngSequenceWriter(save_dir, base, metadata=meta, subdir=not one_frame), where))
+            try:
+                decode_to(writers, vae, latent, opts.latent_window_size, bulk=opts.bulk_decode,
+                          per_frame=one_frame, sink=sink)
+                outs = [w.close() for w in writers]
+            except BaseException:
+                for w in writers:
+                    w.abort()
+                raise
+            for out in outs:
+                for path in out if isinstance(out, list) else [out]:
+                    files.append(path)
+                    sink.result(f"Wrote {path}")
+    except _WriteFailed as e:
+        raise _write_error(e.error, e.path, opts, latent, meta, base, saved_latent, latent_source) from None
     return files
 
 
-def decode_to(sinks, vae, latent: torch.Tensor, window: int, *, bulk: bool = False, per_frame: bool = False,
+def _named(path: Path, write):
+    """Run `write()`; an `OSError` becomes `_WriteFailed` naming `path`."""
+    try:
+        return write()
+    except OSError as e:
+        raise _WriteFailed(path, e) from e
+
+
+class _WriteFailed(Exception):
+    """An `OSError` while writing one output file, with the file's final name."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(str(error))
+        self.path, self.error = path, error
+
+
+class _Named:
+    """A frame writer whose write errors name its final file (the writer itself works on a temp name)."""
+
+    def __init__(self, writer, path: Path) -> None:
+        self.writer, self.path = writer, path
+
+    def write(self, frames) -> None:
+        try:
+            self.writer.write(frames)
+        except OSError as e:
+            raise _WriteFailed(self.path, e) from e
+
+    def close(self):
+        try:
+            return self.writer.close()
+        except OSError as e:
+            raise _WriteFailed(self.path, e) from e
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+
+def fallback_dirs() -> list[Path]:
+    """Where a latent goes when `--save_path` cannot take it: the temp folder, home, the current folder."""
+    import tempfile
+
+    return list(dict.fromkeys([Path(tempfile.gettempdir()), Path.home(), Path.cwd()]))
+
+
+def save_fallback_latent(latent: torch.Tensor, meta: dict[str, str] | None, base: str) -> Path | None:
+    """Save the latent in the first fallback folder that takes it; None when none does."""
+    from framepack_cli.io.outputs import save_latent, unique_base
+
+    for d in fallback_dirs():
+        try:
+            name = unique_base(d, base, ["_latent.safetensors"])
+            return save_latent(d / f"{name}_latent.safetensors", latent, meta)
+        except OSError:
+            continue
+    return None
+
+
+def _write_error(exc: OSError, path: Path, opts, latent, meta, base: str, saved_latent: Path | None,
+                 latent_source: str | None):
+    """The one-line error of a failed write, after making sure the latent is kept somewhere."""
+    from framepack_cli.io.writable import resource_error_for
+
+    err = resource_error_for(exc, "--save_path", path)
+    if latent_source is not None:
+        keep = f"the latent is unchanged in {latent_source}"
+    else:
+        kept = saved_latent or save_fallback_latent(latent, meta, base)
+        if kept is None:
+            tried = ", ".join(str(d) for d in fallback_dirs())
+            return type(err)(err.message, hint=f"{err.hint}; the latent could not be saved anywhere either "
+                                               f"(tried {tried})")
+        vae = opts.vae or "VAE"
+        keep = (f"the latent was saved to {kept} (decode it with `framepack generate --latent_path {kept} "
+                f"--vae {vae} --save_path <folder>`)")
+    return type(err)(err.message, hint=keep)
+
+
+def decode_to(sinks, load_vae, latent: torch.Tensor, window: int, *, bulk: bool = False, per_frame: bool = False,
               sink: ProgressSink | None = None) -> None:
-    """Decode a CTHW latent and stream uint8 frames to `sinks` (progressive soft-append unless bulk)."""
+    """Decode a CTHW latent and stream uint8 frames to `sinks` (progressive soft-append unless bulk).
+
+    `load_vae()` returns the VAE; it is called once the decode has begun (so loading it counts as decoding).
+    """
     from framepack_cli.engine.progress import NullProgress
     from framepack_cli.io.outputs import ProgressiveBlender, to_uint8
     from framepack_cli.models.vae import vae_decode, vae_decode_per_frame
@@ -131,6 +234,7 @@ def decode_to(sinks, vae, latent: torch.Tensor, window: int, *, bulk: bool = Fal
     z = latent.unsqueeze(0)
     if per_frame:
         sink.start_items(z.shape[2], "decode")
+        vae = load_vae()
         for t in range(z.shape[2]):
             frames = to_uint8(vae_decode_per_frame(vae, z[:, :, t : t + 1])[0].float().cpu())
             for w in sinks:
@@ -141,6 +245,7 @@ def decode_to(sinks, vae, latent: torch.Tensor, window: int, *, bulk: bool = Fal
     chunks = [(0, z.shape[2])] if bulk else decode_chunks(z.shape[2], window)
     blender = ProgressiveBlender(frames_per_section(window), sinks)
     sink.start_items(len(chunks), "decode")
+    vae = load_vae()
     for a, b in chunks:
         blender.add(vae_decode(vae, z[:, :, a:b])[0].float().cpu())
         sink.advance()

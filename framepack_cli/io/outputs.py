@@ -170,7 +170,8 @@ class VideoWriter:
 
     libx264, yuv420p (what every player decodes), constant frame rate `fps` with stream time base `1/fps`
     (the mp4 muxer may rescale it to its own timescale on disk; frame timing is unchanged). Frames are encoded as
-    they arrive, so memory stays flat however long the video is.
+    they arrive, so memory stays flat however long the video is. Encoding is deterministic: the same frames,
+    fps, crf and metadata give the same bytes on any machine (one encoder thread, no creation time stored).
 
     yuv420p subsamples chroma 2x2, so libx264 refuses odd sizes. An odd width or height is padded by one
     column/row that repeats the last one (invisible, unlike a black border, and no pixel of the input is lost or
@@ -222,12 +223,18 @@ class VideoWriter:
         self._pad = (height % 2, width % 2)
         try:
             container = av.open(str(self._tmp), mode="w", format=self._format)
-        except (OSError, av.FFmpegError) as e:
+        except OSError:  # disk full, no permission: the caller names the flag (pyav's errors are OSErrors)
+            raise
+        except av.FFmpegError as e:
             raise FramepackError(f"{self.path}: cannot create video file ({e})") from None
         self._container = container
         if self.metadata:
             container.metadata[_VIDEO_META_KEY] = json.dumps(self.metadata, ensure_ascii=False, sort_keys=True)
         stream = container.add_stream("libx264", rate=self.fps, options={"crf": str(self.crf)})
+        # One encoder thread: libx264's default thread count follows the machine's cores, and its decisions
+        # follow the thread count, so the same frames gave different files on different machines. Single-threaded,
+        # the bytes depend on the frames and the settings only (encoding is ~1.5x slower, small next to decoding).
+        stream.codec_context.thread_count = 1
         stream.width = width + self._pad[1]
         stream.height = height + self._pad[0]
         stream.pix_fmt = "yuv420p"

@@ -84,3 +84,11 @@ def remove_created(path: str | os.PathLike, top: str | os.PathLike | None) -> bo
         if p == top or p.parent == p:
             return p == top
         p = p.parent
+
+
+def writing_failed(exc: OSError, output: str | os.PathLike) -> bool:
+    """Whether `exc`, raised while a file was read and `output` written, is about the writing: it names no file
+    (a failed `write()`: disk full) or a file in `output`'s folder (the output or its temp file)."""
+    if not exc.filename:
+        return True
+    return Path(os.fsdecode(exc.filename)).parent.resolve() == Path(output).parent.resolve()

@@ -145,7 +145,7 @@ def test_outputs_summary_and_permissions(tmp_path, capsys):
     code, out = cli(["generate", *MODEL_ARGS, *SMALL, "--save_path", tmp_path, "--output_type", "latent_images",
                      "--output_name", "run"], capsys)
     assert code == 0
-    assert f"Wrote {tmp_path / 'run_latent.safetensors'}, 9 frames to {tmp_path / 'run'}/" in out
+    assert f"Wrote {tmp_path / 'run_latent.safetensors'}\nWrote {tmp_path / 'run' / 'run_000.png'}\n" in out
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "run_latent.safetensors").stat().st_mode) == 0o666 & ~umask

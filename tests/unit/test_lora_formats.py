@@ -578,7 +578,8 @@ def test_cli_inspect_and_convert(tmp_path, capsys):
     out_file = tmp_path / "fp.safetensors"
     with pytest.raises(SystemExit) as e:
         main(["lora", "convert", str(src), "--to", "musubi", "--output", str(out_file)])
-    assert e.value.code == 0 and "to musubi" in capsys.readouterr().out
+    res = capsys.readouterr()
+    assert e.value.code == 0 and "to musubi" in res.err and res.out == f"Wrote {out_file}\n"
     assert read_lora(out_file).format == "musubi-framepack"
     with pytest.raises(SystemExit) as e:
         main(["lora", "convert", str(src), "--to", "musubi", "--output", str(out_file)])

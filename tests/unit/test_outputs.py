@@ -122,6 +122,47 @@ def test_video_writer_roundtrip(tmp_path: Path, crf: int) -> None:
     assert read_video_metadata(out) == META
 
 
+_ENCODE_SCRIPT = """
+import os, sys
+if sys.argv[3] == "one":  # one core: libx264's and swscale's automatic thread counts become 1
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+import numpy as np
+from pathlib import Path
+from framepack_cli.io.outputs import VideoWriter
+frames = np.load(sys.argv[1])
+with VideoWriter(Path(sys.argv[2]), fps=30, crf=16, metadata={"seeds": "1"}) as w:
+    w.write(frames)
+"""
+
+
+def test_video_writer_same_frames_same_bytes(tmp_path: Path) -> None:
+    """Two runs encoding the same frames write the same file, also on a machine with another number of cores.
+
+    Each encode runs in a fresh process, as each `framepack` run does.
+    """
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    src = np.clip(_gradient_video(24, 144, 192).astype(np.int16) + rng.integers(-20, 20, (24, 144, 192, 3)),
+                  0, 255).astype(np.uint8)
+    np.save(tmp_path / "src.npy", src)
+    repo = Path(__file__).resolve().parents[2]
+    paths = [tmp_path / f"{name}.mp4" for name in ("all_cores", "again", "one_core")]
+    for path, cores in zip(paths, ("all", "all", "one"), strict=True):
+        subprocess.run([sys.executable, "-c", _ENCODE_SCRIPT, str(tmp_path / "src.npy"), str(path), cores],
+                       check=True, env=dict(os.environ, PYTHONPATH=str(repo)))
+    data = [p.read_bytes() for p in paths]
+    assert data[0] == data[1], "two encodes of the same frames differ"
+    assert data[0] == data[2], "the encode depends on the number of cores"
+    frames = [_decode(p)[0] for p in paths]
+    np.testing.assert_array_equal(frames[0], frames[2])
+    with av.open(str(paths[0])) as c:  # nothing in the container that changes from run to run
+        tags = dict(c.metadata) | dict(c.streams.video[0].metadata)
+    assert "creation_time" not in tags and read_video_metadata(paths[0]) == {"seeds": "1"}
+
+
 def test_video_writer_close_returns_path_and_no_metadata(tmp_path: Path) -> None:
     w = VideoWriter(tmp_path / "a.mp4", fps=30)
     w.write(_gradient_video(3, 32, 32))

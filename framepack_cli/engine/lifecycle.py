@@ -1,0 +1,85 @@
+"""What a run has done so far, so Ctrl-C can say it in one line: the phase (loading, sampling section k of
+n, decoding, writing) and the files already written.
+
+`RunTracker` wraps the run's `ProgressSink`: it passes every call on and keeps count on the way (sections
+started and finished, the decode, every `Wrote <path>` result).
+"""
+
+from __future__ import annotations
+
+from framepack_cli.engine.progress import ProgressSink
+
+
+class RunTracker:
+    """A `ProgressSink` that forwards to `inner` and remembers how far the run got."""
+
+    def __init__(self, inner: ProgressSink, before: str = "before sampling") -> None:
+        """`before`: how the line says a run stopped before any section or decode began."""
+        self.inner = inner
+        self.before = before
+        self.phase = "start"  # start | sampling | sampled | decoding | writing
+        self.sections_total = 0
+        self.sections_done = 0
+        self.written: list[str] = []
+
+    # ProgressSink ------------------------------------------------------------------------------------
+    def message(self, text: str) -> None:
+        self.inner.message(text)
+
+    def result(self, text: str) -> None:
+        if text.startswith("Wrote "):
+            self.written.append(text[len("Wrote "):])
+        self.inner.result(text)
+
+    def start_sections(self, total: int) -> None:
+        self.phase, self.sections_total, self.sections_done = "sampling", total, 0
+        self.inner.start_sections(total)
+
+    def start_section(self, index: int, total: int, label: str) -> None:
+        self.phase = "sampling"
+        self.inner.start_section(index, total, label)
+
+    def step(self, done: int, total: int) -> None:
+        self.inner.step(done, total)
+
+    def end_section(self) -> None:
+        self.sections_done += 1
+        if self.sections_done >= self.sections_total:
+            self.phase = "sampled"
+        self.inner.end_section()
+
+    def start_items(self, total: int, label: str) -> None:
+        if label == "decode":
+            self.phase = "decoding"
+        self.inner.start_items(total, label)
+
+    def advance(self, n: int = 1) -> None:
+        self.inner.advance(n)
+
+    def end_items(self) -> None:
+        if self.phase == "decoding":
+            self.phase = "writing"
+        self.inner.end_items()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    # the Ctrl-C line ---------------------------------------------------------------------------------
+    def interrupted_line(self) -> str:
+        """`Interrupted after section 1 of 2; nothing written`, `Interrupted while decoding; wrote a, b`."""
+        if self.phase == "sampling":
+            if self.sections_done:
+                where = f"after section {self.sections_done} of {self.sections_total}"
+            elif self.sections_total > 1:
+                where = f"while sampling section 1 of {self.sections_total}"
+            else:
+                where = "while sampling"
+        elif self.phase == "sampled":
+            where = f"after sampling all {self.sections_total} section(s)" if self.sections_total > 1 else (
+                "after sampling")
+        elif self.phase in ("decoding", "writing"):
+            where = f"while {self.phase}"
+        else:
+            where = self.before
+        done = f"wrote {', '.join(self.written)}" if self.written else "nothing written"
+        return f"Interrupted {where}; {done}"
