@@ -290,7 +290,7 @@ def _line_options(opts, line: str, where: str, budget: Budget | None = None):
         overrides = parse_prompt_line(line)
     except ValueError as e:
         raise FramepackError(f"{where}: {e}") from None
-    base = opts.model_dump(include=opts.model_fields_set)
+    base = opts.model_dump(include=opts.model_fields_set - {"keep_models"})  # a run setting, not a job one
     try:
         line_opts = validate(type(opts), job_values(base, overrides, opts.video_size))
     except OptionsError as e:

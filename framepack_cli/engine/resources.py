@@ -20,7 +20,8 @@ Up-front checks (`check_request`), from the file headers and the settings, in mi
    a refused request cannot fit, and a GPU refusal is never skipped, not even by `--force`. CPU RAM must
    also hold what stays there during each phase: the VAE (parked during sampling), the models that
    `--interactive` keeps, the history latents of all sections and the decoded chunk in float32. On the CPU
-   every phase is in RAM; RAM refusals can be skipped with `--force` (swap may still carry the run).
+   every phase is in RAM. With `--force` the RAM need may use free swap too (RAM + swap is what the machine
+   has; past that the kernel kills the run without a message, so that is refused even with `--force`).
 """
 
 from __future__ import annotations
@@ -85,6 +86,11 @@ def ram() -> tuple[int | None, int | None]:
     except (ValueError, OSError, AttributeError):
         pass
     return avail, total
+
+
+def swap_free() -> int:
+    """Free swap in bytes (0 when unknown)."""
+    return _meminfo("SwapFree") or 0
 
 
 def device_memory(device) -> tuple[int | None, int | None]:
@@ -297,22 +303,24 @@ class Phase:
     """One phase of a run: what must be on the device at once, and what CPU RAM holds meanwhile."""
 
     name: str  # "sampling", "VAE decode", ...
-    kind: str  # advice key, see `advice`
+    models: tuple[str, ...]  # the model files the phase loads
     device_bytes: int
-    host_bytes: int  # CPU-side buffers of the phase (latents, decoded frames)
     detail: str  # how the device need is made up
+    host_bytes: int = 0  # CPU-side buffers of the phase besides the device need (latents, decoded frames)
+    host_detail: str = ""
+    fix: str = ""  # the request settings that lower this phase's need
 
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def request_phases(opts, sizes: Sizes, precision, sections: int, *, resident: tuple[str, ...] = ("vae",)) -> list:
+def request_phases(opts, sizes: Sizes, precision, sections: int, *, cuda: bool) -> list[Phase]:
     """The phases of one job with their memory needs (see the module docstring).
 
     Args:
         sections: planned section count (ignored for one-frame jobs).
-        resident: models that stay in CPU RAM across phases (the parked VAE, the models --interactive keeps).
+        cuda: the device is a GPU (decoded frames are then copied to the CPU in float32).
     """
     w = sizes.weights
     h, wd = opts.video_size
@@ -320,7 +328,8 @@ def request_phases(opts, sizes: Sizes, precision, sections: int, *, resident: tu
     one_frame = getattr(opts, "one_frame_inference", None) is not None
     window = opts.latent_window_size
     latent_frames = 1 if one_frame else window  # (4W - 3 pixel frames + 3) // 4
-    tokens = latent_frames * _ceil_div(lh, 2) * _ceil_div(lw, 2) + _ceil_div(lh, 2) * _ceil_div(lw, 2)
+    grid = _ceil_div(lh, 2) * _ceil_div(lw, 2)
+    tokens = (latent_frames + 1) * grid  # noisy frames + at least the start frame's clean tokens
     dit_act = ACT_FACTOR * tokens * sizes.hidden * _itemsize(precision.dit)
     total_latents = 1 if one_frame else sections * window + 1
     history = LATENT_CHANNELS * (total_latents + CONTEXT_FRAMES) * lh * lw * 4 * 2  # history + final copy
@@ -330,66 +339,87 @@ def request_phases(opts, sizes: Sizes, precision, sections: int, *, resident: tu
         chunk = total_latents
     else:
         chunk = min(2 * window + 1, total_latents)
-    frames = 1 if one_frame else 4 * (chunk - 1) + 1
+    frames = 4 * (chunk - 1) + 1
     pixels = 3 * frames * h * wd
     vae_b = _itemsize(precision.vae)
+    decoded = pixels * vae_b
+    host_frames = pixels * (1 + (4 if cuda or vae_b != 4 else 0))  # uint8 frames (+ the float32 copy)
     size = f"{h}x{wd}"
+    te = w.get("text_encoder1", 0) + w.get("text_encoder2", 0)
+    many = "" if one_frame else ", fewer sections"
+    bulk = "drop --bulk_decode, or " if opts.bulk_decode else ""
+    what = "sections" if sections != 1 else "section"
     phases = [
-        Phase("VAE encode", "vae", w.get("vae", 0) + 131 * h * wd * vae_b, 3 * h * wd * 4,
-              f"weights {fmt_bytes(w.get('vae', 0))}"),
-        Phase("image encoder", "image_encoder", w.get("image_encoder", 0), 0,
+        Phase("VAE encode", ("vae",), w.get("vae", 0) + 131 * h * wd * vae_b,
+              f"weights {fmt_bytes(w.get('vae', 0))} + {fmt_bytes(131 * h * wd * vae_b)} for one image at {size}",
+              fix="a smaller --video_size"),
+        Phase("image encoder", ("image_encoder",), w.get("image_encoder", 0),
               f"weights {fmt_bytes(w.get('image_encoder', 0))}"),
-        Phase("text encoders", "text", w.get("text_encoder1", 0) + w.get("text_encoder2", 0), 0,
-              f"weights {fmt_bytes(w.get('text_encoder1', 0) + w.get('text_encoder2', 0))}"),
-        Phase("sampling", "sampling", w.get("dit", 0) + dit_act, history,
+        Phase("text encoders", ("text_encoder1", "text_encoder2"), te, f"weights {fmt_bytes(te)}",
+              fix="" if opts.fp8_llm else "--fp8_llm (LLaMA in fp8)"),
+        Phase("sampling", ("dit",), w.get("dit", 0) + dit_act,
               f"weights {fmt_bytes(w.get('dit', 0))} + at least {fmt_bytes(dit_act)} activations for {tokens} "
-              f"tokens per section at {size}"),
-        Phase("VAE decode", "decode", w.get("vae", 0) + pixels * vae_b, history // 2 + pixels * 5,
-              f"weights {fmt_bytes(w.get('vae', 0))} + {fmt_bytes(pixels * vae_b)} for {frames} decoded frames "
-              f"at {size}"),
+              f"tokens per section at {size}", history,
+              f"{fmt_bytes(history)} for the latents of {sections} {what}",
+              fix=f"a smaller --video_size or --latent_window_size{many}"),
+        Phase("VAE decode", ("vae",), w.get("vae", 0) + decoded,
+              f"weights {fmt_bytes(w.get('vae', 0))} + {fmt_bytes(decoded)} for {frames} decoded frames at {size}",
+              history // 2 + host_frames, f"{fmt_bytes(history // 2 + host_frames)} for the latents and frames",
+              fix=f"{bulk}a smaller --video_size or --latent_window_size"),
     ]
-    return [p for p in phases if p.kind != "image_encoder" or "image_encoder" in w]
+    return [p for p in phases if all(m in w for m in p.models)]
 
 
-_MODEL_OF = {"VAE encode": ("vae",), "image encoder": ("image_encoder",),
-             "text encoders": ("text_encoder1", "text_encoder2"), "sampling": ("dit",), "VAE decode": ("vae",)}
 _NAMES = {"vae": "VAE", "image_encoder": "image encoder", "text_encoder1": "LLaMA", "text_encoder2": "CLIP-L",
           "dit": "DiT"}
 
 
-def check_fit(phases: list, sizes: Sizes, device, *, device_free: int | None, ram_free: int | None,
-              force: bool = False, resident: tuple[str, ...] = ("vae",), opts=None) -> None:
-    """Refuse (exit 3) when a phase cannot fit: on CUDA the device memory (never skipped), and CPU RAM (skipped
-    with `force`). `device_free` / `ram_free` are injected numbers (None = unknown, not checked).
+def _fix(phase: Phase, device, cuda: bool, *, ram: bool) -> str:
+    free = "free RAM (close other programs)" if ram else "free GPU memory (other processes) or use a larger GPU"
+    coming = ("; --fp8_scaled and --blocks_to_swap, which would lower it, are not built yet"
+              if cuda and not ram and "dit" in phase.models else "")
+    return (f"{phase.fix}, or {free}" if phase.fix else free) + coming
+
+
+def check_fit(phases: list[Phase], sizes: Sizes, device, *, device_free: int | None, ram_free: int | None,
+              swap: int = 0, force: bool = False, resident: tuple[str, ...] = ("vae",)) -> None:
+    """Refuse (exit 3) when a phase cannot fit: on CUDA the device memory (`force` never skips it), and CPU RAM
+    (with `force`, RAM plus free swap). `device_free` / `ram_free` / `swap` are injected numbers (None = unknown,
+    not checked).
+
+    Args:
+        resident: models that stay in CPU RAM across phases (the parked VAE, the models --interactive keeps).
 
     Raises:
         ResourceError: one line: the phase, what it needs and how that is made up, what is free, what helps.
     """
     cuda = getattr(device, "type", "") == "cuda"
     for p in phases:
-        own = _MODEL_OF.get(p.name, ())
-        parked = sum(sizes.weights.get(m, 0) for m in resident if m not in own)
-        models = " + ".join(f"{_NAMES[m]} {sizes.files.get(m, '')}".strip() for m in own if m in sizes.weights)
-        what = f"{p.name} ({models})" if models else p.name
+        parked = sum(sizes.weights.get(m, 0) for m in resident if m not in p.models)
+        files = " + ".join(f"{_NAMES[m]} {(sizes.files or {}).get(m, '')}".strip() for m in p.models)
+        what = f"{p.name} ({files})"
         if cuda:
             need = p.device_bytes + MARGIN
             if device_free is not None and need > device_free:
                 raise ResourceError(
                     f"not enough GPU memory for {what}: needs about {fmt_bytes(need)} ({p.detail}, + "
                     f"{fmt_bytes(MARGIN)} margin), {device} has {fmt_bytes(device_free)} free",
-                    hint=advice(p.kind, device, opts))
-            ram_need = p.host_bytes + parked
+                    hint=_fix(p, device, cuda, ram=False))
+            ram_need, parts = p.host_bytes + parked, [p.host_detail] if p.host_detail else []
         else:
             ram_need = p.device_bytes + p.host_bytes + parked
-        if force or ram_free is None:
+            parts = [p.detail] + ([p.host_detail] if p.host_detail else [])
+        if ram_free is None:
             continue
-        if ram_need + MARGIN > ram_free:
-            kept = f" + {fmt_bytes(parked)} of models kept in RAM" if parked else ""
+        if parked:
+            parts.append(f"{fmt_bytes(parked)} of models kept in RAM")
+        limit = ram_free + (swap if force else 0)
+        if ram_need + MARGIN > limit:
+            have = f"{fmt_bytes(ram_free)} available" + (f" + {fmt_bytes(swap)} swap" if force and swap else "")
+            use_swap = ", or pass --force to use swap" if not force and ram_need + MARGIN <= ram_free + swap else ""
             raise ResourceError(
-                f"not enough RAM for {what}: needs about {fmt_bytes(ram_need + MARGIN)} "
-                f"({p.detail if not cuda else 'latents and frames ' + fmt_bytes(p.host_bytes)}{kept}), "
-                f"{fmt_bytes(ram_free)} available",
-                hint=advice(p.kind, device, opts) + ", or pass --force to try anyway (swap)")
+                f"not enough RAM for {what}: needs about {fmt_bytes(ram_need + MARGIN)} ({' + '.join(parts)}), "
+                f"{have}", hint=_fix(p, device, cuda, ram=True) + use_swap)
 
 
 @dataclass
@@ -402,14 +432,11 @@ class Budget:
     resident: tuple[str, ...] = ("vae",)
     force: bool = False
 
-    def check(self, opts, sections: int, *, device_free: int | None = ..., ram_free: int | None = ...) -> None:
-        """Bounds, then memory, for one job's options (free numbers queried unless injected)."""
+    def check(self, opts, sections: int) -> None:
+        """Bounds, then memory, for one job's options, against what is free now."""
         check_bounds(opts, sections, force=self.force)
-        if device_free is ... or ram_free is ...:
-            dev_free, _ = device_memory(self.device) if getattr(self.device, "type", "") == "cuda" else (None, None)
-            avail, _ = ram()
-            device_free = dev_free if device_free is ... else device_free
-            ram_free = avail if ram_free is ... else ram_free
-        phases = request_phases(opts, self.sizes, self.precision, sections, resident=self.resident)
-        check_fit(phases, self.sizes, self.device, device_free=device_free, ram_free=ram_free, force=self.force,
-                  resident=self.resident, opts=opts)
+        cuda = getattr(self.device, "type", "") == "cuda"
+        device_free = device_memory(self.device)[0] if cuda else None
+        phases = request_phases(opts, self.sizes, self.precision, sections, cuda=cuda)
+        check_fit(phases, self.sizes, self.device, device_free=device_free, ram_free=ram()[0], swap=swap_free(),
+                  force=self.force, resident=self.resident)
