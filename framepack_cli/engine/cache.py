@@ -441,17 +441,6 @@ class LatentModels:
     embeddings: dict = field(default_factory=dict)
 
 
-def _compute_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`--dtype auto` for caching: float16 on CUDA (the reference's caches), float32 elsewhere."""
-    import torch
-
-    from framepack_cli.engine.context import DTYPES
-
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return DTYPES[name]
-
-
 def _pixels(frames: np.ndarray, models: LatentModels, normalize_in_float32: bool = False) -> torch.Tensor:
     """uint8 `[B, T, H, W, 3]` -> `[B, 3, T, H, W]` in [-1, 1].
 
@@ -753,8 +742,7 @@ def _encode_datasets(plans: list[list[SourceJob]], opts: CacheLatentsOptions, si
         device = resolve_device(opts.device)
         if opts.disable_cudnn_backend:
             torch.backends.cudnn.enabled = False
-        dtype = _compute_dtype(opts.dtype, device)
-        models = _load_latent_models(opts, device, dtype, sink)
+        models = _load_latent_models(opts, device, sink)
     sink.start_items(len(items), f"caching latents ({mode})")
     sink.advance(summary.skipped)
     for jobs in plans:
@@ -794,16 +782,20 @@ def _encode_datasets(plans: list[list[SourceJob]], opts: CacheLatentsOptions, si
     return _finish(summary, "items", sink)
 
 
-def _load_latent_models(opts: CacheLatentsOptions, device, dtype, sink: ProgressSink) -> LatentModels:
+def _load_latent_models(opts: CacheLatentsOptions, device, sink: ProgressSink) -> LatentModels:
+    """The VAE and SigLIP in their dtypes (`--vae_dtype` / `--image_encoder_dtype`, auto = the precision table);
+    the latents are stored in the VAE's dtype."""
+    from framepack_cli.engine.precision import precision_for
     from framepack_cli.models.image_encoder import load_image_encoder
     from framepack_cli.models.vae import load_vae
 
+    precision = precision_for(opts, device)
     sink.message(f"Loading VAE {opts.vae}")
-    vae = load_vae(opts.vae, device=device, dtype=dtype, chunk_size=opts.vae_chunk_size,
+    vae = load_vae(opts.vae, device=device, dtype=precision.vae, chunk_size=opts.vae_chunk_size,
                    spatial_tile_sample_min_size=opts.vae_spatial_tile_sample_min_size, tiling=opts.vae_tiling)
     sink.message(f"Loading image encoder {opts.image_encoder}")
-    siglip = load_image_encoder(opts.image_encoder, device=device, dtype=dtype)
-    return LatentModels(vae, siglip, device, dtype)
+    siglip = load_image_encoder(opts.image_encoder, device=device, dtype=precision.image_encoder)
+    return LatentModels(vae, siglip, device, precision.vae)
 
 
 def _encode_and_save(batch: list[Loaded], models: LatentModels, settings: dict, ds: Dataset, mode: str,
@@ -931,6 +923,7 @@ def _encode_texts(items: list[TextItem], todo: list[TextItem], opts: CacheTextOp
     import torch
 
     from framepack_cli.engine.context import resolve_device
+    from framepack_cli.engine.precision import precision_for
     from framepack_cli.models.text_encoders import (
         encode_prompt,
         load_text_encoder1,
@@ -944,7 +937,7 @@ def _encode_texts(items: list[TextItem], todo: list[TextItem], opts: CacheTextOp
     sink.advance(summary.skipped)
     if todo:
         device = resolve_device(opts.device)
-        dtype = _compute_dtype(opts.dtype, device)
+        dtype = precision_for(opts, device).text_encoder
         tok1, tok2 = load_tokenizers(opts.text_encoder1, opts.text_encoder2, opts.tokenizer1, opts.tokenizer2)
         sink.message(f"Loading text encoders {opts.text_encoder1}, {opts.text_encoder2}")
         te1 = load_text_encoder1(opts.text_encoder1, device=device, dtype=dtype, fp8=opts.fp8_llm)

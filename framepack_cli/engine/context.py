@@ -1,12 +1,10 @@
-"""Device and dtype policy, shared by every engine."""
+"""Device policy, shared by every engine (each model's dtype: `framepack_cli.engine.precision`)."""
 
 from __future__ import annotations
 
 import torch
 
 from framepack_cli.errors import FramepackError
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -20,13 +18,6 @@ def resolve_device(name: str | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise FramepackError(f"--device: {name} requested but no CUDA GPU is available", hint="use --device cpu")
     return dev
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`--dtype auto` = bfloat16 on CUDA, float32 elsewhere (bf16 matmuls are slow or missing on CPUs)."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return DTYPES[name]
 
 
 def free_memory(device: torch.device) -> None:

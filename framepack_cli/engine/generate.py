@@ -17,14 +17,16 @@ from pathlib import Path
 import torch
 
 from framepack_cli import __version__
-from framepack_cli.engine.context import resolve_device, resolve_dtype
+from framepack_cli.engine.context import resolve_device
 from framepack_cli.engine.denoiser import TextCond, make_model_fn
 from framepack_cli.engine.input_notes import BLACK_START, image_notes, seconds_note
-from framepack_cli.engine.models import Models
+from framepack_cli.engine.models import ALL_MODELS, INTERACTIVE_KEEP, Models, keep_line
 from framepack_cli.engine.pipeline import Conditioning, JobResult, run_jobs
+from framepack_cli.engine.precision import FP16_DIT_WARNING, precision_for
 from framepack_cli.engine.progress import ProgressSink
+from framepack_cli.engine.resources import Budget, advice, model_sizes, oom_guard
 from framepack_cli.engine.writing import run_metadata, write_outputs
-from framepack_cli.errors import FramepackError, NotBuiltError
+from framepack_cli.errors import FramepackError, NotBuiltError, ResourceError
 from framepack_cli.models.text_encoders import positive_prompt
 from framepack_cli.options.sections import is_pipe_form, parse_section_values, value_for_section
 from framepack_cli.plan.schedules import flow_mu, flow_sigmas, noisy_token_count
@@ -188,8 +190,10 @@ class VideoJob:
                 dtype=dtype, device=device,
             )
             noise = torch.randn((1, LATENT_CHANNELS, latent_frames, lh, lw), generator=generator, dtype=torch.float32)
-            out = sample_unipc(model_fn, noise.to(device), sigmas,
-                               callback=lambda d: sink.step(d["i"] + 1, o.infer_steps)).float().cpu()
+            with oom_guard(f"sampling section {s.index + 1}/{self.n} at {height}x{width}", device,
+                           advice("sampling", device, o)):
+                out = sample_unipc(model_fn, noise.to(device), sigmas,
+                                   callback=lambda d: sink.step(d["i"] + 1, o.infer_steps)).float().cpu()
             if o.f1:
                 history = torch.cat([history, out], dim=2)
             else:
@@ -216,17 +220,48 @@ def make_job(opts, label: str = ""):
 # --------------------------------------------------------------------------------------------------------
 
 
+def job_sections(opts) -> int:
+    """Sections a job's options plan (1 for one-frame jobs)."""
+    if opts.one_frame_inference is not None:
+        return 1
+    return num_sections(opts.video_seconds, opts.latent_window_size, opts.video_sections)
+
+
+def interactive_keep(opts) -> frozenset[str]:
+    return ALL_MODELS if opts.keep_models else INTERACTIVE_KEEP
+
+
+def resident_models(keep: frozenset[str]) -> tuple[str, ...]:
+    """Model files that stay in CPU RAM across phases: the parked VAE and what `keep` names."""
+    kinds = {"vae"} | {k for k in keep if k != "text"}
+    if "text" in keep:
+        kinds |= {"text_encoder1", "text_encoder2"}
+    return tuple(sorted(kinds))
+
+
 def run(opts, sink: ProgressSink | None = None) -> list[JobResult] | list[GenerateResult]:
-    """Entry point of `framepack generate` (validated `GenerateOptions`)."""
+    """Entry point of `framepack generate` (validated `GenerateOptions`).
+
+    Before any model loads: the model files (headers), the attention kernel against the DiT's dtype, the input
+    images, the sanity bounds and the memory each phase needs (`framepack_cli.engine.resources`).
+    """
     from framepack_cli.engine.preflight import check_models, preflight
 
     refuse_unbuilt(opts)
+    budget = None
     if opts.latent_path:
         check_models(opts, kinds=("vae",))
     elif opts.save_merged_model:
         check_models(opts, kinds=("dit",))
     else:
-        preflight(opts)
+        device = resolve_device(opts.device)
+        precision = precision_for(opts, device)
+        found = preflight(opts, device, precision)
+        keep = interactive_keep(opts) if opts.interactive else frozenset()
+        budget = Budget(model_sizes(found, precision, fp8_llm=opts.fp8_llm), precision, device,
+                        resident=resident_models(keep), force=opts.force)
+        if not opts.from_file and not opts.interactive:
+            budget.check(opts, job_sections(opts))
     from framepack_cli.engine.lifecycle import RunTracker
     from framepack_cli.errors import Interrupted
     from framepack_cli.io.writable import ensure_writable_dir, remove_created
@@ -244,13 +279,13 @@ def run(opts, sink: ProgressSink | None = None) -> list[JobResult] | list[Genera
             return decode_latent_files(opts, sink)
         if opts.save_merged_model:
             return save_merged_model(opts, sink)
-        device = resolve_device(opts.device)
-        dtype = resolve_dtype(opts.dtype, device)
+        if precision.dit == torch.float16:
+            sink.message(FP16_DIT_WARNING)
         if opts.from_file:
-            return run_batch(opts, device, dtype, sink)
+            return run_batch(opts, device, precision, sink, budget)
         if opts.interactive:
-            return run_interactive(opts, device, dtype, sink)
-        results = run_jobs([make_job(opts)], Models(opts, device, dtype, sink), sink, report_errors=False)
+            return run_interactive(opts, device, precision, sink, budget=budget)
+        results = run_jobs([make_job(opts)], Models(opts, device, precision, sink), sink, report_errors=False)
         if results[0].exc is not None:
             raise results[0].exc
         return results
@@ -281,8 +316,8 @@ def save_merged_model(opts, sink: ProgressSink) -> list[str]:
     return lines
 
 
-def _line_options(opts, line: str, where: str):
-    """Validated options of one batch/interactive line (errors name the line)."""
+def _line_options(opts, line: str, where: str, budget: Budget | None = None):
+    """Validated options of one batch/interactive line, checked against `budget` (errors name the line)."""
     from framepack_cli.cli.build import OptionsError, validate
     from framepack_cli.options.prompt_line import job_values, parse_prompt_line
 
@@ -290,7 +325,7 @@ def _line_options(opts, line: str, where: str):
         overrides = parse_prompt_line(line)
     except ValueError as e:
         raise FramepackError(f"{where}: {e}") from None
-    base = opts.model_dump(include=opts.model_fields_set)
+    base = opts.model_dump(include=opts.model_fields_set - {"keep_models"})  # a run setting, not a job one
     try:
         line_opts = validate(type(opts), job_values(base, overrides, opts.video_size))
     except OptionsError as e:
@@ -299,42 +334,54 @@ def _line_options(opts, line: str, where: str):
 
     try:
         check_images(job_images(line_opts))
+        if budget is not None:
+            budget.check(line_opts, job_sections(line_opts))
     except FramepackError as e:
-        raise FramepackError(f"{where}: {e.message}", hint=e.hint) from None
+        raise type(e)("\n".join(f"{where}: {m}" for m in e.message.splitlines()), hint=e.hint) from None
     return line_opts
 
 
-def run_batch(opts, device, dtype, sink: ProgressSink) -> list[JobResult]:
+def run_batch(opts, device, precision, sink: ProgressSink, budget: Budget | None = None) -> list[JobResult]:
     """`--from_file`: one job per line; bad lines are reported and skipped; models load once."""
     path = Path(opts.from_file)
-    jobs, bad = [], []
+    jobs, bad, short = [], [], False  # short: a line or job failed for lack of memory (exit 3)
     for no, raw in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         where = f"{path.name} line {no}"
         try:
-            jobs.append(make_job(_line_options(opts, line, where), label=where))
+            jobs.append(make_job(_line_options(opts, line, where, budget), label=where))
         except FramepackError as e:
             bad.append(where)
+            short |= isinstance(e, ResourceError)
             for msg in e.message.splitlines():
                 sink.message(f"Error: {msg}")
     if not jobs and not bad:
         raise FramepackError(f"--from_file: {path} holds no prompts (only empty lines and # comments)")
-    results = run_jobs(jobs, Models(jobs[0].opts if jobs else opts, device, dtype, sink), sink) if jobs else []
+    results = run_jobs(jobs, Models(jobs[0].opts if jobs else opts, device, precision, sink), sink) if jobs else []
+    short |= any(isinstance(r.exc, ResourceError) for r in results)
     failed = bad + [r.label for r in results if r.error]
     done = len(results) - sum(1 for r in results if r.error)
     sink.message(f"Batch: {done} of {done + len(failed)} job(s) done")
     if failed:
-        raise FramepackError(f"--from_file: {len(failed)} of {done + len(failed)} job(s) failed: {', '.join(failed)}")
+        error = ResourceError if short else FramepackError
+        raise error(f"--from_file: {len(failed)} of {done + len(failed)} job(s) failed: {', '.join(failed)}")
     return results
 
 
-def run_interactive(opts, device, dtype, sink: ProgressSink, stream=None) -> list[JobResult]:
-    """`--interactive`: read prompt lines (inline options allowed) until EOF (Ctrl-D); models stay loaded."""
+def run_interactive(opts, device, precision, sink: ProgressSink, stream=None,
+                    budget: Budget | None = None) -> list[JobResult]:
+    """`--interactive`: read prompt lines (inline options allowed) until EOF (Ctrl-D).
+
+    The models every prompt needs stay loaded (`INTERACTIVE_KEEP`; all with `--keep_models`); prompt
+    encodings are remembered, so the text encoders load again only for a new prompt.
+    """
     stream = stream or sys.stdin
-    models = Models(opts, device, dtype, sink, keep=True)
+    keep = interactive_keep(opts)
+    models = Models(opts, device, precision, sink, keep=keep)
     results: list[JobResult] = []
+    sink.message(keep_line(keep))
     sink.message("Interactive mode: type a prompt (inline options like --d 42 --vs 2 allowed); Ctrl-D exits.")
     n = 0
     while True:
@@ -349,7 +396,7 @@ def run_interactive(opts, device, dtype, sink: ProgressSink, stream=None) -> lis
             continue
         n += 1
         try:
-            job = make_job(_line_options(opts, line, f"prompt {n}"), label=f"prompt {n}")
+            job = make_job(_line_options(opts, line, f"prompt {n}", budget), label=f"prompt {n}")
         except FramepackError as e:
             for msg in e.message.splitlines():
                 sink.message(f"Error: {msg}")
@@ -365,8 +412,7 @@ def decode_latent_files(opts, sink: ProgressSink) -> list[GenerateResult]:
     from framepack_cli.io.outputs import load_latent
 
     device = resolve_device(opts.device)
-    dtype = resolve_dtype(opts.dtype, device)
-    models = Models(opts, device, dtype, sink)
+    models = Models(opts, device, precision_for(opts, device), sink)
     results = []
     for path in opts.latent_path:
         latent, meta = load_latent(Path(path))
@@ -393,7 +439,8 @@ def decode_latent_files(opts, sink: ProgressSink) -> list[GenerateResult]:
                              f"(pass --{name} if it was generated with another)")
         o = opts.model_copy(update=update)
         stem = Path(path).name.removesuffix(".safetensors").removesuffix("_latent")
-        files = write_outputs(o, latent.float(), seed, meta or None, vae=models.vae, sink=sink, base=stem,
-                              one_frame=one_frame, save_latent_file=False, latent_source=str(path))
+        with oom_guard(f"in VAE decode of {Path(path).name}", device, advice("decode", device, o)):
+            files = write_outputs(o, latent.float(), seed, meta or None, vae=models.vae, sink=sink, base=stem,
+                                  one_frame=one_frame, save_latent_file=False, latent_source=str(path))
         results.append(GenerateResult(seed=seed, latent=latent, files=files))
     return results

@@ -1,44 +1,72 @@
 """Load each model once, when first needed, and let it go when the pipeline is done with it.
 
 The pipeline asks for a model (`vae()`, `image_encoder()`, `text()`, `dit()`) and releases it after its
-phase. In batch and single runs a released model is deleted, so only one big model is resident at a time.
-With `keep=True` (interactive mode) it stays loaded: parked in CPU memory when the device is a GPU, so the
-next prompt does not pay for loading again.
+phase. A released model is deleted unless its name is in `keep`, so in batch and single runs only one big
+model is resident at a time. `--interactive` keeps the models every prompt needs (parked in CPU memory when
+the device is a GPU), see `INTERACTIVE_KEEP`. Every model loads in the dtype of the precision table
+(`framepack_cli.engine.precision`); an out-of-memory failure while loading is one line naming the model.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from framepack_cli.engine.context import free_memory
+from framepack_cli.engine.precision import Precision
 from framepack_cli.engine.progress import ProgressSink
+from framepack_cli.engine.resources import advice, oom_guard
+
+ALL_MODELS = frozenset({"dit", "vae", "image_encoder", "text"})
+# Every prompt needs the DiT, the VAE (start image, decode) and SigLIP (start image; 0.8 GB in fp16); the text
+# encoders (16 GB with the real LLaMA) only for a prompt whose encoding is not remembered yet.
+INTERACTIVE_KEEP = frozenset({"dit", "vae", "image_encoder"})
+TEXT_MEMO = 64  # prompt encodings remembered per run ([512, 4096] float32 each: 8 MB)
 
 
-def vae_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
-    """The reference runs the VAE in float16 on GPUs; float32 stays float32."""
-    return torch.float16 if (device.type == "cuda" and dtype != torch.float32) else dtype
+def keep_line(keep: frozenset[str]) -> str:
+    """The line `--interactive` prints at start about what stays loaded between prompts."""
+    if keep >= ALL_MODELS:
+        return "Interactive mode: every model stays loaded between prompts (--keep_models)."
+    return ("Interactive mode: the DiT, VAE and image encoder stay loaded between prompts; the text encoders are "
+            "reloaded for new prompts (--keep_models keeps them too, about 16 GB more RAM with the real weights).")
 
 
 class Models:
     """Lazily loaded models of one run; model settings come from `opts` (the first job's options).
 
     Args:
-        opts: validated generate/one-frame options (model paths, dtypes, VAE and attention settings).
-        device / dtype: compute device and dtype.
+        opts: validated generate/one-frame options (model paths, VAE and attention settings).
+        device: compute device.
+        precision: every model's dtype (`framepack_cli.engine.precision.precision_for`).
         sink: progress messages ("Loading ...").
-        keep: keep released models (parked on the CPU when the device is a GPU).
+        keep: names of the models ("dit", "vae", "image_encoder", "text") kept when released (parked on the
+            CPU when the device is a GPU); the others are deleted and loaded again when needed.
     """
 
-    def __init__(self, opts, device: torch.device, dtype: torch.dtype, sink: ProgressSink, *, keep: bool = False):
+    def __init__(self, opts, device: torch.device, precision: Precision, sink: ProgressSink, *,
+                 keep: frozenset[str] = frozenset()):
         self.opts = opts
         self.device = device
-        self.dtype = dtype
+        self.precision = precision
         self.sink = sink
-        self.keep = keep
+        self.keep = frozenset(keep)
         self._loaded: dict[str, Any] = {}
+        self.text_cache: dict = {}  # (prompt, system prompt) -> TextCond, across jobs of the run
         self.lora_report: list[str] = []
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The DiT's dtype (what the sampler feeds it)."""
+        return self.precision.dit
+
+    def _guard(self, what: str, paths: tuple, kind: str):
+        """Say what loads; an out-of-memory failure inside names the model and its file(s)."""
+        self.sink.message(f"Loading {what} {', '.join(str(p) for p in paths)}")
+        names = ", ".join(Path(str(p)).name for p in paths)
+        return oom_guard(f"loading the {what} {names}", self.device, advice(kind, self.device, self.opts))
 
     # -- loading -------------------------------------------------------------------------------------------
     def vae(self):
@@ -46,20 +74,20 @@ class Models:
 
         if "vae" not in self._loaded:
             o = self.opts
-            self.sink.message(f"Loading VAE {o.vae}")
-            self._loaded["vae"] = load_vae(
-                o.vae, device=self.device, dtype=vae_dtype(self.device, self.dtype), chunk_size=o.vae_chunk_size,
-                spatial_tile_sample_min_size=o.vae_spatial_tile_sample_min_size, tiling=o.vae_tiling,
-            )
+            with self._guard("VAE", (o.vae,), "vae"):
+                self._loaded["vae"] = load_vae(
+                    o.vae, device=self.device, dtype=self.precision.vae, chunk_size=o.vae_chunk_size,
+                    spatial_tile_sample_min_size=o.vae_spatial_tile_sample_min_size, tiling=o.vae_tiling,
+                )
         return self._on_device("vae")
 
     def image_encoder(self):
         from framepack_cli.models.image_encoder import load_image_encoder
 
         if "image_encoder" not in self._loaded:
-            self.sink.message(f"Loading image encoder {self.opts.image_encoder}")
-            self._loaded["image_encoder"] = load_image_encoder(self.opts.image_encoder, device=self.device,
-                                                               dtype=self.dtype)
+            with self._guard("image encoder", (self.opts.image_encoder,), "image_encoder"):
+                self._loaded["image_encoder"] = load_image_encoder(self.opts.image_encoder, device=self.device,
+                                                                   dtype=self.precision.image_encoder)
         return self._on_device("image_encoder")
 
     def text(self):
@@ -68,10 +96,11 @@ class Models:
 
         if "text" not in self._loaded:
             o = self.opts
-            self.sink.message(f"Loading text encoders {o.text_encoder1}, {o.text_encoder2}")
-            tok1, tok2 = load_tokenizers(o.text_encoder1, o.text_encoder2, o.tokenizer1, o.tokenizer2)
-            te1 = load_text_encoder1(o.text_encoder1, device=self.device, dtype=self.dtype, fp8=o.fp8_llm)
-            te2 = load_text_encoder2(o.text_encoder2, device=self.device, dtype=self.dtype)
+            dtype = self.precision.text_encoder
+            with self._guard("text encoders", (o.text_encoder1, o.text_encoder2), "text"):
+                tok1, tok2 = load_tokenizers(o.text_encoder1, o.text_encoder2, o.tokenizer1, o.tokenizer2)
+                te1 = load_text_encoder1(o.text_encoder1, device=self.device, dtype=dtype, fp8=o.fp8_llm)
+                te2 = load_text_encoder2(o.text_encoder2, device=self.device, dtype=dtype)
             self._loaded["text"] = (te1, tok1, te2, tok2)
         return self._on_device("text")
 
@@ -80,20 +109,25 @@ class Models:
 
         if "dit" not in self._loaded:
             o = self.opts
-            self.sink.message(f"Loading DiT {o.dit}")
             kwargs = {}
             if o.lora_weight:
                 from framepack_cli.engine.loras import lora_specs_from_options
 
                 kwargs["loras"] = lora_specs_from_options(o)
                 kwargs["lora_verbose"] = o.verbose
-            dit = load_dit(o.dit, device=self.device, dtype=self.dtype, attn_mode=o.attn_mode,
-                           rope_scaling_timestep_threshold=o.rope_scaling_timestep_threshold,
-                           rope_scaling_factor=o.rope_scaling_factor, **kwargs)
+            with self._guard("DiT", (o.dit,), "dit"):
+                dit = load_dit(o.dit, device=self.device, dtype=self.precision.dit, attn_mode=o.attn_mode,
+                               rope_scaling_timestep_threshold=o.rope_scaling_timestep_threshold,
+                               rope_scaling_factor=o.rope_scaling_factor, **kwargs)
             for line in getattr(dit, "lora_report", None) or []:
                 self.sink.message(line)
             self._loaded["dit"] = dit
         return self._on_device("dit")
+
+    def remember_text(self, key, cond) -> None:
+        if len(self.text_cache) >= TEXT_MEMO:
+            self.text_cache.pop(next(iter(self.text_cache)))
+        self.text_cache[key] = cond
 
     # -- placement -----------------------------------------------------------------------------------------
     def _on_device(self, name: str):
@@ -108,10 +142,10 @@ class Models:
         return m
 
     def release(self, name: str) -> None:
-        """Done with a model for now: delete it, or park it on the CPU when `keep` is set."""
+        """Done with a model for now: park it on the CPU when it is in `keep`, else delete it."""
         if name not in self._loaded:
             return
-        if self.keep:
+        if name in self.keep:
             if self.device.type == "cuda":
                 m = self._loaded[name]
                 for mod in m if isinstance(m, tuple) else (m,):

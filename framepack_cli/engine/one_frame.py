@@ -17,6 +17,7 @@ from framepack_cli.engine.generate import LATENT_CHANNELS, to_device
 from framepack_cli.engine.input_notes import BLACK_SIGLIP, image_notes
 from framepack_cli.engine.pipeline import Conditioning
 from framepack_cli.engine.progress import ProgressSink
+from framepack_cli.engine.resources import advice, oom_guard
 from framepack_cli.engine.writing import run_metadata
 from framepack_cli.models.text_encoders import positive_prompt
 from framepack_cli.options.sections import parse_section_values
@@ -163,7 +164,8 @@ class OneFrameJob:
         sigmas = flow_sigmas(o.infer_steps, flow_mu(noisy_token_count(1, lh, lw), o.flow_shift))
         sink.start_sections(1)
         sink.start_section(0, 1, "one frame")
-        out = sample_unipc(model_fn, noise.to(device), sigmas,
-                           callback=lambda d: sink.step(d["i"] + 1, o.infer_steps)).float().cpu()
+        with oom_guard(f"sampling the frame at {height}x{width}", device, advice("sampling", device, o)):
+            out = sample_unipc(model_fn, noise.to(device), sigmas,
+                               callback=lambda d: sink.step(d["i"] + 1, o.infer_steps)).float().cpu()
         sink.end_section()
         return out[0].contiguous()

@@ -5,13 +5,16 @@
 3. DiT: sample every job;
 4. decode and write every job's outputs.
 
-A job that fails (a user error: bad image, bad prompt syntax) is reported with its label and the others go
-on; the caller decides the exit code from the failures.
+A job that fails (a user error: bad image, bad prompt syntax; out of memory while encoding its images,
+sampling or decoding) is reported with its label and the others go on; the caller decides the exit code
+from the failures. Out of memory is one line naming the phase (`framepack_cli.engine.resources.oom_guard`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -19,6 +22,7 @@ import torch
 from framepack_cli.engine.denoiser import TextCond
 from framepack_cli.engine.models import Models
 from framepack_cli.engine.progress import ProgressSink
+from framepack_cli.engine.resources import advice, oom_guard
 from framepack_cli.engine.writing import write_outputs
 from framepack_cli.errors import FramepackError
 
@@ -89,6 +93,15 @@ def warn_long_prompts(jobs: list[Job], models: Models, sink: ProgressSink) -> No
             sink.message(f"{job.label}: {note}" if job.label else note)
 
 
+def with_dtypes(meta: dict[str, str] | None, models: Models) -> dict[str, str] | None:
+    """Add each model's dtype to the `framepack` settings JSON of the metadata (`"dtypes": {"dit": ...}`)."""
+    if not meta or "framepack" not in meta:
+        return meta
+    settings = json.loads(meta["framepack"])
+    settings["dtypes"] = models.precision.names()
+    return {**meta, "framepack": json.dumps(settings, sort_keys=True)}
+
+
 def run_jobs(jobs: list[Job], models: Models, sink: ProgressSink, *, report_errors: bool = True) -> list[JobResult]:
     """Run `jobs` through the four phases; see the module docstring.
 
@@ -131,6 +144,7 @@ def run_jobs(jobs: list[Job], models: Models, sink: ProgressSink, *, report_erro
                 load_image(path)[0], w, h)
         return rgb_cache[key]
 
+    dev = models.device
     if any(job.vae_images() for job in jobs):
         vae = models.vae()
         for i in list(alive):
@@ -140,7 +154,9 @@ def run_jobs(jobs: list[Job], models: Models, sink: ProgressSink, *, report_erro
                     key = (p, h, w)
                     if key not in lat_cache:
                         pixels = torch.zeros(1, 3, 1, h, w) if p is None else to_pixels(rgb(p, h, w))
-                        lat_cache[key] = vae_encode(vae, pixels).float().cpu()
+                        shown = Path(p).name if p else "a blank start image"
+                        with oom_guard(f"VAE-encoding {shown} at {h}x{w}", dev, advice("vae", dev, jobs[i].opts)):
+                            lat_cache[key] = vae_encode(vae, pixels).float().cpu()
                     conds[i].latents[p] = lat_cache[key]
             except FramepackError as e:
                 _fail(results[i], e, sink)
@@ -154,7 +170,8 @@ def run_jobs(jobs: list[Job], models: Models, sink: ProgressSink, *, report_erro
             try:
                 for p in dict.fromkeys(jobs[i].siglip_images()):
                     if (p, h, w) not in emb_cache:
-                        emb_cache[(p, h, w)] = encode_image(enc, rgb(p, h, w)).float().cpu()
+                        with oom_guard("encoding images with the image encoder", dev, advice("image_encoder", dev)):
+                            emb_cache[(p, h, w)] = encode_image(enc, rgb(p, h, w)).float().cpu()
                     conds[i].embeddings[p] = emb_cache[(p, h, w)]
             except FramepackError as e:
                 _fail(results[i], e, sink)
@@ -163,25 +180,32 @@ def run_jobs(jobs: list[Job], models: Models, sink: ProgressSink, *, report_erro
         models.release("image_encoder")
     rgb_cache.clear()
 
-    # 2. text ---------------------------------------------------------------------------------------------
-    if alive:
+    # 2. text: every distinct (prompt, system prompt) once per run; the text encoders load only when one is new
+    wanted: dict[int, list[tuple[str, str | None]]] = {}
+    for i in alive:
+        o = jobs[i].opts
+        keys = [(p, o.custom_system_prompt) for p in jobs[i].prompts()]
+        if o.guidance_scale != 1.0:
+            keys.append((o.negative_prompt or "", o.custom_system_prompt))
+        wanted[i] = keys
+    needed = dict.fromkeys(k for keys in wanted.values() for k in keys)
+    texts = {k: models.text_cache[k] for k in needed if k in models.text_cache}
+    new = [k for k in needed if k not in texts]
+    if new:
         te1, tok1, te2, tok2 = models.text()
-        text_cache: dict[tuple[str, str | None], TextCond] = {}
-
-        def encode(p: str, system: str | None) -> TextCond:
-            if (p, system) not in text_cache:
+        with oom_guard("encoding the prompts with the text encoders", dev, advice("text", dev, models.opts)):
+            for p, system in new:
                 vec, mask, pooler = encode_prompt(p, te1, tok1, te2, tok2, custom_system_prompt=system)
-                text_cache[(p, system)] = TextCond(vec.float(), mask, pooler.float())
-            return text_cache[(p, system)]
-
-        for i in alive:
-            o = jobs[i].opts
-            for p in jobs[i].prompts():
-                conds[i].texts[p] = encode(p, o.custom_system_prompt)
-            if o.guidance_scale != 1.0:
-                conds[i].negative = encode(o.negative_prompt or "", o.custom_system_prompt)
+                texts[(p, system)] = TextCond(vec.float(), mask, pooler.float())
+                models.remember_text((p, system), texts[(p, system)])
         del te1, te2
         models.release("text")
+    for i in alive:
+        o = jobs[i].opts
+        for p in jobs[i].prompts():
+            conds[i].texts[p] = texts[(p, o.custom_system_prompt)]
+        if o.guidance_scale != 1.0:
+            conds[i].negative = texts[(o.negative_prompt or "", o.custom_system_prompt)]
 
     # 3. sampling -----------------------------------------------------------------------------------------
     if alive:
@@ -205,8 +229,9 @@ def run_jobs(jobs: list[Job], models: Models, sink: ProgressSink, *, report_erro
     for i in alive:
         job, res = jobs[i], results[i]
         try:
-            res.files = write_outputs(job.opts, res.latent, job.seed, job.metadata(res.latent), vae=models.vae,
-                                      sink=sink, one_frame=job.one_frame)
+            with oom_guard("in VAE decode", dev, advice("decode", dev, job.opts)):
+                res.files = write_outputs(job.opts, res.latent, job.seed, with_dtypes(job.metadata(res.latent), models),
+                                          vae=models.vae, sink=sink, one_frame=job.one_frame)
         except FramepackError as e:
             _fail(res, e, sink)
     return results

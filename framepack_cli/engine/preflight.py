@@ -3,7 +3,8 @@
 Loading the real text encoder takes minutes and 16 GB; a DiT passed as `--vae` must not be found out
 after that. So before the first model loads: every model file is what its flag expects, the models fit
 together (the DiT's text / pooled / image widths equal the encoders' hidden sizes), the attention kernel
-imports, and every input image decodes.
+takes the DiT's dtype and imports, and every input image decodes. The headers read here also give the
+memory check (`framepack_cli.engine.resources`) the size of every model.
 """
 
 from __future__ import annotations
@@ -42,8 +43,11 @@ def _width(infos: dict[str, TensorInfo], prefix: str, names: tuple[str, ...], ax
     return None
 
 
-def check_models(opts, kinds: tuple[str, ...] | None = None) -> None:
+def check_models(opts, kinds: tuple[str, ...] | None = None) -> dict[str, tuple[str, dict[str, TensorInfo], str]]:
     """Each given model file is of the right kind, and the DiT matches the encoders' widths.
+
+    Returns:
+        `{kind: (path, header infos, key prefix)}` of every model checked.
 
     Raises:
         FramepackError / ModelFormatError: one line naming the flag, the file and the problem.
@@ -57,7 +61,7 @@ def check_models(opts, kinds: tuple[str, ...] | None = None) -> None:
         det = expect_kind(path, infos, kind, f"--{field}")
         found[kind] = (path, infos, det.prefix)
     if "dit" not in found:
-        return
+        return found
     from framepack_cli.models.transformer import infer_dit_config
 
     dit_path, dit_infos, _ = found["dit"]
@@ -79,6 +83,7 @@ def check_models(opts, kinds: tuple[str, ...] | None = None) -> None:
                 f"{flag}: {path} has hidden size {width}, but the DiT {dit_path} expects {cfg[key]} ({key}); "
                 "these models do not belong together"
             )
+    return found
 
 
 def check_images(paths: list[str | None]) -> None:
@@ -87,6 +92,22 @@ def check_images(paths: list[str | None]) -> None:
 
     for p in dict.fromkeys(p for p in paths if p):
         load_image(p)
+
+
+# Kernels that take only half-precision inputs (flash-attn and SageAttention refuse float32 tensors).
+HALF_ONLY_ATTENTION = {"flash": "FlashAttention", "sageattn": "SageAttention"}
+
+
+def check_attention_dtype(attn_mode: str, dtype, source: str) -> None:
+    """A half-precision-only kernel with a float32 DiT is refused here, not at the first attention call.
+
+    Args:
+        dtype: the DiT's dtype; source: how it was chosen (`--dtype auto on cpu`), for the message.
+    """
+    name = HALF_ONLY_ATTENTION.get(attn_mode)
+    if name is not None and str(dtype) == "torch.float32":
+        raise FramepackError(f"--attn_mode {attn_mode}: {name} runs in float16 or bfloat16 only, but the DiT runs "
+                             f"in float32 ({source}); use --attn_mode sdpa, or --dtype bfloat16 on a GPU")
 
 
 def check_attention(attn_mode: str) -> None:
@@ -110,8 +131,16 @@ def job_images(opts) -> list[str | None]:
     return out
 
 
-def preflight(opts) -> None:
-    """All checks for a generation run (the batch lines' images are checked when each line is read)."""
-    check_models(opts)
+def preflight(opts, device, precision) -> dict[str, tuple[str, dict[str, TensorInfo], str]]:
+    """All checks for a generation run (the batch lines' images are checked when each line is read).
+
+    Returns:
+        `check_models`' headers, for the memory check.
+    """
+    from framepack_cli.engine.precision import dtype_source
+
+    found = check_models(opts)
+    check_attention_dtype(opts.attn_mode, precision.dit, dtype_source(opts, "dit", device))
     check_attention(opts.attn_mode)
     check_images(job_images(opts))
+    return found

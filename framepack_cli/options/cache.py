@@ -1,7 +1,9 @@
 """Options of `framepack cache latents` and `framepack cache text`.
 
 Every option of the reference caching scripts (musubi-tuner `fpack_cache_latents.py` and
-`fpack_cache_text_encoder_outputs.py`, same names and defaults) plus ours (`--dtype`, `--tokenizer1/2`).
+`fpack_cache_text_encoder_outputs.py`, same names and defaults) plus ours (`--image_encoder_dtype`,
+`--text_encoder_dtype`, `--tokenizer1/2`). Each model's dtype: the table of `framepack_cli.engine.precision`
+(auto), or its own flag (`--vae_dtype` takes any dtype here; the reference refuses every value).
 Cross-field rules run here, before any model loads, and name the flags in their messages.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import model_validator
 
 from framepack_cli.options.base import OptionsBase, check_file
 from framepack_cli.options.generate import F
@@ -24,6 +26,7 @@ DEBUG = "Debug preview"
 
 DTYPES = Literal["auto", "float32", "bfloat16", "float16"]
 
+# `framepack train` still accepts --vae_dtype only as the reference's no-op float16 (its trainer is not built).
 VAE_DTYPE_MESSAGE = (
     "FramePack's VAE always encodes in float16 (the reference refuses any other --vae_dtype and its caches are "
     "float16); leave it unset, or pick the compute dtype with --dtype"
@@ -74,13 +77,13 @@ class CacheLatentsOptions(OptionsBase):
 
     # --- models
     vae: str | None = F(None, "VAE weights: file or directory.", panel=MODELS, required="unless --debug_mode")
-    vae_dtype: str | None = F(None, "Accepted only as 'float16' for compatibility: FramePack's VAE always encodes "
-                              "in float16 (use --dtype instead).", panel=MODELS)
+    vae_dtype: DTYPES = F("auto", "VAE dtype, also the dtype the latents are stored in: auto = float16 on CUDA "
+                          "(the reference's caches), float32 on CPU. The key suffixes name it; trainers strip them.",
+                          panel=MODELS)
     image_encoder: str | None = F(None, "SigLIP image encoder: file or directory.", panel=MODELS,
                                   required="unless --debug_mode")
-    dtype: DTYPES = F("auto", "Compute and storage dtype of the VAE and SigLIP outputs: auto = float16 on CUDA "
-                      "(the reference's caches), float32 on CPU. The key suffixes name it; trainers strip them.",
-                      panel=MODELS)
+    image_encoder_dtype: DTYPES = F("auto", "SigLIP dtype, also the dtype its embeddings are stored in: auto = "
+                                    "float16 on CUDA (the reference's caches), float32 on CPU.", panel=MODELS)
     device: str | None = F(None, "Device (default: cuda if available, else cpu).", panel=MODELS)
     disable_cudnn_backend: bool = F(False, "Disable cuDNN (torch.backends.cudnn.enabled = False).", panel=MODELS)
 
@@ -109,11 +112,6 @@ class CacheLatentsOptions(OptionsBase):
     console_num_images: int | None = F(None, "Console preview: show this many items per dataset without waiting "
                                        "for keys (--debug_mode, not built yet).", panel=DEBUG, ge=1)
 
-    @field_validator("vae_dtype")
-    @classmethod
-    def _vae_dtype(cls, v: str | None) -> str | None:
-        return check_vae_dtype(v)
-
     @model_validator(mode="after")
     def _cross(self):
         errs = check_dataset_config(self.dataset_config)
@@ -132,8 +130,6 @@ class CacheLatentsOptions(OptionsBase):
                 check_file(getattr(self, name), f"--{name}")
             except ValueError as e:
                 errs.append(str(e))
-        if self.vae_dtype == "float16" and self.dtype not in ("auto", "float16"):
-            errs.append(f"--vae_dtype float16 conflicts with --dtype {self.dtype}; drop one of them")
         if errs:
             raise ValueError("\n".join(errs))
         return self
@@ -165,8 +161,8 @@ class CacheTextOptions(OptionsBase):
                                "HF cache).", panel=MODELS)
     fp8_llm: bool = F(False, "Store the LLaMA text encoder in fp8 (less memory, slightly different caches).",
                       panel=MODELS)
-    dtype: DTYPES = F("auto", "Compute and storage dtype of the text encoders: auto = float16 on CUDA (the "
-                      "reference's caches), float32 on CPU.", panel=MODELS)
+    text_encoder_dtype: DTYPES = F("auto", "LLaMA and CLIP-L dtype, also the dtype their outputs are stored in: "
+                                   "auto = float16 on CUDA (the reference's caches), float32 on CPU.", panel=MODELS)
     device: str | None = F(None, "Device (default: cuda if available, else cpu).", panel=MODELS)
 
     @model_validator(mode="after")

@@ -35,6 +35,10 @@ BATCH = "Batch and interactive"
 
 MAX_BLOCKS_TO_SWAP = 38
 NO_GENERATION = "--latent_path or --save_merged_model"  # the runs that decode or merge instead of generating
+# Sanity bounds of `--force` (engine/resources.py enforces them): no real run comes near them.
+MAX_SECTIONS, MAX_WINDOW, MAX_SIDE, MAX_STEPS = 1000, 64, 4096, 1000
+
+DTYPE = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 def F(default=None, description: str = "", **kw):  # noqa: N802 - short field helper
@@ -179,8 +183,18 @@ class GenerateOptions(OptionsBase):
         None, "Masks of the control images, in order (255 keep, 0 drop).", variadic=True, panel=ONE_FRAME)
 
     # --- speed and memory
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = F(
-        "auto", "Compute dtype: auto = bfloat16 on CUDA, float32 on CPU.", panel=PERF)
+    dtype: DTYPE = F(
+        "auto", "DiT dtype: auto = bfloat16 on CUDA (as trained and as the reference), float32 on CPU. float16 "
+        "works but warns: the model was trained in bfloat16.", panel=PERF)
+    vae_dtype: DTYPE = F("auto", "VAE dtype: auto = float16 on CUDA (as the reference), float32 on CPU.", panel=PERF)
+    text_encoder_dtype: DTYPE = F(
+        "auto", "LLaMA and CLIP-L dtype: auto = float16 on CUDA (as the reference), float32 on CPU.", panel=PERF)
+    image_encoder_dtype: DTYPE = F(
+        "auto", "SigLIP image encoder dtype: auto = float16 on CUDA (as the reference), float32 on CPU.", panel=PERF)
+    force: bool = F(
+        False, f"Run requests past the sanity bounds (more than {MAX_SECTIONS} sections, --latent_window_size above "
+        f"{MAX_WINDOW}, a --video_size side above {MAX_SIDE}, more than {MAX_STEPS} --infer_steps) and past the "
+        "CPU RAM estimate. The GPU memory check always applies.", panel=PERF)
     device: str | None = F(None, "Device (default: cuda if available, else cpu).", panel=PERF)
     attn_mode: Literal["torch", "sdpa", "flash", "sageattn", "xformers"] = F(
         "torch", "Attention kernel (torch and sdpa are the same).", panel=PERF)
@@ -232,7 +246,11 @@ class GenerateOptions(OptionsBase):
     # --- batch / interactive
     from_file: str | None = F(None, "Prompt file: one job per line with inline --w --h --f --d --s --g --i ...",
                               panel=BATCH)
-    interactive: bool = F(False, "Read prompts from the console (Ctrl-D exits).", panel=BATCH)
+    interactive: bool = F(False, "Read prompts from the console (Ctrl-D exits). Keeps the DiT, VAE and image "
+                          "encoder loaded between prompts; the text encoders load again for a new prompt.",
+                          panel=BATCH)
+    keep_models: bool = F(False, "--interactive: keep the text encoders loaded too (about 16 GB more RAM with the "
+                          "real LLaMA; no reload for new prompts).", panel=BATCH)
 
     # ---------------------------------------------------------------------------------------------------------
     @field_validator("video_size")
@@ -295,6 +313,8 @@ def _cross_checks(o: GenerateOptions) -> list[str]:
     errs: list[str] = []
     if o.from_file and o.interactive:
         errs.append("--from_file and --interactive cannot be combined; pick one")
+    if o.keep_models and not o.interactive:
+        errs.append("--keep_models applies to --interactive only (other runs load each model once anyway)")
     decode_only = bool(o.latent_path)
     if not decode_only and not o.save_merged_model and not (o.prompt is not None or o.from_file or o.interactive):
         errs.append("--prompt is required (or --from_file / --interactive, or --latent_path to decode saved latents)")

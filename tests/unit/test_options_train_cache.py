@@ -236,9 +236,10 @@ def test_train_reference_defaults(files, captured, capsys):
 def test_cache_reference_defaults(files, captured, capsys):
     o = parse(["cache", "latents", *latents_line(files)], captured, capsys)
     assert o.console_width == 80 and o.batch_size is None and o.num_workers is None and o.debug_mode is None
-    assert o.vae_chunk_size == 32 and not o.f1 and not o.one_frame and o.dtype == "auto"
+    assert o.vae_chunk_size == 32 and not o.f1 and not o.one_frame
+    assert o.vae_dtype == o.image_encoder_dtype == "auto"
     t = parse(["cache", "text", *text_line(files)], captured, capsys)
-    assert t.batch_size == 16 and not t.fp8_llm and t.tokenizer1 is None
+    assert t.batch_size == 16 and not t.fp8_llm and t.tokenizer1 is None and t.text_encoder_dtype == "auto"
 
 
 @pytest.mark.parametrize("underscore,dash,field,value", [
@@ -319,12 +320,9 @@ def test_cache_latents_cross_rules(files, capsys):
     assert_errors(["cache", "latents", "--dataset_config", files["toml"]], capsys,
                   "--vae: required to cache latents (only --debug_mode runs without models)",
                   "--image_encoder: required to cache latents (only --debug_mode runs without models)")
-    assert_errors([*base, "--vae_dtype", "float16", "--dtype", "bfloat16"], capsys,
-                  "--vae_dtype float16 conflicts with --dtype bfloat16; drop one of them")
-    assert_errors([*base, "--vae_dtype", "bfloat16"], capsys,
-                  "--vae_dtype: FramePack's VAE always encodes in float16 (the reference refuses any other "
-                  "--vae_dtype and its caches are float16); leave it unset, or pick the compute dtype with --dtype "
-                  "(got 'bfloat16')")
+    assert_errors([*base, "--vae_dtype", "float8"], capsys,
+                  "Invalid value for '--vae_dtype': 'float8' is not one of 'auto', 'float32', 'bfloat16', "
+                  "'float16'. (see `framepack cache latents --help`)")
 
 
 def test_cache_debug_mode_needs_no_models(files, capsys):
@@ -511,8 +509,8 @@ def test_download_not_built(tmp_path, capsys):
     ("train", ["--dataset_config", "--sdpa", "--flash3", "--optimizer_args", "--network_module", "--fp8_scaled",
                "--blocks_to_swap", "--sample_prompts", "--huggingface_repo_id", "--config_file", "Timesteps"]),
     ("cache latents", ["--dataset_config", "--vae", "--image_encoder", "--one_frame_no_4x", "--debug_mode",
-                       "--vae_chunk_size", "--dtype"]),
-    ("cache text", ["--text_encoder1", "--text_encoder2", "--fp8_llm", "--tokenizer1"]),
+                       "--vae_chunk_size", "--vae_dtype", "--image_encoder_dtype"]),
+    ("cache text", ["--text_encoder1", "--text_encoder2", "--fp8_llm", "--tokenizer1", "--text_encoder_dtype"]),
     ("lora merge", ["--lora_weight", "--overwrite"]),
     ("download", ["--dir"]),
 ])
