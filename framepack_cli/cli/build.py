@@ -15,19 +15,12 @@ from collections.abc import Callable
 from typing import Any, Optional, Union, get_args, get_origin
 
 import typer
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from framepack_cli.errors import FramepackError
-
-
-class OptionsError(FramepackError):
-    """Validation failed; one line per problem, all of them at once."""
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = lines
+# OptionsError is imported from here by engine.generate until it imports framepack_cli.options.validation itself.
+from framepack_cli.options.validation import OptionsError, validate  # noqa: F401
 
 
 def field_cli(field: FieldInfo) -> dict[str, Any]:
@@ -80,37 +73,6 @@ def _typer_param(name: str, field: FieldInfo) -> tuple[Any, Any]:
     if field.is_required():
         kwargs["help"] = (help_text + " \\[required]").strip()
     return annotation, typer.Option(None, *names, **kwargs)
-
-
-def render_validation_error(err: ValidationError) -> list[str]:
-    """One line per error: `--flag: message (got value)`; cross-field messages name their flags themselves."""
-    lines = []
-    for e in err.errors():
-        msg = e["msg"]
-        for prefix in ("Value error, ", "Assertion failed, "):
-            if msg.startswith(prefix):
-                msg = msg[len(prefix):]
-        loc = [str(p) for p in e.get("loc", ())]
-        if msg.startswith("--") or not loc:
-            lines.append(msg)
-            continue
-        flag = "--" + loc[0]
-        if e["type"] == "missing":
-            lines.append(f"{flag}: required option is missing")
-        elif e["type"] == "extra_forbidden":
-            lines.append(f"{flag}: unknown option")
-        else:
-            got = e.get("input")
-            lines.append(f"{flag}: {msg} (got {got!r})" if not isinstance(got, dict) else f"{flag}: {msg}")
-    return lines
-
-
-def validate(options_cls: type[BaseModel], values: dict[str, Any]) -> BaseModel:
-    """Build the options model, turning pydantic's errors into one `OptionsError`."""
-    try:
-        return options_cls(**values)
-    except ValidationError as e:
-        raise OptionsError(render_validation_error(e)) from None
 
 
 def make_command(
