@@ -15,6 +15,7 @@ No torch import happens here: `framepack --help` must stay fast. Runners are imp
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -53,13 +54,31 @@ def _runner(spec: CommandSpec) -> Callable[[Any], Any]:
     def run(opts: Any) -> Any:
         module, _, func = spec.runner.partition(":")
         try:
-            return getattr(importlib.import_module(module), func)(opts)
+            return call_runner(getattr(importlib.import_module(module), func), opts)
         except KeyboardInterrupt:
             # click would print a blank line and `Aborted!`; the runners that track their work raise
             # `Interrupted` with a better line themselves.
             raise Interrupted("Interrupted") from None
 
     return run
+
+
+def call_runner(fn: Callable[..., Any], opts: Any) -> Any:
+    """Call an engine entry point with its validated options.
+
+    An entry point that reports progress takes a `sink` parameter: it gets the terminal's `RichProgress`
+    (progress bars and messages on stderr, results on stdout), closed here when the run ends however it
+    ends. The others are called with the options only.
+    """
+    if "sink" not in inspect.signature(fn).parameters:
+        return fn(opts)
+    from framepack_cli.cli.render import RichProgress
+
+    sink = RichProgress()
+    try:
+        return fn(opts, sink=sink)
+    finally:
+        sink.close()
 
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": MAX_HELP_WIDTH}

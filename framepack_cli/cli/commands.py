@@ -16,7 +16,7 @@ from pydantic import BaseModel
 class CommandSpec:
     path: tuple[str, ...]
     options: str  # "module:Class"
-    runner: str  # "module:function", called with the validated options
+    runner: str  # "module:function", called with the validated options (and the progress sink, if it takes `sink`)
     help: str
     epilog: str | None = None
     group_help: str | None = None  # help of the parent group (first spec of a group sets it)
@@ -72,12 +72,12 @@ COMMANDS: tuple[CommandSpec, ...] = (
     ),
     CommandSpec(
         ("cache", "latents"), "framepack_cli.options.cache:CacheLatentsOptions",
-        "framepack_cli.engine.cache:run_latents",
+        "framepack_cli.engine.cache_latents:run_latents",
         "VAE-encode a dataset into FramePack latent caches (video sections, --f1, or --one_frame images).",
         epilog=CACHE_LATENTS_EPILOG, group_help=CACHE_HELP,
     ),
     CommandSpec(
-        ("cache", "text"), "framepack_cli.options.cache:CacheTextOptions", "framepack_cli.engine.cache:run_text",
+        ("cache", "text"), "framepack_cli.options.cache:CacheTextOptions", "framepack_cli.engine.cache_text:run_text",
         "Encode every caption of a dataset with LLaMA and CLIP-L into FramePack text caches.",
         epilog=CACHE_TEXT_EPILOG, group_help=CACHE_HELP,
     ),

@@ -1,12 +1,7 @@
-"""FramePack cache files: names, tensor keys, metadata, crash-safe writes and compatibility checks.
+"""FramePack cache files: tensor keys, metadata, crash-safe writes and compatibility checks.
 
-Names and keys are the reference trainer's (training.md §2.2-§2.3, §3.3), so caches written here and by
-musubi-tuner are interchangeable:
-
-* image / one-frame: `<stem>_<W:04d>x<H:04d>_fp.safetensors` (W x H = the image's original size);
-* video section: `<stem>_<start:05d>-<length:03d>-<section:04d>_<W:04d>x<H:04d>_fp.safetensors`
-  (length = the untrimmed crop length, W x H = the bucket size);
-* text encoder: `<stem>_fp_te.safetensors`.
+Keys are the reference trainer's (training.md §2.2-§2.3, §3.3), so caches written here and by musubi-tuner
+are interchangeable; file names are in `plan.cache_names`.
 
 On top of the reference metadata (`architecture`, `width`, `height`, `format_version`, `frame_count`;
 text caches: `architecture`, `caption1`, `format_version`) our caches record, under `framepack_cli.*` keys,
@@ -24,8 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,10 +30,7 @@ if TYPE_CHECKING:
     import torch
 
 ARCHITECTURE = "framepack"
-ARCH_SHORT = "fp"
 FORMAT_VERSION = "1.0.1"
-LATENT_SUFFIX = f"_{ARCH_SHORT}.safetensors"
-TEXT_SUFFIX = f"_{ARCH_SHORT}_te.safetensors"
 META_PREFIX = "framepack_cli."
 TEMP_SUFFIX = ".framepack-tmp"
 VERSION_KEY = META_PREFIX + "version"  # the writer tag: present only in files framepack wrote
@@ -52,84 +42,6 @@ SETTING_KEYS = (
     "one_frame_no_2x", "one_frame_no_4x",
 )
 MODES = ("vanilla", "f1", "one_frame")
-
-# Test hook (used by tests/integration/test_cache_resume.py): "N" = SIGKILL this process right after the
-# N-th cache file of the run is committed; "N:partial" = SIGKILL it half-way through writing the N-th
-# file's temporary copy. Lets a test kill a run at a deterministic point instead of racing a timer.
-KILL_ENV = "FRAMEPACK_CACHE_KILL_AFTER"
-_written = 0
-
-
-# --------------------------------------------------------------------------------------------------
-# Names
-# --------------------------------------------------------------------------------------------------
-
-
-def image_cache_name(stem: str, width: int, height: int) -> str:
-    """Cache file name of an image (one-frame) item; `width x height` is the original image size."""
-    return f"{stem}_{width:04d}x{height:04d}{LATENT_SUFFIX}"
-
-
-def crop_stem(video_stem: str, start: int, length: int) -> str:
-    """Item key of a video crop: `<stem>_<start:05d>-<length:03d>`."""
-    return f"{video_stem}_{start:05d}-{length:03d}"
-
-
-def section_cache_name(video_stem: str, start: int, length: int, section: int, width: int, height: int) -> str:
-    """Cache file name of one section of a video crop; `width x height` is the bucket size."""
-    return f"{crop_stem(video_stem, start, length)}-{section:04d}_{width:04d}x{height:04d}{LATENT_SUFFIX}"
-
-
-def text_cache_name(stem: str) -> str:
-    """Text-encoder cache file name of an image or source video."""
-    return f"{stem}{TEXT_SUFFIX}"
-
-
-@dataclass(frozen=True)
-class CacheName:
-    """A latent cache file name taken apart the way the reference trainer does (from the right).
-
-    Attributes:
-        item_key: stem shared with the text cache (`<item_key>_fp_te.safetensors`).
-        width: recorded width.
-        height: recorded height.
-        start: crop start (video caches only).
-        length: crop length (video caches only).
-        section: section index (video caches only).
-    """
-
-    item_key: str
-    width: int
-    height: int
-    start: int | None = None
-    length: int | None = None
-    section: int | None = None
-
-
-_SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
-_CROP_RE = re.compile(r"^(\d+)-(\d+)(?:-(\d+))?$")
-
-
-def parse_cache_name(name: str, video: bool) -> CacheName:
-    """Parse a latent cache file name (`video` says whether the dataset is a video dataset).
-
-    Raises:
-        FramepackError: not a FramePack latent cache name.
-    """
-    if not name.endswith(LATENT_SUFFIX):
-        raise FramepackError(f"{name}: not a FramePack latent cache name (expected *{LATENT_SUFFIX})")
-    tokens = name[: -len(LATENT_SUFFIX)].split("_")
-    size = _SIZE_RE.match(tokens[-1]) if len(tokens) >= 2 else None
-    if size is None:
-        raise FramepackError(f"{name}: no <W>x<H> size token before {LATENT_SUFFIX}")
-    w, h = int(size.group(1)), int(size.group(2))
-    if not video:
-        return CacheName("_".join(tokens[:-1]), w, h)
-    crop = _CROP_RE.match(tokens[-2]) if len(tokens) >= 3 else None
-    if crop is None:
-        raise FramepackError(f"{name}: no <start>-<length>[-<section>] token in a video cache name")
-    section = int(crop.group(3)) if crop.group(3) is not None else None
-    return CacheName("_".join(tokens[:-2]), w, h, int(crop.group(1)), int(crop.group(2)), section)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -296,14 +208,6 @@ def replace_nans(tensors: dict[str, torch.Tensor]) -> list[str]:
     return bad
 
 
-def _kill_point() -> tuple[int, bool] | None:
-    spec = os.environ.get(KILL_ENV)
-    if not spec:
-        return None
-    n, _, how = spec.partition(":")
-    return int(n), how == "partial"
-
-
 def save_cache_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
                     flag: str = "cache_directory") -> None:
     """Write a safetensors file atomically: temporary file in the same folder, fsync, rename.
@@ -316,18 +220,12 @@ def save_cache_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict
     """
     from safetensors.torch import save
 
-    global _written
     path = Path(path)
     data = save(tensors, metadata=metadata)
     tmp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
-    kill = _kill_point()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            if kill and kill[1] and _written + 1 == kill[0]:
-                f.write(data[: len(data) // 2])
-                f.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -336,9 +234,6 @@ def save_cache_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict
         with contextlib.suppress(OSError):  # e.g. the folder is below a file: nothing to clean up
             tmp.unlink()
         raise resource_error_for(e, flag, path) from None
-    _written += 1
-    if kill and not kill[1] and _written == kill[0]:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def remove_temp_files(directory: Path) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from framepack_cli.errors import FramepackError
-from framepack_cli.options.dataset import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_images, list_videos
+from framepack_cli.io.dataset_files import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_images, list_videos
 from framepack_cli.plan.frames import FRAMEPACK_FPS, fps_kept_frames
 
 __all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "ClipInfo", "iter_frames", "list_images", "list_videos",

@@ -8,8 +8,8 @@ command line (`--batch_size`), else the default. Unknown keys and wrong types ar
 `load_dataset_config` also finds every source (images, videos, frame folders, control images) and reads
 every caption, so that a missing folder, an image without a caption or a video without a control is
 reported before any model loads. All problems come back at once in one `FramepackError`, one line each,
-naming the config file, the dataset and the key. Pydantic and the standard library only (no torch):
-`--help` and validation stay instant.
+naming the config file, the dataset and the key. The files themselves are listed and read by
+`io.dataset_files`. Pydantic and the standard library only (no torch): `--help` and validation stay instant.
 
 Relative paths: the working directory first (as in the reference), then the file that names them. A path
 key of the config (`image_directory`, `video_directory`, `image_jsonl_file`, `video_jsonl_file`,
@@ -32,10 +32,19 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from framepack_cli.errors import FramepackError
+from framepack_cli.io.dataset_files import (
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    caption_file,
+    find_video_control,
+    list_images,
+    list_videos,
+    match_controls,
+    read_caption,
+    read_config_file,
+    read_jsonl,
+)
 from framepack_cli.plan.frames import FRAME_EXTRACTIONS, effective_extraction, round_target_frames
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".avif")
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".flv", ".wmv", ".m4v", ".mpg", ".mpeg")
 
 ASCENDABLE_KEYS = ("caption_extension", "batch_size", "num_repeats", "resolution", "enable_bucket", "bucket_no_upscale")
 DEFAULT_RESOLUTION = (960, 544)
@@ -44,16 +53,6 @@ DEPRECATED_KEYS = {
     "qwen_image_edit_no_resize_control": "no_resize_control",
     "qwen_image_edit_control_resolution": "control_resolution",
 }
-
-
-def list_images(directory: Path) -> list[Path]:
-    """Image files directly inside `directory` (not recursive), sorted by name."""
-    return sorted(p for p in Path(directory).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def list_videos(directory: Path) -> list[Path]:
-    """Video files directly inside `directory` (not recursive), sorted by name."""
-    return sorted(p for p in Path(directory).iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -277,28 +276,6 @@ class DatasetConfig:
 # --------------------------------------------------------------------------------------------------
 
 
-def _read_file(path: Path) -> Any:
-    suffix = path.suffix.lower()
-    if suffix not in (".toml", ".json"):
-        raise FramepackError(f"{path}: dataset config must be a .toml or .json file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FramepackError(f"{path}: dataset config not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise FramepackError(f"{path}: cannot read dataset config ({e})") from None
-    try:
-        if suffix == ".json":
-            return json.loads(text)
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10
-            import tomli as tomllib
-        return tomllib.loads(text)
-    except ValueError as e:  # TOMLDecodeError and JSONDecodeError are ValueErrors
-        raise FramepackError(f"{path}: invalid {suffix[1:].upper()} ({e})") from None
-
-
 def _rename_deprecated(table: dict, where: str, warnings: list[str]) -> dict:
     table = dict(table)
     for old, new in DEPRECATED_KEYS.items():
@@ -363,46 +340,6 @@ def _locate_output(value: str, base: Path, beside_base: bool) -> Path:
     return alt if beside_base else p
 
 
-def _read_caption(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def _match_controls(stem: str, pool: list[Path]) -> list[Path]:
-    """Controls of an image: `<stem>.<ext>` first, then `<stem>_<digits>.<ext>` by number."""
-    found = []
-    for p in pool:
-        if p.stem == stem:
-            found.append((-1, p.name, p))
-        elif p.stem.startswith(stem + "_") and p.stem[len(stem) + 1:].isdigit():
-            found.append((int(p.stem[len(stem) + 1:]), p.name, p))
-    return [p for _, _, p in sorted(found)]
-
-
-def _jsonl_lines(path: Path, errors: list[str], where: str) -> list[tuple[int, dict]]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        errors.append(f"{where}: cannot read {path} ({e})")
-        return []
-    out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            errors.append(f"{where}: {path} line {n}: invalid JSON ({e.msg})")
-            continue
-        if not isinstance(obj, dict):
-            errors.append(f"{where}: {path} line {n}: expected a JSON object")
-            continue
-        out.append((n, obj))
-    return out
-
-
 class _Ctx:
     """Collects error lines for one dataset in the loader's format."""
 
@@ -411,6 +348,13 @@ class _Ctx:
 
     def err(self, key: str, message: str) -> None:
         self.errors.append(f"{self.config}: {self.label}: {key}: {message}")
+
+
+def _jsonl_rows(c: _Ctx, key: str, jsonl: Path) -> list[tuple[int, dict]]:
+    rows, problems = read_jsonl(jsonl)
+    for problem in problems:
+        c.err(key, problem)
+    return rows
 
 
 def _captioned_files(c: _Ctx, key: str, directory: Path, lister, extensions, noun: str,
@@ -425,8 +369,8 @@ def _captioned_files(c: _Ctx, key: str, directory: Path, lister, extensions, nou
         return []
     out = []
     for f in files:
-        cap_path = f.with_name(f.stem + caption_ext)
-        caption = _read_caption(cap_path)
+        cap_path = caption_file(f, caption_ext)
+        caption = read_caption(cap_path)
         if caption is None:
             c.err("caption_extension", f"{f}: caption file {cap_path} not found or unreadable")
             continue
@@ -443,7 +387,7 @@ def _image_items(c: _Ctx, source: Path, from_jsonl: bool, control_dir: Path | No
                                              "image", caption_ext):
             controls: list[Path] = []
             if pool is not None:
-                controls = _match_controls(img.stem, pool)
+                controls = match_controls(img.stem, pool)
                 if not controls:
                     c.err("control_directory",
                           f"{img}: no control image {img.stem}.* or {img.stem}_<n>.* in {control_dir}")
@@ -456,7 +400,7 @@ def _image_items(c: _Ctx, source: Path, from_jsonl: bool, control_dir: Path | No
             items.append(ImageItem(img, caption, tuple(controls)))
         return items
     jsonl, base = source, source.parent
-    rows = _jsonl_lines(jsonl, c.errors, f"{c.config}: {c.label}: image_jsonl_file")
+    rows = _jsonl_rows(c, "image_jsonl_file", jsonl)
     has_control = any(any(k == "control_path" or k.startswith("control_path_") for k in obj) for _, obj in rows)
     for n, obj in rows:
         where = f"{jsonl} line {n}"
@@ -495,19 +439,6 @@ def _image_items(c: _Ctx, source: Path, from_jsonl: bool, control_dir: Path | No
     return items
 
 
-def _find_video_control(video: Path, control_dir: Path) -> Path | None:
-    same = control_dir / video.name
-    if same.exists():
-        return same
-    folder = control_dir / video.stem
-    if folder.is_dir():
-        return folder
-    for p in list_videos(control_dir):
-        if p.stem == video.stem:
-            return p
-    return None
-
-
 def _video_items(c: _Ctx, source: Path, from_jsonl: bool, control_dir: Path | None,
                  caption_ext: str | None) -> list[VideoItem]:
     items: list[VideoItem] = []
@@ -516,7 +447,7 @@ def _video_items(c: _Ctx, source: Path, from_jsonl: bool, control_dir: Path | No
                                                VIDEO_EXTENSIONS, "video", caption_ext):
             control = None
             if control_dir is not None:
-                control = _find_video_control(video, control_dir)
+                control = find_video_control(video, control_dir)
                 if control is None:
                     c.err("control_directory",
                           f"{video}: no control video or frame folder {video.stem} in {control_dir}")
@@ -524,7 +455,7 @@ def _video_items(c: _Ctx, source: Path, from_jsonl: bool, control_dir: Path | No
             items.append(VideoItem(video, caption, control))
         return items
     jsonl, base = source, source.parent
-    rows = _jsonl_lines(jsonl, c.errors, f"{c.config}: {c.label}: video_jsonl_file")
+    rows = _jsonl_rows(c, "video_jsonl_file", jsonl)
     has_control = any("control_path" in obj for _, obj in rows)
     for n, obj in rows:
         where = f"{jsonl} line {n}"
@@ -709,7 +640,7 @@ def load_dataset_config(path: str | Path, *, batch_size: int | None = None) -> D
         FramepackError: every problem found, one line each (`<file>: <dataset>: <key>: <what>`).
     """
     config = Path(path)
-    raw = _read_file(config)
+    raw = read_config_file(config)
     errors: list[str] = []
     warnings: list[str] = []
     if not isinstance(raw, dict):

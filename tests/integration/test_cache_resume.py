@@ -1,9 +1,10 @@
 """Crash safety and re-runs of `framepack cache latents|text` on the golden tiny dataset and models.
 
-The kill tests run the real CLI in a subprocess and SIGKILL it at deterministic points through the
-`FRAMEPACK_CACHE_KILL_AFTER` hook (half-way through writing a file, and right after one is committed);
-the restart with `--skip_existing` must finish with every cache file complete and equal to a clean run's
-(the reference's own caches of the same run, README §8: atol 1e-4, indices and metadata exact).
+The kill tests run the real CLI (`python -m framepack_cli cache latents`) in a subprocess and SIGKILL it
+at a chosen point of its real work -- while a cache file's temporary copy is being written, or between two
+committed files -- found by watching the cache folders (`kill_when`); nothing in framepack helps. The
+restart with `--skip_existing` must finish with every cache file complete and equal to a clean run's (the
+reference's own caches of the same run, README §8: atol 1e-4, indices and metadata exact).
 The other tests run in-process: truncated or outdated caches are redone, stale files are removed (or kept),
 text caches follow caption changes and keep foreign keys, and a source that fails mid-run is reported
 without stopping the others.
@@ -16,6 +17,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,9 +28,10 @@ from safetensors.torch import load_file, save_file
 
 from framepack_cli import __version__
 from framepack_cli.cli.app import main
-from framepack_cli.engine.cache import run_latents, run_text
+from framepack_cli.engine.cache_latents import run_latents
+from framepack_cli.engine.cache_text import run_text
 from framepack_cli.engine.progress import NullProgress
-from framepack_cli.io.cache_format import KILL_ENV, TEMP_SUFFIX
+from framepack_cli.io.cache_format import TEMP_SUFFIX
 from framepack_cli.options.cache import CacheLatentsOptions, CacheTextOptions
 from tests.conftest import GOLDEN, REPO
 
@@ -62,10 +66,88 @@ def cli(wd: Path, args: list[str], monkeypatch) -> int:
     return e.value.code
 
 
-def subprocess_cli(wd: Path, args: list[str], kill: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, KILL_ENV: kill, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "framepack_cli", "cache", "latents", *args], cwd=wd, env=env,
-                          capture_output=True, text=True, timeout=300)
+SLICE_S = 0.0005  # how long the watched run goes on between two looks at its cache folders ...
+WRITING_SLICE_S = 0.0001  # ... and once it writes cache files (a temporary file may live for a millisecond)
+KILL_TIMEOUT_S = 300.0
+KILL_ATTEMPTS = 5
+
+
+def kill_when(wd: Path, args: list[str], at: Callable[[list[str]], bool], missed: Callable[[list[str]], bool],
+              what: str) -> list[str]:
+    """Run `framepack cache latents ARGS` in a subprocess and SIGKILL it the first time the files under work/
+    (`cache_files`, temporary ones included) satisfy `at`; returns those files.
+
+    The run goes on in short slices (shorter once it writes files): it is stopped (SIGSTOP, waited for until it
+    is), its cache folders are listed, and it is continued. It runs at the lowest priority on the watcher's CPU,
+    so that on a busy machine it does not go on for long while the watcher waits for a CPU. A stopped process
+    writes nothing, so the state `at` saw is the state it is killed in. When `missed` says the run went past
+    the point between two looks (a kill point inside one file's write can be a millisecond), work/ is cleared
+    and the run is repeated; after `KILL_ATTEMPTS` misses, or when the run ends first, the test fails, saying so.
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    seen: list[list[str]] = []
+    cpu = min(os.sched_getaffinity(0))
+    mask = os.sched_getaffinity(0)
+
+    def low_priority_on_one_cpu() -> None:
+        os.sched_setaffinity(0, {cpu})
+        os.nice(19)
+
+    os.sched_setaffinity(0, {cpu})  # this thread, until the end: the run goes on only while the watcher sleeps
+    try:
+        return _kill_when(wd, args, at, missed, what, env, seen, low_priority_on_one_cpu)
+    finally:
+        os.sched_setaffinity(0, mask)
+
+
+def _kill_when(wd, args, at, missed, what, env, seen, preexec) -> list[str]:
+    for _ in range(KILL_ATTEMPTS):
+        shutil.rmtree(wd / "work", ignore_errors=True)
+        log = wd / "stderr.txt"
+        with open(log, "wb") as err:
+            p = subprocess.Popen([sys.executable, "-m", "framepack_cli", "cache", "latents", *args], cwd=wd, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=err, preexec_fn=preexec)
+        status = None
+        try:
+            deadline = time.monotonic() + KILL_TIMEOUT_S
+            files: list[str] = []
+            while time.monotonic() < deadline:
+                time.sleep(WRITING_SLICE_S if files else SLICE_S)
+                os.kill(p.pid, signal.SIGSTOP)
+                _, status = os.waitpid(p.pid, os.WUNTRACED)
+                if not os.WIFSTOPPED(status):
+                    break  # it ended by itself (and is reaped)
+                status = None
+                files = cache_files(wd)
+                if at(files):
+                    os.kill(p.pid, signal.SIGKILL)
+                    _, status = os.waitpid(p.pid, 0)
+                    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+                    return files
+                if missed(files):
+                    seen.append(files)
+                    break
+                os.kill(p.pid, signal.SIGCONT)
+            else:
+                pytest.fail(f"{what}: not reached within {KILL_TIMEOUT_S:.0f}s; files: {cache_files(wd)}")
+        finally:
+            if status is None:  # still running (missed, timed out or failed): end it
+                p.kill()
+                os.waitpid(p.pid, 0)
+            p.returncode = -1  # reaped here, not by Popen
+        if status is not None:
+            pytest.fail(f"{what}: the run ended (wait status {status}) before that point; files: "
+                        f"{cache_files(wd)}; stderr: {log.read_text()[-2000:]}")
+    pytest.fail(f"{what}: the run went past that point between two looks {KILL_ATTEMPTS} times; files seen "
+                f"right after: {seen}")
+
+
+def committed(files: list[str]) -> list[str]:
+    return [f for f in files if not f.endswith(TEMP_SUFFIX)]
+
+
+def temporary(files: list[str]) -> list[str]:
+    return [f for f in files if f.endswith(TEMP_SUFFIX)]
 
 
 def assert_matches_reference(wd: Path, reference_made: frozenset | set = frozenset()) -> None:
@@ -85,7 +167,8 @@ def assert_matches_reference(wd: Path, reference_made: frozenset | set = frozens
 
 
 def cache_files(wd: Path) -> list[str]:
-    return sorted(str(p.relative_to(wd / "work")) for p in (wd / "work").rglob("*") if p.is_file())
+    work = wd / "work"
+    return sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file()) if work.is_dir() else []
 
 
 def vanilla_opts(**kw) -> CacheLatentsOptions:
@@ -97,13 +180,13 @@ def test_killed_run_resumes_to_a_clean_result(tmp_path, monkeypatch):
     wd = workdir(tmp_path / "killed")
     work = wd / "work"
 
-    # Killed half-way through writing its second file: the first (clip_a's last section) is committed and
-    # complete, the second exists only as a temporary file -- never as a truncated cache under a real name.
-    r = subprocess_cli(wd, VANILLA, kill="2:partial")
-    assert r.returncode == -signal.SIGKILL, r.stderr
-    files = cache_files(wd)
-    assert [f for f in files if not f.endswith(TEMP_SUFFIX)] == [f"video_dir/{VIDEO_DIR[0]}"]
-    (tmp,) = [f for f in files if f.endswith(TEMP_SUFFIX)]
+    # Killed while writing its second file: the first (clip_a's last section) is committed and complete, the
+    # second exists only as a temporary file -- never as a truncated cache under a real name.
+    first = [f"video_dir/{VIDEO_DIR[0]}"]
+    files = kill_when(wd, VANILLA, at=lambda fs: committed(fs) == first and len(temporary(fs)) == 1,
+                      missed=lambda fs: len(committed(fs)) > 1, what="killing the run while it writes its 2nd file")
+    assert committed(cache_files(wd)) == first
+    (tmp,) = temporary(files)
     assert Path(tmp).name.startswith(f".{VIDEO_DIR[1]}.")
     load_file(str(work / "video_dir" / VIDEO_DIR[0]))
 
@@ -174,32 +257,27 @@ def test_killed_run_resumes_to_a_clean_result(tmp_path, monkeypatch):
                                                                              "dataset")]
 
 
-def test_kill_hook_points(tmp_path, monkeypatch):
-    """Both kill points of the test hook, with the kill intercepted (a real SIGKILL is exercised above)."""
-    import framepack_cli.io.cache_format as fmt
+def test_run_killed_between_two_files_resumes_with_what_it_committed(tmp_path, monkeypatch):
+    """Killed after the first dataset's last file was committed and before the second dataset's first one is
+    begun: the restart keeps the three committed files as they are and caches only the second dataset."""
+    wd = workdir(tmp_path / "between")
+    work = wd / "work"
+    done = sorted(f"video_dir/{n}" for n in VIDEO_DIR)
+    files = kill_when(wd, VANILLA, at=lambda fs: fs == done, missed=lambda fs: len(fs) > len(done),
+                      what="killing the run between its 3rd and 4th file")
+    assert files == done and cache_files(wd) == done and (work / "video_jsonl").is_dir()
+    stamps = {f: (work / f).stat().st_mtime_ns for f in done}
+    for f in done:
+        load_file(str(work / f))
 
-    class Killed(Exception):
-        pass
-
-    def fake_kill(pid, sig):
-        assert pid == os.getpid() and sig == signal.SIGKILL
-        raise Killed
-
-    monkeypatch.setattr(fmt.os, "kill", fake_kill)
-    monkeypatch.setattr(fmt, "_written", 0)
-    t = {"x": torch.arange(1000, dtype=torch.float32)}
-    monkeypatch.setenv(KILL_ENV, "2")
-    fmt.save_cache_file(tmp_path / "a_fp.safetensors", t, {})
-    with pytest.raises(Killed):
-        fmt.save_cache_file(tmp_path / "b_fp.safetensors", t, {})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_fp.safetensors", "b_fp.safetensors"]  # b committed
-    monkeypatch.setenv(KILL_ENV, "3:partial")
-    with pytest.raises(Killed):
-        fmt.save_cache_file(tmp_path / "c_fp.safetensors", t, {})
-    (tmp,) = [p for p in tmp_path.iterdir() if p.name.startswith(".c_fp")]
-    assert 0 < tmp.stat().st_size < (tmp_path / "a_fp.safetensors").stat().st_size
-    assert fmt.remove_temp_files(tmp_path) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_fp.safetensors", "b_fp.safetensors"]
+    sink = NullProgress()
+    monkeypatch.chdir(wd)
+    summary = run_latents(vanilla_opts(skip_existing=True), sink)
+    assert (summary.skipped, summary.recached, summary.cached, summary.files, summary.removed, summary.failed) == (
+        2, 0, 2, 2, 0, [])
+    assert {f: (work / f).stat().st_mtime_ns for f in done} == stamps
+    assert cache_files(wd) == sorted(ALL)
+    assert_matches_reference(wd)
 
 
 def test_a_failing_source_does_not_stop_the_others(tmp_path, monkeypatch, capsys):

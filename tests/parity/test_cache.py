@@ -24,12 +24,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from framepack_cli.cli.app import main
-from framepack_cli.engine.cache import run_latents
+from framepack_cli.engine.cache_latents import run_latents
 from framepack_cli.engine.progress import NullProgress
 from framepack_cli.errors import FramepackError
-from framepack_cli.io.cache_format import META_PREFIX, cache_settings, check_cache_compatible, parse_cache_name
+from framepack_cli.io.cache_format import META_PREFIX, cache_settings, check_cache_compatible
 from framepack_cli.io.video_frames import read_frames
 from framepack_cli.options.cache import CacheLatentsOptions
+from framepack_cli.plan.cache_names import parse_cache_name
 from tests.conftest import GOLDEN
 
 CACHE = GOLDEN / "cache"
@@ -262,7 +263,7 @@ def test_skip_existing_leaves_an_up_to_date_cache_alone(workdirs, tmp_path, monk
 def test_batched_encoding_matches_reference(tmp_path, monkeypatch):
     """With batch_size = 2, clip_c (21 frames) and clip_b (25, trimmed to 21) of the JSONL dataset share a bucket
     and an encoded length, so one VAE call encodes both; the caches still match the reference's."""
-    import framepack_cli.engine.cache as engine
+    import framepack_cli.engine.cache_latents as engine
 
     wd = tmp_path / "w"
     wd.mkdir()

@@ -18,7 +18,7 @@ from safetensors import safe_open
 import framepack_cli.models.text_encoders as te
 from framepack_cli import __version__
 from framepack_cli.cli.app import main
-from framepack_cli.engine.cache import run_text
+from framepack_cli.engine.cache_text import run_text
 from framepack_cli.engine.progress import NullProgress
 from framepack_cli.io.cache_format import cache_owner
 from framepack_cli.options.cache import CacheTextOptions

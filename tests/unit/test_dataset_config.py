@@ -13,8 +13,8 @@ from PIL import Image
 
 from framepack_cli.cli.app import main
 from framepack_cli.errors import FramepackError
-from framepack_cli.io.cache_format import crop_stem, image_cache_name, parse_cache_name, section_cache_name
 from framepack_cli.options.dataset import load_dataset_config
+from framepack_cli.plan.cache_names import crop_stem, image_cache_name, parse_cache_name, section_cache_name
 from framepack_cli.plan.frames import (
     bucket_resolutions,
     converted_frame_count,

@@ -1,5 +1,5 @@
 """Import direction (STYLE.md): options stay torch-free (fast --help), engines never import the CLI layer,
-models know nothing about options, engines or the CLI."""
+models and io know nothing about options, engines or the CLI, plan is pure."""
 
 from __future__ import annotations
 
@@ -47,6 +47,26 @@ def test_cli_modules_import_torch_only_lazily():
         assert not bad, f"{f.name} imports {bad} at module level: --help would load them"
 
 
+# Engines that still reach into the CLI inside a function (their default progress sink, option validation);
+# being moved to the sink the CLI passes (`cli.app.call_runner`) and to `options.validation`.
+CLI_INSIDE_FUNCTIONS_PENDING = {"generate.py"}
+
+
+def test_engines_never_import_the_cli_layer_even_inside_functions():
+    for f in files("engine"):
+        if f.name in CLI_INSIDE_FUNCTIONS_PENDING:
+            continue
+        bad = {m for m in imports(f) if m.startswith("framepack_cli.cli")}
+        assert not bad, f"{f.name} imports {bad}; take the ProgressSink the CLI passes instead"
+
+
+def test_io_knows_nothing_of_options_engines_or_cli():
+    for f in files("io"):
+        bad = {m for m in imports(f) if m.startswith(("framepack_cli.options", "framepack_cli.engine",
+                                                      "framepack_cli.cli"))}
+        assert not bad, f"{f.name} imports {bad}: pass plain values (paths, extensions) instead"
+
+
 def test_engines_do_not_import_the_cli_layer():
     for f in files("engine"):
         bad = {m for m in module_level_imports(f) if m.split(".")[0] in ("typer", "rich") or
@@ -83,3 +103,12 @@ def test_no_module_imports_another_modules_private_names():
                   and node.attr.startswith("_") and not node.attr.startswith("__")):
                 bad.append(f"{f.relative_to(PKG)}: {node.value.id}.{node.attr}")
     assert not bad, bad
+
+
+def test_plan_is_plain_python():
+    """plan/ decides from numbers and names: no torch, no file formats, nothing of the layers above it."""
+    for f in files("plan"):
+        bad = {m for m in imports(f) if m.split(".")[0] in ("torch", "numpy", "PIL")
+               or m.startswith(("framepack_cli.options", "framepack_cli.io", "framepack_cli.models",
+                                "framepack_cli.engine", "framepack_cli.cli"))}
+        assert not bad, f"{f.name} imports {bad}"

@@ -201,13 +201,14 @@ def test_not_built_comes_after_validation(files, capsys):
 def captured(monkeypatch):
     """Replace the runners: record the validated options instead of refusing."""
     seen: list = []
-    import framepack_cli.engine.cache as cache
+    import framepack_cli.engine.cache_latents as cache_latents
+    import framepack_cli.engine.cache_text as cache_text
     import framepack_cli.engine.download as download
     import framepack_cli.engine.lora_tools as lora_tools
     import framepack_cli.engine.train as train
 
-    for module, names in ((cache, ("run_latents", "run_text")), (train, ("run",)), (download, ("run",)),
-                          (lora_tools, ("run_inspect", "run_convert", "run_merge"))):
+    for module, names in ((cache_latents, ("run_latents",)), (cache_text, ("run_text",)), (train, ("run",)),
+                          (download, ("run",)), (lora_tools, ("run_inspect", "run_convert", "run_merge"))):
         for name in names:
             monkeypatch.setattr(module, name, lambda opts: seen.append(opts))
     return seen
