@@ -31,7 +31,7 @@ from framepack_cli.options.fields import (  # noqa: F401 (re-exported for cli.he
     unwrap_optional,
 )
 
-# OptionsError is imported from here by engine.generate until it imports framepack_cli.options.validation itself.
+# Validation lives in options (plain pydantic: engines validate batch lines with it too); re-exported here.
 from framepack_cli.options.validation import OptionsError, render_validation_error, validate  # noqa: F401
 
 

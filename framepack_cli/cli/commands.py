@@ -59,15 +59,15 @@ COMMANDS: tuple[CommandSpec, ...] = (
         epilog=GEN_EPILOG,
     ),
     CommandSpec(
-        ("one-frame",), "framepack_cli.options.generate:OneFrameOptions", "framepack_cli.engine.one_frame:run",
+        ("one-frame",), "framepack_cli.options.generate:OneFrameOptions", "framepack_cli.engine.generate:run",
         "Edit a single image with one-frame inference (--one_frame_inference, control images and masks).",
     ),
     CommandSpec(
-        ("kisekae",), "framepack_cli.options.generate:KisekaeOptions", "framepack_cli.engine.one_frame:run_kisekae",
+        ("kisekae",), "framepack_cli.options.generate:KisekaeOptions", "framepack_cli.engine.generate:run",
         "Kisekaeichi: dress the start image with a reference image (one-frame recipe as defaults).",
     ),
     CommandSpec(
-        ("inspect",), "framepack_cli.options.inspect:InspectOptions", "framepack_cli.engine.inspect:run",
+        ("inspect",), "framepack_cli.options.inspect:InspectOptions", "framepack_cli.cli.reports:inspect",
         "Say what a weights file or directory is: DiT, VAE, text encoder, SigLIP or LoRA, its format and dtype.",
     ),
     CommandSpec(
@@ -89,7 +89,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
     ),
     CommandSpec(
         ("lora", "inspect"), "framepack_cli.options.lora:LoraInspectOptions",
-        "framepack_cli.engine.lora_tools:run_inspect",
+        "framepack_cli.cli.reports:lora_inspect",
         "Say what a LoRA file is: layout, network type, rank, alpha, targets and metadata.",
         group_help=LORA_HELP,
     ),

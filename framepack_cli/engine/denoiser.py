@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from framepack_cli.plan.sections import LATENT_CHANNELS  # noqa: F401 (re-exported for the jobs)
+
 
 @dataclass
 class TextCond:
@@ -72,3 +74,8 @@ def make_model_fn(
         return (xd.float() - v * sigma).to(x.device)
 
     return model_fn
+
+
+def to_device(c: TextCond, device, dtype) -> TextCond:
+    """The conditioning on the DiT's device, vectors in its dtype (the mask stays bool)."""
+    return TextCond(c.llama_vec.to(device, dtype), c.llama_mask.to(device), c.clip_pooler.to(device, dtype))

@@ -18,9 +18,10 @@ import torch
 
 from framepack_cli import __version__
 from framepack_cli.engine.context import resolve_device
-from framepack_cli.engine.denoiser import TextCond, make_model_fn
+from framepack_cli.engine.denoiser import LATENT_CHANNELS, make_model_fn, to_device
 from framepack_cli.engine.input_notes import BLACK_START, image_notes, seconds_note
 from framepack_cli.engine.models import ALL_MODELS, INTERACTIVE_KEEP, Models, keep_line
+from framepack_cli.engine.one_frame import OneFrameJob
 from framepack_cli.engine.pipeline import Conditioning, JobResult, run_jobs
 from framepack_cli.engine.precision import FP16_DIT_WARNING, precision_for
 from framepack_cli.engine.progress import ProgressSink
@@ -44,8 +45,6 @@ from framepack_cli.plan.sections import (
 )
 from framepack_cli.sampling.unipc import sample_unipc
 
-LATENT_CHANNELS = 16
-
 
 @dataclass
 class GenerateResult:
@@ -54,12 +53,6 @@ class GenerateResult:
     seed: int
     latent: torch.Tensor
     files: list[Path] = field(default_factory=list)
-
-
-def default_sink() -> ProgressSink:
-    from framepack_cli.cli.render import RichProgress
-
-    return RichProgress()
 
 
 def refuse_unbuilt(opts) -> None:
@@ -87,10 +80,6 @@ def section_values(text: str | None, n: int, flag: str) -> dict[int, str] | None
         raise FramepackError(f"{flag}: {len(values)} entries separated by '|' for {n} sections; give one per section "
                              "(in time order) or use the indexed form '0:...;;;-1:...'")
     return values
-
-
-def to_device(c: TextCond, device, dtype) -> TextCond:
-    return TextCond(c.llama_vec.to(device, dtype), c.llama_mask.to(device), c.clip_pooler.to(device, dtype))
 
 
 class VideoJob:
@@ -209,8 +198,6 @@ class VideoJob:
 def make_job(opts, label: str = ""):
     """A video job, or a one-frame job when `--one_frame_inference` is set."""
     if opts.one_frame_inference is not None:
-        from framepack_cli.engine.one_frame import OneFrameJob
-
         return OneFrameJob(opts, label)
     return VideoJob(opts, label)
 
@@ -239,8 +226,8 @@ def resident_models(keep: frozenset[str]) -> tuple[str, ...]:
     return tuple(sorted(kinds))
 
 
-def run(opts, sink: ProgressSink | None = None) -> list[JobResult] | list[GenerateResult]:
-    """Entry point of `framepack generate` (validated `GenerateOptions`).
+def run(opts, sink: ProgressSink) -> list[JobResult] | list[GenerateResult]:
+    """Entry point of `framepack generate`, `one-frame` and `kisekae` (validated options; the sink is the CLI's).
 
     Before any model loads: the model files (headers), the attention kernel against the DiT's dtype, the input
     images, the sanity bounds and the memory each phase needs (`framepack_cli.engine.resources`).
@@ -273,7 +260,7 @@ def run(opts, sink: ProgressSink | None = None) -> list[JobResult] | list[Genera
     created = ensure_writable_dir(folder, flag)
     before = ("before decoding" if opts.latent_path else "while merging" if opts.save_merged_model
               else "before sampling")
-    sink = RunTracker(sink or default_sink(), before=before)
+    sink = RunTracker(sink, before=before)
     try:
         if opts.latent_path:
             return decode_latent_files(opts, sink)
@@ -318,8 +305,8 @@ def save_merged_model(opts, sink: ProgressSink) -> list[str]:
 
 def _line_options(opts, line: str, where: str, budget: Budget | None = None):
     """Validated options of one batch/interactive line, checked against `budget` (errors name the line)."""
-    from framepack_cli.cli.build import OptionsError, validate
     from framepack_cli.options.prompt_line import job_values, parse_prompt_line
+    from framepack_cli.options.validation import OptionsError, validate
 
     try:
         overrides = parse_prompt_line(line)

@@ -3,7 +3,6 @@ from the file headers alone (no weights are loaded, except for torch pickles, wh
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -120,25 +119,3 @@ def describe(path: str) -> dict[str, Any]:
         "files": [str(f) for f in files],
         "config": config,
     }
-
-
-def run(opts) -> dict[str, Any]:
-    info = describe(opts.path)
-    if opts.json_output:
-        print(json.dumps(info, indent=None, sort_keys=False))
-        return info
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("kind", f"{info['kind']} ({info['description']})")
-    table.add_row("format", f"{info['format']}, {info['layout']}" + (
-        f", key prefix {info['key_prefix']!r}" if info["key_prefix"] else ""))
-    table.add_row("dtype", ", ".join(f"{k} ({v:,})" for k, v in info["dtypes"].items()))
-    table.add_row("parameters", f"{info['parameters']:,} in {info['tensors']} tensors")
-    for k, v in info["config"].items():
-        table.add_row(f"  {k}", str(v))
-    Console().print(table)
-    return info

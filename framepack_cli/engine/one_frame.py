@@ -12,8 +12,7 @@ import random
 
 import torch
 
-from framepack_cli.engine.denoiser import make_model_fn
-from framepack_cli.engine.generate import LATENT_CHANNELS, to_device
+from framepack_cli.engine.denoiser import LATENT_CHANNELS, make_model_fn, to_device
 from framepack_cli.engine.input_notes import BLACK_SIGLIP, image_notes
 from framepack_cli.engine.pipeline import Conditioning
 from framepack_cli.engine.progress import ProgressSink
@@ -24,16 +23,6 @@ from framepack_cli.options.sections import parse_section_values
 from framepack_cli.plan.one_frame import auto_resize_bucket, one_frame_layout
 from framepack_cli.plan.schedules import flow_mu, flow_sigmas, noisy_token_count
 from framepack_cli.sampling.unipc import sample_unipc
-
-
-def run(opts, sink: ProgressSink | None = None):
-    """Entry point of `framepack one-frame` and `framepack kisekae` (validated options)."""
-    from framepack_cli.engine import generate
-
-    return generate.run(opts, sink)
-
-
-run_kisekae = run
 
 
 def mask_paths(opts) -> list[str | None]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from framepack_cli.models.dtypes import torch_dtype
 
 # model -> (auto on CUDA, auto elsewhere)
 AUTO: dict[str, tuple[str, str]] = {
@@ -44,7 +44,7 @@ def model_dtype(model: str, choice: str | None, device: torch.device) -> torch.d
     if choice is None or choice == "auto":
         cuda, other = AUTO[model]
         choice = cuda if device.type == "cuda" else other
-    return DTYPES[choice]
+    return torch_dtype(choice)
 
 
 @dataclass(frozen=True)

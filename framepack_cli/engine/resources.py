@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from framepack_cli.errors import FramepackError, ResourceError
 from framepack_cli.options.generate import MAX_SECTIONS, MAX_SIDE, MAX_STEPS, MAX_WINDOW
+from framepack_cli.plan.sections import HISTORY_LEN, LATENT_CHANNELS
 
 KiB, MiB, GiB = 2**10, 2**20, 2**30
 
@@ -42,8 +43,7 @@ KiB, MiB, GiB = 2**10, 2**20, 2**30
 # caps videos at 120 s (about 110 sections). 1000 sections are about 18 minutes of video at the default window.
 MARGIN = 512 * MiB  # CUDA context / allocator slack; also kept free in RAM
 
-LATENT_CHANNELS = 16
-CONTEXT_FRAMES = 1 + 2 + 16  # history frames of a section (1x, 2x, 4x)
+CONTEXT_FRAMES = HISTORY_LEN  # history frames of a section (1x, 2x, 4x)
 ACT_FACTOR = 5  # per token: the block's hidden state plus its 4x-wide MLP activation (a lower bound)
 
 

@@ -1,4 +1,5 @@
-"""The one table of dtype names: every spelling a flag, a config or a reference file uses -> a torch dtype."""
+"""The dtype name tables: every spelling a flag, a config or a reference file uses -> a torch dtype, and the
+safetensors header names (`F32`, `BF16`...) <-> torch dtypes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,14 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
 }
+
+# torch dtype <-> the dtype name in a safetensors header
+ST_NAMES: dict[torch.dtype, str] = {
+    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}
+ST_TORCH: dict[str, torch.dtype] = {v: k for k, v in ST_NAMES.items()}
 
 
 def torch_dtype(dtype: torch.dtype | str, flag: str | None = None) -> torch.dtype:

@@ -143,14 +143,9 @@ def read_header_infos(files: list[Path]) -> dict[str, TensorInfo]:
 
 
 def _torch_dtype_to_st(dtype: torch.dtype) -> str:
-    import torch
+    from framepack_cli.models.dtypes import ST_NAMES
 
-    table = {
-        torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-        torch.int64: "I64", torch.int32: "I32", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
-        torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
-    }
-    return table.get(dtype, str(dtype))
+    return ST_NAMES.get(dtype, str(dtype))
 
 
 _MAGIC = (

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 # History sizes of the released checkpoints: 1 clean frame, 2 frames at 2x, 16 frames at 4x compression.
 HISTORY_1X, HISTORY_2X, HISTORY_4X = 1, 2, 16
 HISTORY_LEN = HISTORY_1X + HISTORY_2X + HISTORY_4X
+LATENT_CHANNELS = 16  # channels of the HunyuanVideo VAE latent the DiT denoises
 SECTION_FPS = 30  # the reference counts sections at 30 fps whatever --fps is
 
 

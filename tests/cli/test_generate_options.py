@@ -28,11 +28,8 @@ def captured(monkeypatch):
     """Replace the engines' runners: record the validated options instead of running."""
     seen = []
     import framepack_cli.engine.generate as g
-    import framepack_cli.engine.one_frame as o
 
-    monkeypatch.setattr(g, "run", lambda opts: seen.append(opts))
-    monkeypatch.setattr(o, "run", lambda opts: seen.append(opts))
-    monkeypatch.setattr(o, "run_kisekae", lambda opts: seen.append(opts))
+    monkeypatch.setattr(g, "run", lambda opts: seen.append(opts))  # generate, one-frame and kisekae
     return seen
 
 

@@ -148,7 +148,8 @@ def test_generate_help_marks_required_models(capsys, monkeypatch):
 
 
 def _truthy(field):
-    from framepack_cli.cli.build import _choices, _unwrap_optional
+    from framepack_cli.options.fields import choices_of as _choices
+    from framepack_cli.options.fields import unwrap_optional as _unwrap_optional
 
     tp = _unwrap_optional(field.annotation)
     if tp is bool:

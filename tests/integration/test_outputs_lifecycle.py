@@ -326,11 +326,11 @@ def test_json_summaries_go_to_stdout(capsys):
 
 def test_interrupt_line_without_a_tracked_run(monkeypatch, capsys):
     """A Ctrl-C in a command that tracks nothing is still one line and exit 130 (click's `Aborted!` is not shown)."""
-    import framepack_cli.engine.inspect as inspect_engine
+    from framepack_cli.cli import reports
 
     def interrupted(opts):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(inspect_engine, "run", interrupted)
+    monkeypatch.setattr(reports, "inspect", interrupted)
     code, res = cli(["inspect", M / "lora_tiny.safetensors"], capsys)
     assert (code, res.err, res.out) == (130, "Interrupted\n", "")

@@ -206,9 +206,11 @@ def captured(monkeypatch):
     import framepack_cli.engine.download as download
     import framepack_cli.engine.lora_tools as lora_tools
     import framepack_cli.engine.train as train
+    from framepack_cli.cli import reports
 
     for module, names in ((cache_latents, ("run_latents",)), (cache_text, ("run_text",)), (train, ("run",)),
-                          (download, ("run",)), (lora_tools, ("run_inspect", "run_convert", "run_merge"))):
+                          (download, ("run",)), (lora_tools, ("run_convert", "run_merge")),
+                          (reports, ("lora_inspect",))):
         for name in names:
             monkeypatch.setattr(module, name, lambda opts: seen.append(opts))
     return seen

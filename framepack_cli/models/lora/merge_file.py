@@ -10,10 +10,10 @@ from typing import Any
 import torch
 
 from framepack_cli.errors import ModelFormatError
-from framepack_cli.models.dtypes import torch_dtype
+from framepack_cli.models.dtypes import ST_TORCH, torch_dtype
 from framepack_cli.models.lora.merge import plan_merge
 from framepack_cli.models.lora.modules import LoraSpec
-from framepack_cli.models.lora.save import ST_TORCH, check_output, write_safetensors
+from framepack_cli.models.lora.save import check_output, write_safetensors
 
 # --------------------------------------------------------------------------------------------------
 # Merged DiT file (framepack lora merge, generate --save_merged_model)

@@ -12,17 +12,12 @@ from typing import Any
 import torch
 
 from framepack_cli.errors import FramepackError
+from framepack_cli.models.dtypes import ST_NAMES
 
 # --------------------------------------------------------------------------------------------------
 # Writing safetensors (streamed, atomic)
 # --------------------------------------------------------------------------------------------------
 
-ST_NAMES = {
-    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
-}
-ST_TORCH = {v: k for k, v in ST_NAMES.items()}
 
 
 def check_output(output: Path, overwrite: bool, inputs: Iterable[Path], flag: str) -> None:
