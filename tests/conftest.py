@@ -12,6 +12,13 @@ REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(os.environ.get("FRAMEPACK_GOLDEN", REPO.parent / "shared" / "golden"))
 MODELS = GOLDEN / "models"
 INPUTS = GOLDEN / "inputs"
+# The five model flags of generate / one-frame / kisekae on the golden single-file models.
+MODEL_ARGS = [
+    "--dit", str(MODELS / "dit_single.safetensors"), "--vae", str(MODELS / "vae.safetensors"),
+    "--text_encoder1", str(MODELS / "llava_llama3_tiny.safetensors"),
+    "--text_encoder2", str(MODELS / "clip_l_tiny.safetensors"),
+    "--image_encoder", str(MODELS / "sigclip_tiny.safetensors"),
+]
 
 
 def golden(name: str) -> tuple[dict, dict]:

@@ -16,16 +16,11 @@ from safetensors import safe_open
 
 from framepack_cli.cli.app import main
 from framepack_cli.io.outputs import read_png_metadata, read_video_metadata
-from tests.conftest import INPUTS, MODELS
+from tests.conftest import INPUTS, MODEL_ARGS, MODELS
 
 pytestmark = pytest.mark.slow
 
 M = MODELS
-MODEL_ARGS = [
-    "--dit", str(M / "dit_single.safetensors"), "--vae", str(M / "vae.safetensors"),
-    "--text_encoder1", str(M / "llava_llama3_tiny.safetensors"), "--text_encoder2", str(M / "clip_l_tiny.safetensors"),
-    "--image_encoder", str(M / "sigclip_tiny.safetensors"),
-]
 SMALL = ["--video_size", "32", "48", "--infer_steps", "2"]
 
 

@@ -11,16 +11,11 @@ import torch
 from safetensors import safe_open
 
 from framepack_cli.cli.app import main
-from tests.conftest import INPUTS, MODELS
+from tests.conftest import INPUTS, MODEL_ARGS, MODELS
 
 pytestmark = pytest.mark.slow
 
 M = MODELS
-MODEL_ARGS = [
-    "--dit", str(M / "dit_single.safetensors"), "--vae", str(M / "vae.safetensors"),
-    "--text_encoder1", str(M / "llava_llama3_tiny.safetensors"), "--text_encoder2", str(M / "clip_l_tiny.safetensors"),
-    "--image_encoder", str(M / "sigclip_tiny.safetensors"),
-]
 SMALL = ["--video_size", "32", "48", "--infer_steps", "2", "--latent_window_size", "2", "--device", "cpu"]
 CPU_OOM = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
            "allocate 100000000000000 bytes. Error code 12 (Cannot allocate memory)")

@@ -21,16 +21,11 @@ import pytest
 from framepack_cli.cli.app import main
 from framepack_cli.io import outputs, writable
 from framepack_cli.io.outputs import read_png_metadata, read_video_metadata
-from tests.conftest import INPUTS, MODELS, REPO
+from tests.conftest import INPUTS, MODEL_ARGS, MODELS, REPO
 
 pytestmark = pytest.mark.slow
 
 M = MODELS
-MODEL_ARGS = [
-    "--dit", str(M / "dit_single.safetensors"), "--vae", str(M / "vae.safetensors"),
-    "--text_encoder1", str(M / "llava_llama3_tiny.safetensors"), "--text_encoder2", str(M / "clip_l_tiny.safetensors"),
-    "--image_encoder", str(M / "sigclip_tiny.safetensors"),
-]
 SMALL = ["--video_size", "48", "64", "--infer_steps", "2", "--latent_window_size", "2", "--video_sections", "1",
          "--seed", "3"]
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")

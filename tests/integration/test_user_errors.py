@@ -10,14 +10,9 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from framepack_cli.cli.app import main
-from tests.conftest import INPUTS, MODELS
+from tests.conftest import INPUTS, MODEL_ARGS, MODELS
 
 M = MODELS
-MODEL_ARGS = [
-    "--dit", str(M / "dit_single.safetensors"), "--vae", str(M / "vae.safetensors"),
-    "--text_encoder1", str(M / "llava_llama3_tiny.safetensors"), "--text_encoder2", str(M / "clip_l_tiny.safetensors"),
-    "--image_encoder", str(M / "sigclip_tiny.safetensors"),
-]
 SMALL = ["--video_size", "32", "32", "--infer_steps", "1", "--latent_window_size", "2", "--video_sections", "1",
          "--image_path", str(INPUTS / "start.png"), "--prompt", "x"]
 
