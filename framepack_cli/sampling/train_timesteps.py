@@ -1,0 +1,328 @@
+"""Training timesteps and noisy inputs for flow-matching LoRA training (musubi's `--timestep_sampling`).
+
+Pure tensor functions, parity with the reference trainer (`get_noisy_model_input_and_timesteps`,
+`compute_density_for_timestep_sampling`, `compute_loss_weighting_for_sd3`). Convention: `x_t = (1-t)*x0 +
+t*noise`, t = 1 is pure noise, the model predicts `noise - x0`.
+
+Two families of modes:
+
+- `sigma` (the reference's default): a discrete, *unshifted* 1000-step schedule. `u` comes from the
+  weighting scheme's density (`logit_normal`: sigmoid(N(logit_mean, logit_std)); `mode`: the SD3 mode
+  density with `mode_scale`; anything else: U(0,1)); `idx = floor(u*(max-min)+min)` with min/max_timestep
+  defaulting to 0/1000 (they bound the *index*, so `min_timestep=500` selects timesteps 1..500);
+  `timestep = float32(1000*sigmas[idx])` with `sigmas = linspace(1, 0, 1001)` (not exactly integral in
+  float32, e.g. 544.99994); `x_t = sigma*noise + (1-sigma)*x0` with sigma in `dtype`.
+  `discrete_flow_shift` has no effect in this mode (kept for parity with the reference).
+- every other mode draws a continuous t in (0, 1), rescales `t <- t*(max-min)/1000 + min/1000` and feeds
+  `timestep = 1000*t + 1`.
+
+RNG draws, in this order, all of shape (B,) (B = latents.shape[0]); with `generator=None` they use torch's
+global RNG exactly like the reference, so a trainer seeding the global RNG reproduces its timesteps:
+
+- sigma: one draw: `torch.normal(logit_mean, logit_std)` for weighting `logit_normal`, else `torch.rand`.
+  The reference makes this draw on the CPU.
+- uniform: `torch.rand`.  logsnr: `torch.normal(logit_mean, logit_std)`.
+- sigmoid, shift, flux_shift, flux2_shift, qwen_shift, krea2_shift: `torch.randn`.
+- qinglong_flux / qinglong_qwen: `torch.rand` (the per-sample choice d), then, each only if it selects at
+  least one sample and with that many values: `torch.randn` (shift part, d < 0.79 resp. d < 0.95),
+  `torch.normal(logit_mean, logit_std)` (flux only, 0.79 <= d < 0.90), `torch.normal(5.36, 1.0)`
+  (d >= 0.90 resp. d >= 0.95).
+
+Draws happen on `draw_device` (default: the generator's device, or the CPU for `sigma` and the latents'
+device otherwise, as the reference does: on a GPU the continuous modes use that device's RNG).
+The noise itself is not drawn here (the reference draws it before, with `randn_like(latents)`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+TIMESTEP_SAMPLING_MODES = (
+    "sigma",
+    "uniform",
+    "sigmoid",
+    "shift",
+    "flux_shift",
+    "flux2_shift",
+    "qwen_shift",
+    "krea2_shift",
+    "logsnr",
+    "qinglong_flux",
+    "qinglong_qwen",
+)
+WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "cosmap", "sigma_sqrt")
+
+# Qinglong mixtures: the second log-SNR component's fixed mean/std.
+_QINGLONG_LOGSNR2 = (5.36, 1.0)
+
+
+@dataclass(frozen=True)
+class NoisyInput:
+    """One batch: the DiT input, the timestep values fed to the DiT (B,) and the interpolation weight (B,)."""
+
+    noisy_model_input: torch.Tensor
+    timesteps: torch.Tensor
+    t: torch.Tensor  # sigma in `sigma` mode, t = (timestep-1)/1000 otherwise
+
+
+def _lin(x1: float, y1: float, x2: float, y2: float, x: float) -> float:
+    m = (y2 - y1) / (x2 - x1)
+    b = y1 - m * x1
+    return m * x + b
+
+
+def shift_mu(mode: str, latent_h: int, latent_w: int) -> float:
+    """The resolution-dependent mu of flux/flux2/qwen/krea2 shift (shift = e^mu) from the latent h, w."""
+    packed = (latent_h // 2) * (latent_w // 2)
+    if mode in ("flux_shift", "qinglong_flux"):
+        return _lin(256, 0.5, 4096, 1.15, packed)
+    if mode == "flux2_shift":
+        return _lin(256, 0.5, 4096, 1.15, latent_h * latent_w)
+    if mode in ("qwen_shift", "qinglong_qwen"):
+        return _lin(256, 0.5, 8192, 0.9, packed)
+    if mode == "krea2_shift":
+        return _lin(256, 0.5, 6400, 1.15, packed)
+    raise ValueError(f"timestep sampling {mode!r} has no resolution-dependent shift")
+
+
+def _shifted_sigmoid(z: torch.Tensor, sigmoid_scale: float, shift: float) -> torch.Tensor:
+    t = (z * sigmoid_scale).sigmoid()
+    return (t * shift) / (1 + (shift - 1) * t)
+
+
+def schedule() -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigmas [1001] = linspace(1, 0, 1001), timesteps [1000] = float32(1000*sigmas[:-1])): the training schedule."""
+    sigmas = torch.linspace(1, 0, NUM_TRAIN_TIMESTEPS + 1)
+    return sigmas, (sigmas[:-1] * NUM_TRAIN_TIMESTEPS).to(torch.float32)
+
+
+def sample_continuous_t(
+    mode: str,
+    batch_size: int,
+    latent_hw: tuple[int, int],
+    *,
+    discrete_flow_shift: float = 1.0,
+    sigmoid_scale: float = 1.0,
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """t in (0, 1) of shape (B,) for a continuous mode, before the min/max_timestep rescale (see module doc)."""
+    kw = {"generator": generator, "device": device}
+
+    def rand(n: int) -> torch.Tensor:
+        return torch.rand((n,), **kw)
+
+    def randn(n: int) -> torch.Tensor:
+        return torch.randn((n,), **kw)
+
+    def normal(mean: float, std: float, n: int) -> torch.Tensor:
+        return torch.normal(mean=mean, std=std, size=(n,), **kw)
+
+    if mode == "uniform":
+        return rand(batch_size)
+    if mode == "sigmoid":
+        return torch.sigmoid(sigmoid_scale * randn(batch_size))
+    if mode == "shift":
+        return _shifted_sigmoid(randn(batch_size), sigmoid_scale, discrete_flow_shift)
+    if mode in ("flux_shift", "flux2_shift", "qwen_shift", "krea2_shift"):
+        shift = math.exp(shift_mu(mode, *latent_hw))
+        return _shifted_sigmoid(randn(batch_size), sigmoid_scale, shift)
+    if mode == "logsnr":
+        return torch.sigmoid(-normal(logit_mean, logit_std, batch_size) / 2)
+    if mode in ("qinglong_flux", "qinglong_qwen"):
+        flux = mode == "qinglong_flux"
+        d = rand(batch_size)
+        mid = d < (0.79 if flux else 0.95)
+        logsnr1 = (d >= 0.79) & (d < 0.9) if flux else torch.zeros_like(mid)
+        logsnr2 = d >= (0.9 if flux else 0.95)
+        t = torch.zeros((batch_size,), device=device)
+        if mid.any():
+            shift = math.exp(shift_mu(mode, *latent_hw))
+            t[mid] = _shifted_sigmoid(randn(int(mid.sum().item())), sigmoid_scale, shift)
+        if logsnr1.any():
+            t[logsnr1] = torch.sigmoid(-normal(logit_mean, logit_std, int(logsnr1.sum().item())) / 2)
+        if logsnr2.any():
+            t[logsnr2] = torch.sigmoid(-normal(*_QINGLONG_LOGSNR2, int(logsnr2.sum().item())) / 2)
+        return t
+    raise ValueError(f"unknown timestep sampling {mode!r}; choose one of {', '.join(TIMESTEP_SAMPLING_MODES)}")
+
+
+def sample_sigma_density(
+    weighting_scheme: str,
+    batch_size: int,
+    *,
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    mode_scale: float = 1.29,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """u of shape (B,) for `sigma` mode: the SD3 density selected by the weighting scheme (see module doc)."""
+    if weighting_scheme == "logit_normal":
+        u = torch.normal(mean=logit_mean, std=logit_std, size=(batch_size,), generator=generator, device=device)
+        return torch.sigmoid(u)
+    u = torch.rand((batch_size,), generator=generator, device=device)
+    if weighting_scheme == "mode":
+        u = 1 - u - mode_scale * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
+    return u
+
+
+def _view(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    return t.view(-1, *([1] * (ndim - 1)))
+
+
+def sample_timesteps(
+    latent_shape: tuple[int, ...] | torch.Size,
+    *,
+    timestep_sampling: str = "sigma",
+    discrete_flow_shift: float = 1.0,
+    sigmoid_scale: float = 1.0,
+    weighting_scheme: str = "none",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    mode_scale: float = 1.29,
+    min_timestep: float | None = None,
+    max_timestep: float | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    draw_device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(timesteps fed to the DiT, t) for a batch of latents shaped `latent_shape` (B, ..., h, w), both (B,) float32
+    on `device`. t is sigma in `sigma` mode (timestep = 1000*sigma), else timestep = 1000*t + 1.
+    The RNG draws and their order are listed in the module doc."""
+    batch_size = int(latent_shape[0])
+    if timestep_sampling == "sigma":
+        if draw_device is None:
+            draw_device = generator.device if generator is not None else "cpu"
+        u = sample_sigma_density(
+            weighting_scheme,
+            batch_size,
+            logit_mean=logit_mean,
+            logit_std=logit_std,
+            mode_scale=mode_scale,
+            generator=generator,
+            device=draw_device,
+        )
+        t_min = min_timestep if min_timestep is not None else 0
+        t_max = max_timestep if max_timestep is not None else NUM_TRAIN_TIMESTEPS
+        # The reference would raise IndexError on idx 1000 (u == 1 exactly: mode density at u0 == 0).
+        indices = (u * (t_max - t_min) + t_min).long().clamp(0, NUM_TRAIN_TIMESTEPS - 1).cpu()
+        sigmas_all, timesteps_all = schedule()
+        return timesteps_all[indices].to(device), sigmas_all[indices].to(device)
+
+    if draw_device is None:
+        draw_device = generator.device if generator is not None else device
+    t = sample_continuous_t(
+        timestep_sampling,
+        batch_size,
+        (int(latent_shape[-2]), int(latent_shape[-1])),
+        discrete_flow_shift=discrete_flow_shift,
+        sigmoid_scale=sigmoid_scale,
+        logit_mean=logit_mean,
+        logit_std=logit_std,
+        generator=generator,
+        device=draw_device,
+    ).to(device)
+    t_min = (min_timestep if min_timestep is not None else 0) / 1000.0
+    t_max = (max_timestep if max_timestep is not None else 1000.0) / 1000.0
+    t = t * (t_max - t_min) + t_min
+    return t * 1000.0 + 1, t
+
+
+def noisy_input_and_timesteps(
+    latents: torch.Tensor,
+    noise: torch.Tensor,
+    *,
+    timestep_sampling: str = "sigma",
+    discrete_flow_shift: float = 1.0,
+    sigmoid_scale: float = 1.0,
+    weighting_scheme: str = "none",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    mode_scale: float = 1.29,
+    min_timestep: float | None = None,
+    max_timestep: float | None = None,
+    generator: torch.Generator | None = None,
+    draw_device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> NoisyInput:
+    """Draw timesteps for the batch `latents` (B, ..., h, w) (`sample_timesteps`) and mix `noise` in.
+
+    `dtype` is the precision of sigma in `sigma` mode (the reference uses the DiT's dtype, e.g. bf16):
+    `sigma*noise + (1-sigma)*x0`; continuous modes mix `(1-t)*x0 + t*noise` with t in float32.
+    """
+    timesteps, t = sample_timesteps(
+        latents.shape,
+        timestep_sampling=timestep_sampling,
+        discrete_flow_shift=discrete_flow_shift,
+        sigmoid_scale=sigmoid_scale,
+        weighting_scheme=weighting_scheme,
+        logit_mean=logit_mean,
+        logit_std=logit_std,
+        mode_scale=mode_scale,
+        min_timestep=min_timestep,
+        max_timestep=max_timestep,
+        generator=generator,
+        device=latents.device,
+        draw_device=draw_device,
+    )
+    if timestep_sampling == "sigma":
+        s = _view(t.to(dtype), latents.ndim)
+        return NoisyInput(s * noise + (1.0 - s) * latents, timesteps, t)
+    tv = _view(t, latents.ndim)
+    return NoisyInput((1 - tv) * latents + tv * noise, timesteps, t)
+
+
+def noisy_input_at(
+    latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, *, sigma_mode: bool
+) -> torch.Tensor:
+    """The DiT input for given timestep values: sigma = timestep/1000 in `sigma` mode, else t = (timestep-1)/1000."""
+    t = timesteps.float() / 1000.0 if sigma_mode else (timesteps.float() - 1) / 1000.0
+    tv = _view(t.to(latents.device), latents.ndim)
+    if sigma_mode:
+        return tv * noise + (1.0 - tv) * latents
+    return (1 - tv) * latents + tv * noise
+
+
+def velocity_target(latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The flow-matching training target `noise - x0`."""
+    return noise - latents
+
+
+def timesteps_off_schedule(timesteps: torch.Tensor) -> bool:
+    """True when some timestep is not on the 1000-step schedule (continuous modes): the reference then warns
+    "Some timesteps are not in the schedule" every step with sigma_sqrt/cosmap and uses the nearest entry."""
+    _, sched = schedule()
+    ts = timesteps.detach().float().cpu().flatten()
+    return bool((sched[None, :] == ts[:, None]).sum(dim=1).eq(0).any())
+
+
+def loss_weighting(
+    weighting_scheme: str, timesteps: torch.Tensor, *, n_dim: int = 5, dtype: torch.dtype = torch.float32
+) -> torch.Tensor | None:
+    """Per-sample loss weight shaped (B, 1, ...) with `n_dim` dims, or None (no weighting).
+
+    sigma is the *unshifted* schedule's sigma at the nearest schedule timestep (exact in `sigma` mode):
+    `sigma_sqrt`: sigma**-2; `cosmap`: 2/(pi*(1 - 2 sigma + 2 sigma^2)); none/logit_normal/mode: None.
+    """
+    if weighting_scheme not in ("sigma_sqrt", "cosmap"):
+        if weighting_scheme not in WEIGHTING_SCHEMES:
+            raise ValueError(
+                f"unknown weighting scheme {weighting_scheme!r}; choose one of {', '.join(WEIGHTING_SCHEMES)}"
+            )
+        return None
+    sigmas_all, sched = schedule()
+    ts = timesteps.detach().float().cpu().flatten()
+    idx = torch.argmin((sched[None, :] - ts[:, None]).abs(), dim=1)
+    sigma = sigmas_all.to(dtype)[idx].to(timesteps.device)
+    sigma = sigma.view(-1, *([1] * (n_dim - 1)))
+    if weighting_scheme == "sigma_sqrt":
+        return (sigma**-2.0).float()
+    return 2 / (math.pi * (1 - 2 * sigma + 2 * sigma**2))

@@ -1,0 +1,187 @@
+"""Training timestep sampling / noisy input against the golden statistics and steps (golden README 9.1-9.3)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from framepack_cli.sampling.train_timesteps import (
+    TIMESTEP_SAMPLING_MODES,
+    loss_weighting,
+    noisy_input_and_timesteps,
+    noisy_input_at,
+    sample_timesteps,
+    schedule,
+    shift_mu,
+    timesteps_off_schedule,
+    velocity_target,
+)
+
+TRAIN = Path("/work/shared/golden/train")
+pytestmark = pytest.mark.skipif(not (TRAIN / "timesteps.json").is_file(), reason="golden train/ not available")
+
+
+def _golden(name: str):
+    from safetensors.torch import load_file
+
+    return json.loads((TRAIN / f"{name}.json").read_text()), load_file(str(TRAIN / f"{name}.safetensors"))
+
+
+def _params(m: dict) -> dict:
+    keys = ("discrete_flow_shift", "sigmoid_scale", "weighting_scheme", "logit_mean", "logit_std", "mode_scale")
+    return {
+        "timestep_sampling": m["timestep_sampling"],
+        **{k: m[k] for k in keys},
+        "min_timestep": m["min_timestep"],
+        "max_timestep": m["max_timestep"],
+    }
+
+
+@pytest.fixture(scope="module")
+def golden_timesteps():
+    return _golden("timesteps")
+
+
+def _draw_golden_mode(meta: dict, m: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """20000 draws in chunks of 1000 with the global RNG seeded once, as the golden was made."""
+    shape = meta["latent_shape_for_draws"]
+    chunk = meta["draw_chunk"]
+    torch.manual_seed(m["global_torch_seed"])
+    ts, tt = [], []
+    for _ in range(meta["n_draws"] // chunk):
+        timesteps, t = sample_timesteps((chunk, *shape[1:]), **_params(m))
+        ts.append(timesteps)
+        tt.append(t)
+    return torch.cat(ts), torch.cat(tt)
+
+
+def test_every_golden_mode_reproduces_quantiles_and_first_draws(golden_timesteps):
+    meta, gold = golden_timesteps
+    levels = torch.linspace(0, 1, 101, dtype=torch.float64)
+    modes_seen = set()
+    for name, m in meta["modes"].items():
+        modes_seen.add(m["timestep_sampling"])
+        ts, tt = _draw_golden_mode(meta, m)
+        assert ts.shape == (meta["n_draws"],)
+        # Same torch RNG call order as the reference: the first draws are bit-identical.
+        assert torch.equal(ts[:16], gold[f"{name}.first16_timesteps"]), name
+        q = torch.quantile(ts.double(), levels).float()
+        qt = torch.quantile(tt.double(), levels).float()
+        gq, gqt = gold[f"{name}.timestep_quantiles"], gold[f"{name}.t_quantiles"]
+        # README tolerance at interior levels, and in fact far tighter everywhere (same draws).
+        assert (q[1:-1] - gq[1:-1]).abs().max().item() < 0.02 * 1000, name
+        assert (q - gq).abs().max().item() < 1e-2, name
+        assert (qt - gqt).abs().max().item() < 1e-5, name
+        assert ts.double().mean().item() == pytest.approx(m["mean_timestep"], abs=1e-3), name
+        assert ts.min().item() == pytest.approx(m.get("min_timestep_drawn", ts.min().item()), abs=1e-3), name
+    # every mode the README table lists is covered (krea2_shift is not in the golden)
+    assert modes_seen == set(TIMESTEP_SAMPLING_MODES) - {"krea2_shift"}
+
+
+def test_golden_mu_from_latent_shape(golden_timesteps):
+    meta, _ = golden_timesteps
+    h, w = meta["latent_shape_for_draws"][-2:]
+    checked = 0
+    for m in meta["modes"].values():
+        if "mu" in m:
+            mu = shift_mu(m["timestep_sampling"], h, w)
+            assert mu == pytest.approx(m["mu"], rel=1e-12)
+            assert math.exp(mu) == pytest.approx(m["shift_e_mu"], rel=1e-12)
+            checked += 1
+    assert checked == 5
+    with pytest.raises(ValueError, match="no resolution-dependent shift"):
+        shift_mu("shift", h, w)
+
+
+@pytest.mark.parametrize("name", ["step_vanilla", "step_one_frame"])
+def test_golden_training_step_noisy_input_and_target(name):
+    meta, d = _golden(name)
+    ts = meta["timestep_sampling"]
+    x0, noise = d["in.latents"], d["in.noise"]
+    sigma_mode = ts["timestep_sampling"] == "sigma"
+    # the timestep drawn from the seeded global RNG is the golden's, and the noisy input is bit-identical
+    torch.manual_seed(meta["global_torch_seed_before_timestep_draw"])
+    r = noisy_input_and_timesteps(x0, noise, **_params(ts))
+    assert torch.equal(r.timesteps, d["in.timesteps"])
+    assert r.timesteps.item() == pytest.approx(meta["timestep_value_fed_to_dit"], abs=1e-4)
+    assert r.t.item() == pytest.approx(meta["t_or_sigma"], abs=1e-6)
+    assert torch.equal(r.noisy_model_input, d["out.noisy_model_input"])
+    # from the stored timestep value alone
+    noisy = noisy_input_at(x0, noise, d["in.timesteps"], sigma_mode=sigma_mode)
+    torch.testing.assert_close(noisy, d["out.noisy_model_input"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(velocity_target(x0, noise), d["out.target"], atol=1e-6, rtol=0)
+
+
+def test_generator_is_deterministic_and_leaves_global_rng_alone():
+    x0 = torch.zeros(8, 16, 1, 6, 8)
+    for mode in TIMESTEP_SAMPLING_MODES:
+        torch.manual_seed(0)
+        before = torch.get_rng_state()
+        a = noisy_input_and_timesteps(x0, x0, timestep_sampling=mode, generator=torch.Generator().manual_seed(7))
+        b = noisy_input_and_timesteps(x0, x0, timestep_sampling=mode, generator=torch.Generator().manual_seed(7))
+        assert torch.equal(torch.get_rng_state(), before), mode
+        assert torch.equal(a.timesteps, b.timesteps), mode
+        assert a.noisy_model_input.shape == x0.shape
+        assert a.timesteps.shape == a.t.shape == (8,)
+
+
+def test_sigma_mode_min_max_bound_the_index_and_shift_is_ignored():
+    x0 = torch.zeros(4000, 1)
+    torch.manual_seed(3)
+    r = noisy_input_and_timesteps(x0, x0, min_timestep=500, discrete_flow_shift=3.0)
+    # the index is in [500, 1000) -> timesteps 1..500 (the reference's quirk)
+    assert r.timesteps.max().item() <= 500 and r.timesteps.min().item() >= 1
+    torch.manual_seed(3)
+    r1 = noisy_input_and_timesteps(x0, x0, min_timestep=500, discrete_flow_shift=1.0)
+    assert torch.equal(r.timesteps, r1.timesteps)
+    sigmas, sched = schedule()
+    assert sched.shape == (1000,) and sched[0].item() == 1000 and sched[-1].item() == pytest.approx(1.0)
+    assert set(r.timesteps.tolist()) <= set(sched.tolist())
+
+
+def test_sigma_mode_mode_density_never_leaves_the_schedule(monkeypatch):
+    # u0 == 0 gives u == 1 (index 1000), which the reference would crash on; clamped to the last entry.
+    zeros = torch.zeros
+
+    monkeypatch.setattr(torch, "rand", lambda size, **kw: zeros(size))
+    timesteps, sigma = sample_timesteps((2, 1), weighting_scheme="mode", mode_scale=1.29)
+    assert timesteps.tolist() == pytest.approx([1.0, 1.0]) and sigma.tolist() == pytest.approx([0.001, 0.001])
+
+
+def test_continuous_min_max_rescale():
+    x0 = torch.zeros(5000, 1)
+    torch.manual_seed(1)
+    r = noisy_input_and_timesteps(x0, x0, timestep_sampling="uniform", min_timestep=200, max_timestep=800)
+    assert r.t.min().item() >= 0.2 and r.t.max().item() <= 0.8
+    torch.testing.assert_close(r.timesteps, r.t * 1000 + 1)
+
+
+def test_unknown_mode_and_scheme_are_refused():
+    x0 = torch.zeros(1, 1)
+    with pytest.raises(ValueError, match="unknown timestep sampling 'foo'; choose one of sigma, uniform"):
+        noisy_input_and_timesteps(x0, x0, timestep_sampling="foo")
+    with pytest.raises(ValueError, match="unknown weighting scheme 'bar'"):
+        loss_weighting("bar", torch.tensor([500.0]))
+
+
+def test_loss_weighting_schemes():
+    ts = torch.tensor([1000.0, 545.0, 1.0])
+    sigma = torch.tensor([1.0, 0.545, 0.001])
+    for scheme in ("none", "logit_normal", "mode"):
+        assert loss_weighting(scheme, ts) is None
+    w = loss_weighting("sigma_sqrt", ts)
+    assert w.shape == (3, 1, 1, 1, 1) and w.dtype == torch.float32
+    torch.testing.assert_close(w.flatten(), sigma**-2.0, rtol=1e-4, atol=0)
+    c = loss_weighting("cosmap", ts, n_dim=4)
+    assert c.shape == (3, 1, 1, 1)
+    torch.testing.assert_close(c.flatten(), 2 / (math.pi * (1 - 2 * sigma + 2 * sigma**2)), rtol=1e-5, atol=0)
+    # continuous-mode timesteps (1000 t + 1) use the nearest schedule entry, and are reported off-schedule
+    off = torch.tensor([545.4, 1000.9])
+    assert timesteps_off_schedule(off) and not timesteps_off_schedule(schedule()[1][[0, 455, 999]])
+    torch.testing.assert_close(
+        loss_weighting("sigma_sqrt", off).flatten(), torch.tensor([0.545, 1.0]) ** -2.0, rtol=1e-4, atol=0
+    )
