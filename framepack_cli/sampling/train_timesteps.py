@@ -36,6 +36,7 @@ The noise itself is not drawn here (the reference draws it before, with `randn_l
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,7 @@ TIMESTEP_SAMPLING_MODES = (
     "flux2_shift",
     "qwen_shift",
     "krea2_shift",
+    "ideogram4_shift",
     "logsnr",
     "qinglong_flux",
     "qinglong_qwen",
@@ -59,6 +61,7 @@ WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "cosmap", "sigma_sqrt")
 
 # Qinglong mixtures: the second log-SNR component's fixed mean/std.
 _QINGLONG_LOGSNR2 = (5.36, 1.0)
+_PRESERVE_MAX_ROUNDS = 1000
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,22 @@ def schedule() -> tuple[torch.Tensor, torch.Tensor]:
     return sigmas, (sigmas[:-1] * NUM_TRAIN_TIMESTEPS).to(torch.float32)
 
 
+def _uniform_to_normal(u: torch.Tensor, mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
+    """Inverse normal CDF of a pre-drawn uniform value (clamped to [1e-7, 1-1e-7]), as the reference does."""
+    u = torch.clamp(u, 1e-7, 1.0 - 1e-7)
+    return mean + std * math.sqrt(2.0) * torch.erfinv(2.0 * u - 1.0)
+
+
+def _ideogram4_t(u: torch.Tensor, latent_h: int, latent_w: int) -> torch.Tensor:
+    """Ideogram 4's resolution-aware logit-normal t (float64 inside, clamped), from uniform values."""
+    uu = torch.clamp(u.to(torch.float64), 1e-7, 1.0 - 1e-7)
+    mean = 0.5 * math.log((latent_h * 16 * latent_w * 16) / (512 * 512))
+    t = torch.special.expit(mean + 1.5 * torch.special.ndtri(uu))
+    t_min = 1.0 / (1 + math.exp(0.5 * 18.0))
+    t_max = 1.0 / (1 + math.exp(0.5 * -15.0))
+    return t.clamp(1.0 - t_max, 1.0 - t_min).to(dtype=u.dtype)
+
+
 def sample_continuous_t(
     mode: str,
     batch_size: int,
@@ -110,46 +129,60 @@ def sample_continuous_t(
     sigmoid_scale: float = 1.0,
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
+    uniform_values: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """t in (0, 1) of shape (B,) for a continuous mode, before the min/max_timestep rescale (see module doc)."""
+    """t in (0, 1) of shape (B,) for a continuous mode, before the min/max_timestep rescale (see module doc).
+
+    `uniform_values` (B,) replace the draws (the dataset's timestep buckets): used as u directly, or mapped to
+    normal values by the inverse CDF; the qinglong per-sample choice is still drawn from the RNG.
+    """
     kw = {"generator": generator, "device": device}
 
-    def rand(n: int) -> torch.Tensor:
-        return torch.rand((n,), **kw)
+    def rand(n: int, org: torch.Tensor | None) -> torch.Tensor:
+        return torch.rand((n,), **kw) if org is None else org
 
-    def randn(n: int) -> torch.Tensor:
-        return torch.randn((n,), **kw)
+    def randn(n: int, org: torch.Tensor | None) -> torch.Tensor:
+        return torch.randn((n,), **kw) if org is None else _uniform_to_normal(org)
 
-    def normal(mean: float, std: float, n: int) -> torch.Tensor:
+    def normal(mean: float, std: float, n: int, org: torch.Tensor | None) -> torch.Tensor:
+        if org is not None:
+            return _uniform_to_normal(org, mean, std)
         return torch.normal(mean=mean, std=std, size=(n,), **kw)
 
+    org = uniform_values
     if mode == "uniform":
-        return rand(batch_size)
+        return rand(batch_size, org)
     if mode == "sigmoid":
-        return torch.sigmoid(sigmoid_scale * randn(batch_size))
+        return torch.sigmoid(sigmoid_scale * randn(batch_size, org))
+    if mode == "ideogram4_shift":
+        return _ideogram4_t(rand(batch_size, org), *latent_hw)
     if mode == "shift":
-        return _shifted_sigmoid(randn(batch_size), sigmoid_scale, discrete_flow_shift)
+        return _shifted_sigmoid(randn(batch_size, org), sigmoid_scale, discrete_flow_shift)
     if mode in ("flux_shift", "flux2_shift", "qwen_shift", "krea2_shift"):
         shift = math.exp(shift_mu(mode, *latent_hw))
-        return _shifted_sigmoid(randn(batch_size), sigmoid_scale, shift)
+        return _shifted_sigmoid(randn(batch_size, org), sigmoid_scale, shift)
     if mode == "logsnr":
-        return torch.sigmoid(-normal(logit_mean, logit_std, batch_size) / 2)
+        return torch.sigmoid(-normal(logit_mean, logit_std, batch_size, org) / 2)
     if mode in ("qinglong_flux", "qinglong_qwen"):
         flux = mode == "qinglong_flux"
-        d = rand(batch_size)
+        d = torch.rand((batch_size,), **kw)
         mid = d < (0.79 if flux else 0.95)
         logsnr1 = (d >= 0.79) & (d < 0.9) if flux else torch.zeros_like(mid)
         logsnr2 = d >= (0.9 if flux else 0.95)
         t = torch.zeros((batch_size,), device=device)
+
+        def part(mask: torch.Tensor) -> tuple[int, torch.Tensor | None]:
+            return int(mask.sum().item()), (org[mask.to(org.device)] if org is not None else None)
+
         if mid.any():
             shift = math.exp(shift_mu(mode, *latent_hw))
-            t[mid] = _shifted_sigmoid(randn(int(mid.sum().item())), sigmoid_scale, shift)
+            t[mid] = _shifted_sigmoid(randn(*part(mid)), sigmoid_scale, shift).to(t)
         if logsnr1.any():
-            t[logsnr1] = torch.sigmoid(-normal(logit_mean, logit_std, int(logsnr1.sum().item())) / 2)
+            t[logsnr1] = torch.sigmoid(-normal(logit_mean, logit_std, *part(logsnr1)) / 2).to(t)
         if logsnr2.any():
-            t[logsnr2] = torch.sigmoid(-normal(*_QINGLONG_LOGSNR2, int(logsnr2.sum().item())) / 2)
+            t[logsnr2] = torch.sigmoid(-normal(*_QINGLONG_LOGSNR2, *part(logsnr2)) / 2).to(t)
         return t
     raise ValueError(f"unknown timestep sampling {mode!r}; choose one of {', '.join(TIMESTEP_SAMPLING_MODES)}")
 
@@ -190,13 +223,26 @@ def sample_timesteps(
     mode_scale: float = 1.29,
     min_timestep: float | None = None,
     max_timestep: float | None = None,
+    preserve_distribution_shape: bool = False,
+    uniform_values: torch.Tensor | None = None,
+    bucket_values: Callable[[int], torch.Tensor] | None = None,
+    on_warning: Callable[[str], None] | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     draw_device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(timesteps fed to the DiT, t) for a batch of latents shaped `latent_shape` (B, ..., h, w), both (B,) float32
     on `device`. t is sigma in `sigma` mode (timestep = 1000*sigma), else timestep = 1000*t + 1.
-    The RNG draws and their order are listed in the module doc."""
+    The RNG draws and their order are listed in the module doc.
+
+    Continuous modes only (`sigma` ignores all three, like the reference):
+    - `uniform_values` (B,): the batch's pre-drawn timestep-bucket values, used instead of the draws.
+    - `preserve_distribution_shape`: instead of rescaling into [min, max]/1000, rejection sampling: up to
+      1000 rounds, each drawing a fresh batch (from `bucket_values(B)` when given, the trainer's own bucket
+      pool, else the RNG) and keeping values with min <= t <= max until B are collected. If that fails, the
+      reference warns (`on_warning`), makes one more draw it discards (with `uniform_values`) and keeps the
+      last round's unfiltered t; kept for parity.
+    """
     batch_size = int(latent_shape[0])
     if timestep_sampling == "sigma":
         if draw_device is None:
@@ -219,20 +265,46 @@ def sample_timesteps(
 
     if draw_device is None:
         draw_device = generator.device if generator is not None else device
-    t = sample_continuous_t(
-        timestep_sampling,
-        batch_size,
-        (int(latent_shape[-2]), int(latent_shape[-1])),
-        discrete_flow_shift=discrete_flow_shift,
-        sigmoid_scale=sigmoid_scale,
-        logit_mean=logit_mean,
-        logit_std=logit_std,
-        generator=generator,
-        device=draw_device,
-    ).to(device)
+
+    def draw(org: torch.Tensor | None) -> torch.Tensor:
+        return sample_continuous_t(
+            timestep_sampling,
+            batch_size,
+            (int(latent_shape[-2]), int(latent_shape[-1])),
+            discrete_flow_shift=discrete_flow_shift,
+            sigmoid_scale=sigmoid_scale,
+            logit_mean=logit_mean,
+            logit_std=logit_std,
+            uniform_values=None if org is None else org.to(draw_device, torch.float32),
+            generator=generator,
+            device=draw_device,
+        ).to(device)
+
     t_min = (min_timestep if min_timestep is not None else 0) / 1000.0
     t_max = (max_timestep if max_timestep is not None else 1000.0) / 1000.0
-    t = t * (t_max - t_min) + t_min
+    if not preserve_distribution_shape:
+        t = draw(uniform_values)
+        t = t * (t_max - t_min) + t_min
+    else:
+        kept: list[torch.Tensor] = []
+        for _ in range(_PRESERVE_MAX_ROUNDS):
+            t = draw(bucket_values(batch_size) if bucket_values is not None else None)
+            for t_i in t:
+                if t_min <= t_i <= t_max:
+                    kept.append(t_i)
+                if len(kept) == batch_size:
+                    break
+            if len(kept) == batch_size:
+                break
+        if len(kept) < batch_size:
+            if on_warning is not None:
+                on_warning(
+                    f"Could not sample {batch_size} valid timesteps in {_PRESERVE_MAX_ROUNDS} loops "
+                    f"(min_timestep {min_timestep}, max_timestep {max_timestep}); using unfiltered timesteps"
+                )
+            draw(uniform_values)  # the reference's discarded extra draw (keeps the RNG state in step)
+        else:
+            t = torch.stack(kept, dim=0)
     return t * 1000.0 + 1, t
 
 
@@ -249,6 +321,10 @@ def noisy_input_and_timesteps(
     mode_scale: float = 1.29,
     min_timestep: float | None = None,
     max_timestep: float | None = None,
+    preserve_distribution_shape: bool = False,
+    uniform_values: torch.Tensor | None = None,
+    bucket_values: Callable[[int], torch.Tensor] | None = None,
+    on_warning: Callable[[str], None] | None = None,
     generator: torch.Generator | None = None,
     draw_device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
@@ -269,6 +345,10 @@ def noisy_input_and_timesteps(
         mode_scale=mode_scale,
         min_timestep=min_timestep,
         max_timestep=max_timestep,
+        preserve_distribution_shape=preserve_distribution_shape,
+        uniform_values=uniform_values,
+        bucket_values=bucket_values,
+        on_warning=on_warning,
         generator=generator,
         device=latents.device,
         draw_device=draw_device,

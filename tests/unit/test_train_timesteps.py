@@ -78,8 +78,8 @@ def test_every_golden_mode_reproduces_quantiles_and_first_draws(golden_timesteps
         assert (qt - gqt).abs().max().item() < 1e-5, name
         assert ts.double().mean().item() == pytest.approx(m["mean_timestep"], abs=1e-3), name
         assert ts.min().item() == pytest.approx(m.get("min_timestep_drawn", ts.min().item()), abs=1e-3), name
-    # every mode the README table lists is covered (krea2_shift is not in the golden)
-    assert modes_seen == set(TIMESTEP_SAMPLING_MODES) - {"krea2_shift"}
+    # every mode the README table lists is covered (krea2_shift and ideogram4_shift are not in the golden)
+    assert modes_seen == set(TIMESTEP_SAMPLING_MODES) - {"krea2_shift", "ideogram4_shift"}
 
 
 def test_golden_mu_from_latent_shape(golden_timesteps):
@@ -185,3 +185,75 @@ def test_loss_weighting_schemes():
     torch.testing.assert_close(
         loss_weighting("sigma_sqrt", off).flatten(), torch.tensor([0.545, 1.0]) ** -2.0, rtol=1e-4, atol=0
     )
+
+
+def test_bucket_uniform_values_replace_the_draws():
+    x0 = torch.zeros(3, 16, 1, 32, 32)
+    u = torch.tensor([0.25, 0.5, float(torch.special.ndtr(torch.tensor(1.0)))])
+    before = torch.get_rng_state()
+    ts, t = sample_timesteps(x0.shape, timestep_sampling="uniform", uniform_values=u)
+    torch.testing.assert_close(t, u)
+    _, t = sample_timesteps(x0.shape, timestep_sampling="sigmoid", sigmoid_scale=2.0, uniform_values=u)
+    z = torch.special.ndtri(u)
+    torch.testing.assert_close(t, torch.sigmoid(2.0 * z), atol=1e-5, rtol=0)
+    _, t = sample_timesteps(x0.shape, timestep_sampling="logsnr", logit_mean=-6, logit_std=2, uniform_values=u)
+    torch.testing.assert_close(t, torch.sigmoid(-(-6 + 2 * z) / 2), atol=1e-5, rtol=0)
+    _, t = sample_timesteps(x0.shape, timestep_sampling="shift", discrete_flow_shift=3.0, uniform_values=u)
+    s = torch.sigmoid(z)
+    torch.testing.assert_close(t, 3 * s / (1 + 2 * s), atol=1e-5, rtol=0)
+    # ideogram4_shift: 32x32 latents = 512x512 pixels -> mean 0, t = sigmoid(1.5 * z)
+    _, t = sample_timesteps(x0.shape, timestep_sampling="ideogram4_shift", uniform_values=u)
+    torch.testing.assert_close(t, torch.sigmoid(1.5 * z), atol=1e-5, rtol=0)
+    assert torch.equal(torch.get_rng_state(), before)  # no draw made
+    # sigma mode ignores them (it draws its own u on the CPU)
+    torch.manual_seed(4)
+    a, _ = sample_timesteps(x0.shape, uniform_values=u)
+    torch.manual_seed(4)
+    b, _ = sample_timesteps(x0.shape)
+    assert torch.equal(a, b)
+    # qinglong still draws the per-sample choice from the RNG, then uses the bucket values
+    torch.manual_seed(4)
+    _, t = sample_timesteps(x0.shape, timestep_sampling="qinglong_qwen", uniform_values=u)
+    torch.manual_seed(4)
+    d = torch.rand(3)
+    shift = math.exp(shift_mu("qinglong_qwen", 32, 32))
+    expect = torch.where(d < 0.95, shift * s / (1 + (shift - 1) * s), torch.sigmoid(-(5.36 + z) / 2))
+    torch.testing.assert_close(t, expect, atol=1e-5, rtol=0)
+
+
+def test_preserve_distribution_shape_rejects_instead_of_rescaling():
+    shape = (6, 16, 1, 4, 4)
+    torch.manual_seed(11)
+    ts, t = sample_timesteps(
+        shape, timestep_sampling="uniform", min_timestep=300, max_timestep=600, preserve_distribution_shape=True
+    )
+    torch.manual_seed(11)
+    pool = torch.cat([torch.rand(6) for _ in range(40)])
+    expect = pool[(pool >= 0.3) & (pool <= 0.6)][:6]
+    torch.testing.assert_close(t, expect, atol=0, rtol=0)
+    torch.testing.assert_close(ts, expect * 1000 + 1)
+
+
+def test_preserve_distribution_shape_failure_warns_and_keeps_last_round():
+    warnings: list[str] = []
+    calls = []
+
+    def buckets(n: int) -> torch.Tensor:
+        calls.append(n)
+        return torch.full((n,), 0.1)
+
+    ts, t = sample_timesteps(
+        (2, 1, 1, 4, 4),
+        timestep_sampling="uniform",
+        min_timestep=500,
+        preserve_distribution_shape=True,
+        bucket_values=buckets,
+        on_warning=warnings.append,
+    )
+    assert len(calls) == 1000 and calls[0] == 2
+    assert warnings == [
+        "Could not sample 2 valid timesteps in 1000 loops (min_timestep 500, max_timestep None); "
+        "using unfiltered timesteps"
+    ]
+    torch.testing.assert_close(t, torch.tensor([0.1, 0.1]))
+    torch.testing.assert_close(ts, torch.tensor([101.0, 101.0]))
