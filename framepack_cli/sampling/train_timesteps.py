@@ -21,12 +21,14 @@ global RNG exactly like the reference, so a trainer seeding the global RNG repro
 
 - sigma: one draw: `torch.normal(logit_mean, logit_std)` for weighting `logit_normal`, else `torch.rand`.
   The reference makes this draw on the CPU.
-- uniform: `torch.rand`.  logsnr: `torch.normal(logit_mean, logit_std)`.
+- uniform, ideogram4_shift: `torch.rand`.  logsnr: `torch.normal(logit_mean, logit_std)`.
 - sigmoid, shift, flux_shift, flux2_shift, qwen_shift, krea2_shift: `torch.randn`.
 - qinglong_flux / qinglong_qwen: `torch.rand` (the per-sample choice d), then, each only if it selects at
   least one sample and with that many values: `torch.randn` (shift part, d < 0.79 resp. d < 0.95),
   `torch.normal(logit_mean, logit_std)` (flux only, 0.79 <= d < 0.90), `torch.normal(5.36, 1.0)`
   (d >= 0.90 resp. d >= 0.95).
+- with `uniform_values` (dataset timestep buckets) only the qinglong choice d is drawn; with
+  `preserve_distribution_shape` the mode's draws repeat once per rejection round (see `sample_timesteps`).
 
 Draws happen on `draw_device` (default: the generator's device, or the CPU for `sigma` and the latents'
 device otherwise, as the reference does: on a GPU the continuous modes use that device's RNG).

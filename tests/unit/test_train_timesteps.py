@@ -257,3 +257,14 @@ def test_preserve_distribution_shape_failure_warns_and_keeps_last_round():
     ]
     torch.testing.assert_close(t, torch.tensor([0.1, 0.1]))
     torch.testing.assert_close(ts, torch.tensor([101.0, 101.0]))
+
+
+def test_sigma_mode_mixes_with_sigma_in_the_given_dtype():
+    x0 = torch.randn(4, 16, 1, 2, 2, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(4, 16, 1, 2, 2, generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(9)
+    r = noisy_input_and_timesteps(x0, noise, generator=g, dtype=torch.bfloat16)
+    s = r.t.to(torch.bfloat16).view(-1, 1, 1, 1, 1)
+    assert torch.equal(r.noisy_model_input, s * noise + (1.0 - s) * x0)
+    assert r.noisy_model_input.dtype == torch.float32
+    torch.testing.assert_close(r.timesteps, r.t * 1000, atol=1e-3, rtol=0)
