@@ -294,7 +294,7 @@ def test_param_groups_loraplus(dit):
 
 
 # --------------------------------------------------------------------------------------------------
-# One training step (train/step_vanilla)
+# One training step (train/step_vanilla, train/step_one_frame)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -309,9 +309,29 @@ def _load_cache(*names: str) -> dict[str, torch.Tensor]:
     return batch
 
 
-def test_training_step_matches_golden(dit):
-    step, info = load_file(GOLDEN / "train" / "step_vanilla.safetensors"), json.loads(
-        (GOLDEN / "train" / "step_vanilla.json").read_text())
+def _dit_call(dit, batch: dict[str, torch.Tensor], noisy: torch.Tensor, timesteps, guidance) -> torch.Tensor:
+    """The trainer's DiT call: zero 2x/4x history where the cache has the indices but no latents."""
+    b, _, _, h, w = noisy.shape
+    history = {}
+    for scale, frames in (("2x", 2), ("4x", 16)):
+        idx = batch.get(f"clean_latent_{scale}_indices")
+        lat = batch.get(f"latents_clean_{scale}")
+        if idx is not None and lat is None:
+            lat = torch.zeros((b, 16, frames, h, w), dtype=noisy.dtype)
+        history[f"clean_latents_{scale}"] = lat if idx is not None else None
+        history[f"clean_latent_{scale}_indices"] = idx
+    return dit(
+        hidden_states=noisy, timestep=timesteps, encoder_hidden_states=batch["llama_vec"],
+        encoder_attention_mask=batch["llama_attention_mask"], pooled_projections=batch["clip_l_pooler"],
+        guidance=guidance, latent_indices=batch["latent_indices"], clean_latents=batch["latents_clean"],
+        clean_latent_indices=batch["clean_latent_indices"], image_embeddings=batch["image_embeddings"], **history,
+    )
+
+
+@pytest.mark.parametrize("case", ["step_vanilla", "step_one_frame"])
+def test_training_step_matches_golden(dit, case):
+    step = load_file(GOLDEN / "train" / f"{case}.safetensors")
+    info = json.loads((GOLDEN / "train" / f"{case}.json").read_text())
     batch = _load_cache(info["latent_cache_file"], info["text_cache_file"])
     assert {k: [list(v.shape), str(v.dtype)[6:]] for k, v in batch.items()} == info["batch_keys_after_loading"]
 
@@ -322,19 +342,14 @@ def test_training_step_matches_golden(dit):
     net.train()
 
     x0, noise, timesteps = step["in.latents"], step["in.noise"], step["in.timesteps"]
-    t = ((timesteps - 1) / 1000).view(-1, 1, 1, 1, 1)
+    if info["timestep_sampling"]["timestep_sampling"] == "sigma":
+        t = (timesteps / 1000).view(-1, 1, 1, 1, 1)
+    else:
+        t = ((timesteps - 1) / 1000).view(-1, 1, 1, 1, 1)
     noisy = (1 - t) * x0 + t * noise
     torch.testing.assert_close(noisy, step["out.noisy_model_input"], atol=1e-6, rtol=0)
     assert step["in.guidance"].tolist() == [1000.0]
-    pred = dit(
-        hidden_states=noisy, timestep=timesteps, encoder_hidden_states=batch["llama_vec"],
-        encoder_attention_mask=batch["llama_attention_mask"], pooled_projections=batch["clip_l_pooler"],
-        guidance=step["in.guidance"], latent_indices=batch["latent_indices"],
-        clean_latents=batch["latents_clean"], clean_latent_indices=batch["clean_latent_indices"],
-        clean_latents_2x=batch["latents_clean_2x"], clean_latent_2x_indices=batch["clean_latent_2x_indices"],
-        clean_latents_4x=batch["latents_clean_4x"], clean_latent_4x_indices=batch["clean_latent_4x_indices"],
-        image_embeddings=batch["image_embeddings"],
-    )
+    pred = _dit_call(dit, batch, noisy, timesteps, step["in.guidance"])
     torch.testing.assert_close(pred, step["out.model_pred"], atol=2e-4, rtol=1e-3)
     loss = torch.nn.functional.mse_loss(pred, noise - x0)
     assert loss.item() == pytest.approx(step["out.loss"].item(), rel=1e-4)
