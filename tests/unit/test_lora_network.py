@@ -398,3 +398,25 @@ def test_load_weights_keeps_modules_the_file_lacks(dit, tmp_path):
     report = net.load_weights(path)
     assert len(report.loaded) == 10 and len(report.missing) == 24
     assert all(n.startswith("lora_unet_transformer_blocks_") for n in report.missing)
+
+
+def test_save_into_unwritable_folder_is_a_resource_error(dit, tmp_path, monkeypatch):
+    import errno
+
+    from framepack_cli.errors import ResourceError
+    from framepack_cli.models.lora import save as save_mod
+
+    real_open = save_mod.Path.open
+
+    def full_disk(self, mode="r", *a, **k):
+        if "w" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(self, mode, *a, **k)
+
+    monkeypatch.setattr(save_mod.Path, "open", full_disk)
+    net = LoraNetwork(dit, 4, 1.0)
+    out = tmp_path / "lora.safetensors"
+    with pytest.raises(ResourceError) as e:
+        net.save_weights(out, flag="--output_dir")
+    assert e.value.message == f"--output_dir: cannot write {out}: No space left on device"
+    assert e.value.exit_code == 3 and list(tmp_path.iterdir()) == []

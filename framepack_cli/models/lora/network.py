@@ -385,9 +385,14 @@ class LoraNetwork(nn.Module):
         return out
 
     def save_weights(self, path: str | Path, *, dtype: torch.dtype | None = None,
-                     metadata: Mapping[str, str] | None = None) -> dict[str, str]:
-        """Save as musubi does (safetensors, temp file then rename), adding `sshs_model_hash` and
-        `sshs_legacy_hash` to the metadata. Returns the metadata written."""
+                     metadata: Mapping[str, str] | None = None, flag: str = "--output_dir") -> dict[str, str]:
+        """Save as musubi does, as safetensors (temp file then rename: never a half-written file), adding
+        `sshs_model_hash` and `sshs_legacy_hash` to the metadata. Returns the metadata written.
+
+        Raises:
+            ResourceError: the file cannot be written (disk full, no permission); names `flag` and the path.
+        """
+        from framepack_cli.io.writable import resource_error_for
         from framepack_cli.models.lora.save import save_tensors
 
         tensors = self.weights(dtype)
@@ -395,7 +400,10 @@ class LoraNetwork(nn.Module):
         model_hash, legacy_hash = safetensors_hashes(tensors, meta)
         meta["sshs_model_hash"] = model_hash
         meta["sshs_legacy_hash"] = legacy_hash
-        save_tensors(path, tensors, meta)
+        try:
+            save_tensors(path, tensors, meta)
+        except OSError as e:
+            raise resource_error_for(e, flag, path) from None
         return meta
 
 
