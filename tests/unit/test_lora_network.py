@@ -420,3 +420,9 @@ def test_save_into_unwritable_folder_is_a_resource_error(dit, tmp_path, monkeypa
         net.save_weights(out, flag="--output_dir")
     assert e.value.message == f"--output_dir: cannot write {out}: No space left on device"
     assert e.value.exit_code == 3 and list(tmp_path.iterdir()) == []
+
+
+def test_load_state_dict_alpha_updates_the_scale(dit):
+    net = LoraNetwork(dit, 4, 1.0)
+    net.load_state_dict(load_file(LORA_TINY))
+    assert {x.scale for x in net.loras} == {0.5} and {x.alpha.item() for x in net.loras} == {2.0}

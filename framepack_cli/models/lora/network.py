@@ -62,8 +62,8 @@ class LoraLinear(nn.Module):
         self.lora_up = nn.Linear(self.lora_dim, org.out_features, bias=False, device=device, dtype=torch.float32)
         nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_up.weight)
-        alpha = float(self.lora_dim if alpha is None or alpha == 0 else alpha)
-        self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float32, device=device))
+        self.register_buffer("alpha", torch.zeros((), dtype=torch.float32, device=device))
+        self.set_alpha(alpha)
         self.multiplier = multiplier
         self.dropout = dropout
         self.rank_dropout = rank_dropout
@@ -71,9 +71,16 @@ class LoraLinear(nn.Module):
         self._org = [org]  # a list, so the Linear is no submodule
         self._org_forward = None
 
-    @property
-    def scale(self) -> float:
-        return float(self.alpha) / self.lora_dim
+    def set_alpha(self, alpha: float | None) -> None:
+        """Set alpha (None/0 -> rank) and the scale alpha/rank that the forward uses."""
+        alpha = float(self.lora_dim if alpha is None or alpha == 0 else alpha)
+        with torch.no_grad():
+            self.alpha.fill_(alpha)
+        self.scale = alpha / self.lora_dim  # a Python float: no device sync in the forward
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.set_alpha(float(self.alpha))  # a loaded alpha buffer sets the scale too
 
     @property
     def org_module(self) -> nn.Linear:
@@ -331,8 +338,7 @@ class LoraNetwork(nn.Module):
                     continue
                 lora.lora_down.weight.copy_(mod.tensors["down"].to(torch.float32))
                 lora.lora_up.weight.copy_(mod.tensors["up"].to(torch.float32))
-                alpha = lora.lora_dim if mod.alpha is None or mod.alpha == 0 else mod.alpha
-                lora.alpha.fill_(float(alpha))
+                lora.set_alpha(mod.alpha)
                 report.loaded.append(lora.lora_name)
         return report
 
