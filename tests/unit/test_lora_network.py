@@ -426,3 +426,18 @@ def test_load_state_dict_alpha_updates_the_scale(dit):
     net = LoraNetwork(dit, 4, 1.0)
     net.load_state_dict(load_file(LORA_TINY))
     assert {x.scale for x in net.loras} == {0.5} and {x.alpha.item() for x in net.loras} == {2.0}
+
+
+def test_bf16_base_keeps_float32_lora_and_base_dtype_output():
+    from framepack_cli.models.transformer import load_dit
+
+    dit = load_dit(MODELS / "dit_single.safetensors", dtype=torch.bfloat16)
+    net = LoraNetwork(dit, 4, 1.0)
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    to_q = dit.single_transformer_blocks[0].attn.to_q
+    x = torch.randn(1, 3, to_q.in_features, dtype=torch.bfloat16)
+    y = to_q(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    lora = next(x for x in net.loras if x.path == "single_transformer_blocks.0.attn.to_q")
+    assert lora.lora_up.weight.grad is not None and lora.lora_up.weight.grad.dtype == torch.float32
