@@ -27,7 +27,8 @@ weight is touched, so a bad LoRA fails in seconds instead of after loading 25 GB
 
 One concept per file: `names` (key naming), `modules` (what a file holds), `read` (every layout in),
 `merge` (plan and apply), `merge_file` (a DiT file on disk), `save` (streamed atomic safetensors),
-`convert` (every layout out), `describe` (`lora inspect`). The names below are the public API.
+`convert` (every layout out), `describe` (`lora inspect`), `network` (the trainable LoRA network).
+The names below are the public API.
 """
 
 from framepack_cli.models.lora.convert import convert_lora, convert_lora_file
@@ -36,11 +37,13 @@ from framepack_cli.models.lora.merge import MergePlan, dit_inner_dim, merge_lora
 from framepack_cli.models.lora.merge_file import merge_dit_file
 from framepack_cli.models.lora.modules import LoraFile, LoraModule, LoraSpec
 from framepack_cli.models.lora.names import NETWORK_LABELS, TARGETS, framepack_path, is_framepack_path, musubi_name
+from framepack_cli.models.lora.network import LoraNetwork, training_metadata
 from framepack_cli.models.lora.read import read_lora
 from framepack_cli.models.lora.save import save_tensors, write_safetensors
 
 __all__ = [
-    "NETWORK_LABELS", "TARGETS", "LoraFile", "LoraModule", "LoraSpec", "MergePlan", "convert_lora",
+    "NETWORK_LABELS", "TARGETS", "LoraFile", "LoraModule", "LoraNetwork", "LoraSpec", "MergePlan", "convert_lora",
     "convert_lora_file", "describe_lora", "dit_inner_dim", "framepack_path", "is_framepack_path", "merge_dit_file",
-    "merge_loras", "musubi_name", "plan_merge", "read_lora", "save_tensors", "write_safetensors",
+    "merge_loras", "musubi_name", "plan_merge", "read_lora", "save_tensors", "training_metadata",
+    "write_safetensors",
 ]
