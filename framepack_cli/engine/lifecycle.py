@@ -21,6 +21,7 @@ class RunTracker:
         self.sections_total = 0
         self.sections_done = 0
         self.written: list[str] = []
+        self._counted = False  # the current section's last step is done and counted
 
     # ProgressSink ------------------------------------------------------------------------------------
     def message(self, text: str) -> None:
@@ -36,17 +37,27 @@ class RunTracker:
         self.inner.start_sections(total)
 
     def start_section(self, index: int, total: int, label: str) -> None:
-        self.phase = "sampling"
+        self.phase, self._counted = "sampling", False
         self.inner.start_section(index, total, label)
 
     def step(self, done: int, total: int) -> None:
+        # A section counts as done with its last step, before the inner sink reports it: a Ctrl-C that follows
+        # the "N steps in" line must not say the section was still sampling.
+        if done >= total and not self._counted:
+            self._section_done()
         self.inner.step(done, total)
 
     def end_section(self) -> None:
+        if not self._counted:
+            self._section_done()
+        self._counted = False
+        self.inner.end_section()
+
+    def _section_done(self) -> None:
+        self._counted = True
         self.sections_done += 1
         if self.sections_done >= self.sections_total:
             self.phase = "sampled"
-        self.inner.end_section()
 
     def start_items(self, total: int, label: str) -> None:
         if label == "decode":

@@ -442,3 +442,28 @@ def test_blender_into_video_writer(tmp_path: Path) -> None:
         b.finish()
     frames, _, _ = _decode(tmp_path / "s.mp4")
     assert frames.shape == (13 + 9 + 5 - 10, 16, 16, 3)
+
+
+def test_run_tracker_counts_a_section_with_its_last_step():
+    """The "N steps in" line is printed at the last step: a Ctrl-C right after it says the section is done."""
+    from framepack_cli.engine.lifecycle import RunTracker
+    from framepack_cli.engine.progress import NullProgress
+
+    seen: list[str] = []
+
+    class Inner(NullProgress):
+        def step(self, done, total):
+            seen.append(tracker.interrupted_line())
+
+    tracker = RunTracker(Inner())
+    tracker.start_sections(2)
+    tracker.start_section(0, 2, "section 2/2")
+    tracker.step(1, 2)
+    tracker.step(2, 2)
+    assert seen == ["Interrupted while sampling section 1 of 2; nothing written",
+                    "Interrupted after section 1 of 2; nothing written"]
+    tracker.end_section()  # not counted twice
+    assert tracker.interrupted_line() == "Interrupted after section 1 of 2; nothing written"
+    tracker.start_section(1, 2, "section 1/2")
+    tracker.end_section()
+    assert tracker.interrupted_line() == "Interrupted after sampling all 2 section(s); nothing written"
