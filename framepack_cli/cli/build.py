@@ -18,21 +18,18 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from framepack_cli.options.fields import (  # noqa: F401 (re-exported for cli.help)
-    CHOICES_IN_METAVAR,
-    NUMBER_WORDS,
+from framepack_cli.options.fields import (
     argument_label,
     choices_of,
     field_cli,
     is_tuple_field,
     metavar,
     scalar_metavar,
-    tuple_items,
     unwrap_optional,
 )
 
-# Validation lives in options (plain pydantic: engines validate batch lines with it too); re-exported here.
-from framepack_cli.options.validation import OptionsError, render_validation_error, validate  # noqa: F401
+# Validation lives in options (plain pydantic: engines validate batch lines with it too).
+from framepack_cli.options.validation import validate
 
 
 def help_text(field: FieldInfo) -> str:

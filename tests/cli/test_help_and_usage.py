@@ -16,8 +16,8 @@ import sys
 import pytest
 
 from framepack_cli.cli.app import main
-from framepack_cli.cli.build import field_cli
 from framepack_cli.cli.commands import COMMANDS, load_options
+from framepack_cli.options.fields import field_cli
 from tests.conftest import MODELS
 
 M = MODELS
@@ -323,8 +323,8 @@ def test_render_validation_error_covers_pydantic_types():
 
     from pydantic import Field, ValidationError
 
-    from framepack_cli.cli.build import render_validation_error
     from framepack_cli.options.base import OptionsBase, cli
+    from framepack_cli.options.validation import render_validation_error
 
     class Color(str, Enum):
         RED = "red"
