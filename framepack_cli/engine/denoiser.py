@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 import torch
 
-from framepack_cli.plan.sections import LATENT_CHANNELS  # noqa: F401 (re-exported for the jobs)
-
 
 @dataclass
 class TextCond:

@@ -18,7 +18,7 @@ import torch
 
 from framepack_cli import __version__
 from framepack_cli.engine.context import resolve_device
-from framepack_cli.engine.denoiser import LATENT_CHANNELS, make_model_fn, to_device
+from framepack_cli.engine.denoiser import make_model_fn, to_device
 from framepack_cli.engine.input_notes import BLACK_START, image_notes, seconds_note
 from framepack_cli.engine.models import ALL_MODELS, INTERACTIVE_KEEP, Models, keep_line
 from framepack_cli.engine.one_frame import OneFrameJob
@@ -36,6 +36,7 @@ from framepack_cli.plan.sections import (
     HISTORY_2X,
     HISTORY_4X,
     HISTORY_LEN,
+    LATENT_CHANNELS,
     f1_layout,
     frames_per_section,
     num_sections,

@@ -12,7 +12,7 @@ import random
 
 import torch
 
-from framepack_cli.engine.denoiser import LATENT_CHANNELS, make_model_fn, to_device
+from framepack_cli.engine.denoiser import make_model_fn, to_device
 from framepack_cli.engine.input_notes import BLACK_SIGLIP, image_notes
 from framepack_cli.engine.pipeline import Conditioning
 from framepack_cli.engine.progress import ProgressSink
@@ -22,6 +22,7 @@ from framepack_cli.models.text_encoders import positive_prompt
 from framepack_cli.options.sections import parse_section_values
 from framepack_cli.plan.one_frame import auto_resize_bucket, one_frame_layout
 from framepack_cli.plan.schedules import flow_mu, flow_sigmas, noisy_token_count
+from framepack_cli.plan.sections import LATENT_CHANNELS
 from framepack_cli.sampling.unipc import sample_unipc
 
 
