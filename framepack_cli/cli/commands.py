@@ -46,7 +46,7 @@ CACHE_TEXT_EPILOG = (
     "--text_encoder2 clip_l.safetensors --batch_size 16"
 )
 TRAIN_EPILOG = (
-    "Example: framepack train --dit dit/ --dataset_config dataset.toml --sdpa --mixed_precision bf16 "
+    "Example: framepack train --dit dit/ --dataset_config dataset.toml --mixed_precision bf16 "
     "--optimizer_type adamw8bit --learning_rate 2e-4 --gradient_checkpointing --timestep_sampling shift "
     "--discrete_flow_shift 3.0 --network_dim 32 --max_train_epochs 16 --save_every_n_epochs 1 --seed 42 "
     "--output_dir out --output_name my-lora"
@@ -83,9 +83,8 @@ COMMANDS: tuple[CommandSpec, ...] = (
     ),
     CommandSpec(
         ("train",), "framepack_cli.options.train:TrainOptions", "framepack_cli.engine.train:run",
-        "Train a FramePack LoRA (or LoHa/LoKr) from latent and text caches. Not built yet: refused in this "
-        "version.",
-        epilog=TRAIN_EPILOG, refuse_first="framepack_cli.engine.train:refuse",
+        "Train a FramePack LoRA (or LoHa/LoKr) from latent and text caches (plain, or under accelerate launch).",
+        epilog=TRAIN_EPILOG,
     ),
     CommandSpec(
         ("lora", "inspect"), "framepack_cli.options.lora:LoraInspectOptions",

@@ -100,6 +100,27 @@ class RichProgress:
                                    highlight=False)
             self._items = None
 
+    def start_training(self, total: int, done: int) -> None:
+        self._start()
+        self._train = self.progress.add_task("train", total=total, completed=done, rate="")
+        self._train_start = (done, total)
+        self._train_plain_every = max(1, total // 20)
+
+    def train_step(self, done: int, total: int, info: dict) -> None:
+        if getattr(self, "_train", None) is None:
+            return
+        task = self.progress.tasks[[t.id for t in self.progress.tasks].index(self._train)]
+        speed = task.speed
+        text = (f"loss {info.get('loss', 0.0):.4f} lr {info.get('lr', 0.0):.2e} "
+                f"epoch {info.get('epoch', 0)}/{info.get('epochs', 0)}")
+        rate = f"{text} {speed:.2f} it/s" if speed else text
+        self.progress.update(self._train, completed=done, total=total, rate=rate)
+        if not sys.stderr.isatty() and (done % self._train_plain_every == 0 or done == total):
+            self.console.print(f"step {done}/{total}: {rate}", highlight=False)
+
+    def end_training(self) -> None:
+        self._train = None
+
     def close(self) -> None:
         if self._started:
             self.progress.stop()

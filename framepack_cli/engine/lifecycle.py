@@ -72,6 +72,15 @@ class RunTracker:
             self.phase = "writing"
         self.inner.end_items()
 
+    def start_training(self, total: int, done: int) -> None:
+        self.inner.start_training(total, done)
+
+    def train_step(self, done: int, total: int, info: dict) -> None:
+        self.inner.train_step(done, total, info)
+
+    def end_training(self) -> None:
+        self.inner.end_training()
+
     def close(self) -> None:
         self.inner.close()
 

@@ -33,6 +33,15 @@ class ProgressSink(Protocol):
     def end_items(self) -> None:
         """The run over items is finished."""
 
+    def start_training(self, total: int, done: int) -> None:
+        """Training of `total` optimizer steps begins (`done` already done: a resumed run)."""
+
+    def train_step(self, done: int, total: int, info: dict) -> None:
+        """`done` of `total` optimizer steps are finished; `info` has loss (smoothed), current, lr, epoch, epochs."""
+
+    def end_training(self) -> None:
+        """The training loop is finished (or stopped)."""
+
     def close(self) -> None:
         """Stop any live display."""
 
@@ -47,6 +56,7 @@ class NullProgress:
         self.sections = 0
         self.items_total = 0
         self.items_done = 0
+        self.train_steps: list[tuple[int, int, dict]] = []
 
     def message(self, text: str) -> None:
         self.messages.append(text)
@@ -73,6 +83,15 @@ class NullProgress:
         self.items_done += n
 
     def end_items(self) -> None:
+        pass
+
+    def start_training(self, total: int, done: int) -> None:
+        pass
+
+    def train_step(self, done: int, total: int, info: dict) -> None:
+        self.train_steps.append((done, total, dict(info)))
+
+    def end_training(self) -> None:
         pass
 
     def close(self) -> None:

@@ -180,12 +180,13 @@ class TrainOptions(OptionsBase):
                         "Use the F1 DiT for caches made with --f1.", panel=MODEL, required=TRAIN_NEEDS)
     dtype: DTYPES = F("auto", "DiT dtype: auto = bfloat16 on CUDA (the reference's fixed choice), float32 on CPU. "
                       "The LoRA itself always trains in float32.", panel=MODEL)
-    vae: str | None = F(None, "VAE weights (sample generation; its name goes into the metadata).", panel=MODEL)
+    vae: str | None = F(None, "VAE weights: needed only for --sample_prompts (its name also goes into the "
+                        "metadata).", panel=MODEL)
     vae_dtype: str | None = F(None, "Accepted only as 'float16' for compatibility: FramePack's VAE always runs in "
                               "float16.", panel=MODEL)
-    text_encoder1: str | None = F(None, "LLaMA text encoder (only to encode --sample_prompts).", panel=MODEL)
-    text_encoder2: str | None = F(None, "CLIP-L text encoder (only to encode --sample_prompts).", panel=MODEL)
-    image_encoder: str | None = F(None, "SigLIP image encoder (only for the start images of --sample_prompts).",
+    text_encoder1: str | None = F(None, "LLaMA text encoder: needed only for --sample_prompts.", panel=MODEL)
+    text_encoder2: str | None = F(None, "CLIP-L text encoder: needed only for --sample_prompts.", panel=MODEL)
+    image_encoder: str | None = F(None, "SigLIP image encoder: needed only for --sample_prompts.",
                                   panel=MODEL)
     tokenizer1: str | None = F(None, "LLaMA tokenizer directory (default: tokenizer/ beside the weights, then the "
                                "HF cache).", panel=MODEL)
@@ -202,16 +203,17 @@ class TrainOptions(OptionsBase):
     persistent_data_loader_workers: bool = F(False, "Keep DataLoader workers alive between epochs.", panel=DATASET)
 
     # --- attention and compile
-    sdpa: bool = F(False, "PyTorch scaled-dot-product attention (one attention backend is required).",
-                   panel=ATTENTION)
+    sdpa: bool = F(False, "PyTorch scaled-dot-product attention (the default: the reference requires one "
+                   "attention flag, framepack uses SDPA when none is given).", panel=ATTENTION)
     flash_attn: bool = F(False, "FlashAttention 2.", panel=ATTENTION)
     sage_attn: bool = F(False, "SageAttention: refused for training (no backward pass), as in the reference; "
                         "accepted for inference only.", panel=ATTENTION)
     xformers: bool = F(False, "xformers memory-efficient attention.", panel=ATTENTION)
-    flash3: bool = F(False, "FlashAttention 3.", panel=ATTENTION)
-    split_attn: bool = F(False, "Attend each sample separately (needed with --sdpa/--xformers when a dataset's "
-                         "batch_size is above 1; slightly less memory, slightly slower).", panel=ATTENTION)
-    compile: bool = F(False, "torch.compile every DiT block.", panel=ATTENTION)
+    flash3: bool = F(False, "FlashAttention 3.", panel=ATTENTION, unbuilt=True)
+    split_attn: bool = F(False, "Attend each sample separately. Accepted for compatibility: framepack's DiT "
+                         "always attends samples with different text lengths separately, so batches above 1 "
+                         "work without it.", panel=ATTENTION)
+    compile: bool = F(False, "torch.compile every DiT block.", panel=ATTENTION, unbuilt=True)
     compile_backend: str = F("inductor", "torch.compile backend.", panel=ATTENTION)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = F(
         "default", "torch.compile mode.", panel=ATTENTION)
@@ -222,7 +224,7 @@ class TrainOptions(OptionsBase):
     cuda_allow_tf32: bool = F(False, "Allow TF32 matmul and cuDNN on CUDA.", panel=ATTENTION)
     cuda_cudnn_benchmark: bool = F(False, "Enable cuDNN benchmark mode.", panel=ATTENTION)
     dynamo_backend: DYNAMO_BACKENDS = F("NO", "accelerate TorchDynamo backend for the whole model (NO = off).",
-                                        panel=ATTENTION)
+                                        panel=ATTENTION, unbuilt=True)
     dynamo_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = F(
         None, "accelerate TorchDynamo mode.", panel=ATTENTION)
     dynamo_fullgraph: bool = F(False, "accelerate TorchDynamo fullgraph.", panel=ATTENTION)
@@ -316,10 +318,11 @@ class TrainOptions(OptionsBase):
                                        "include_patterns=[...], rank_dropout=0.1, module_dropout=0.1, "
                                        "loraplus_lr_ratio=4, factor=8 (LoKr), verbose=True.", variadic=True,
                                        panel=NETWORK)
-    network_weights: str | None = F(None, "Start from these network weights. As in the reference, the scale comes "
-                                    "from --network_alpha, not from the file's alpha.", panel=NETWORK)
-    dim_from_weights: bool = F(False, "Take ranks from --network_weights. Broken in the reference (crashes); "
-                               "accepted for compatibility.", panel=NETWORK)
+    network_weights: str | None = F(None, "Start from these network weights (a LoRA / LoHa / LoKr of the same "
+                                    "type and ranks). The file's alpha sets the scale (the reference kept "
+                                    "--network_alpha's).", panel=NETWORK)
+    dim_from_weights: bool = F(False, "Take ranks and alphas from --network_weights (broken in the reference; "
+                               "works here).", panel=NETWORK)
     scale_weight_norms: float | None = F(None, "Max-norm regularisation of each LoRA update (1 suggested); no "
                                          "effect on LoHa/LoKr.", panel=NETWORK, gt=0)
     base_weights: list[str] | None = F(None, "LoRA files merged into the DiT before training.", variadic=True,
@@ -329,13 +332,14 @@ class TrainOptions(OptionsBase):
     training_comment: str | None = F(None, "Comment stored in the metadata.", panel=NETWORK)
 
     # --- memory
-    fp8_base: bool = F(False, "Store the DiT in fp8 (float8_e4m3fn).", panel=MEMORY)
-    fp8_scaled: bool = F(False, "Block-scaled fp8 DiT weights (better quality; needs --fp8_base).", panel=MEMORY)
+    fp8_base: bool = F(False, "Store the DiT in fp8 (float8_e4m3fn).", panel=MEMORY, unbuilt=True)
+    fp8_scaled: bool = F(False, "Block-scaled fp8 DiT weights (better quality; needs --fp8_base).", panel=MEMORY,
+        unbuilt=True)
     blocks_to_swap: int | None = F(None, f"DiT blocks kept in CPU memory and swapped in (0-{MAX_BLOCKS_TO_SWAP}).",
-                                   panel=MEMORY, ge=0, le=MAX_BLOCKS_TO_SWAP)
-    use_pinned_memory_for_block_swap: bool = F(False, "Pinned host buffers for block swap.", panel=MEMORY)
+                                   panel=MEMORY, ge=0, le=MAX_BLOCKS_TO_SWAP, unbuilt=True)
+    use_pinned_memory_for_block_swap: bool = F(False, "Pinned host buffers for block swap.", panel=MEMORY, unbuilt=True)
     block_swap_h2d_only: bool = F(False, "Block swap copies host-to-device only into a GPU ring buffer (needs "
-                                  "--blocks_to_swap and --gradient_checkpointing).", panel=MEMORY)
+                                  "--blocks_to_swap and --gradient_checkpointing).", panel=MEMORY, unbuilt=True)
     block_swap_ring_size: int = F(2, "Slots of the --block_swap_h2d_only ring buffer.", panel=MEMORY, ge=1)
     img_in_txt_in_offloading: bool = F(False, "HunyuanVideo only: no effect on FramePack (accepted for "
                                        "compatibility).", panel=MEMORY)
@@ -357,8 +361,10 @@ class TrainOptions(OptionsBase):
                                             "--save_last_n_steps).", panel=SAVING, ge=1)
     save_state: bool = F(False, "Also save optimizer/scheduler/RNG states with each checkpoint.", panel=SAVING)
     save_state_on_train_end: bool = F(False, "Save the state once at the end of training.", panel=SAVING)
-    resume: str | None = F(None, "Resume from a saved state directory (as in the reference, step and epoch "
-                           "counters restart at 0).", panel=SAVING)
+    resume: str | None = F(None, "Resume from a state folder written with --save_state (or the --output_dir "
+                           "holding them: the newest is used). Step, epoch, data order, RNG, optimizer and "
+                           "scheduler continue where they were (the reference restarted its counters).",
+                           panel=SAVING)
     no_metadata: bool = F(False, "Store only the minimal network metadata.", panel=SAVING)
     metadata_title: str | None = F(None, "ModelSpec title (default: --output_name).", panel=SAVING)
     metadata_author: str | None = F(None, "ModelSpec author.", panel=SAVING)
@@ -403,7 +409,8 @@ class TrainOptions(OptionsBase):
     wandb_api_key: str | None = F(None, "wandb API key (logs in before training).", panel=LOGGING)
 
     # --- hub
-    huggingface_repo_id: str | None = F(None, "Upload saved files to this Hugging Face repository.", panel=HUB)
+    huggingface_repo_id: str | None = F(None, "Upload saved files to this Hugging Face repository.", panel=HUB,
+        unbuilt=True)
     huggingface_repo_type: Literal["model", "dataset", "space"] | None = F(None, "Repository type.", panel=HUB)
     huggingface_path_in_repo: str | None = F(None, "Folder inside the repository.", panel=HUB)
     huggingface_token: str | None = F(None, "Hugging Face token.", panel=HUB)
@@ -411,7 +418,7 @@ class TrainOptions(OptionsBase):
         None, "Visibility of a created repository (default: private).", panel=HUB)
     save_state_to_huggingface: bool = F(False, "Upload saved states too.", panel=HUB)
     resume_from_huggingface: bool = F(False, "--resume names REPO_ID/PATH[:REVISION[:REPO_TYPE]] on the Hub.",
-                                      panel=HUB)
+                                      panel=HUB, unbuilt=True)
     async_upload: bool = F(False, "Upload in a background thread (the final save waits).", panel=HUB)
 
     # ---------------------------------------------------------------------------------------------------------
@@ -536,9 +543,6 @@ def _cross_checks(o: TrainOptions) -> list[str]:
                     "refuses it too); use --sdpa, --flash_attn, --xformers or --flash3")
     elif len(given) > 1:
         errs.append(f"{' and '.join('--' + n for n in given)}: give exactly one attention backend")
-    elif not given and not showing:
-        errs.append("--sdpa: an attention backend is required for training: --sdpa (PyTorch), --flash_attn, "
-                    "--xformers or --flash3")
 
     # memory
     if o.fp8_scaled and not o.fp8_base:

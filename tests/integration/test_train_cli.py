@@ -1,0 +1,326 @@
+"""`framepack train` end to end on the tiny models: caches in, a LoRA out that `framepack generate` loads.
+
+The caches are the golden ones the reference made (copied into a temporary cache folder with a dataset
+config pointing at them), so these runs also prove the reference's caches train as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from framepack_cli.cli.app import main
+from tests.conftest import GOLDEN, INPUTS, MODEL_ARGS, MODELS, REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (GOLDEN / "cache").is_dir(), reason="golden caches missing")]
+
+DIT = MODELS / "dit_single.safetensors"
+CACHE = GOLDEN / "cache"
+DATASETS = GOLDEN / "datasets"
+
+
+def cli(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in args])
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def _copy(dst: Path, *patterns: tuple[Path, str]) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for folder, pattern in patterns:
+        for f in sorted(folder.glob(pattern)):
+            shutil.copy(f, dst / f.name)
+
+
+def video_dataset(tmp: Path, mode: str = "vanilla", window: int = 5, batch_size: int = 1, only: str = "*",
+                  repeats: int = 1) -> Path:
+    """A dataset config over the golden video caches of `mode` (vanilla / f1)."""
+    cache = tmp / f"cache_{mode}"
+    _copy(cache, (CACHE / mode / "video_dir", f"{only}_fp.safetensors"), (CACHE / "text" / "video_dir",
+                                                                          f"{only}_fp_te.safetensors"))
+    toml = tmp / f"{mode}.toml"
+    toml.write_text(
+        f'[general]\nresolution = [64, 48]\ncaption_extension = ".txt"\nbatch_size = {batch_size}\n'
+        f'enable_bucket = true\nnum_repeats = {repeats}\n\n[[datasets]]\n'
+        f'video_directory = "{DATASETS / "videos"}"\ncache_directory = "{cache}"\nframe_extraction = "full"\n'
+        f"max_frames = 129\nfp_latent_window_size = {window}\n")
+    return toml
+
+
+def image_dataset(tmp: Path) -> Path:
+    cache = tmp / "cache_1f"
+    _copy(cache, (CACHE / "one_frame" / "image_1f", "*_fp.safetensors"), (CACHE / "text" / "image_1f",
+                                                                           "*_fp_te.safetensors"))
+    toml = tmp / "one_frame.toml"
+    toml.write_text(
+        '[general]\nresolution = [64, 48]\ncaption_extension = ".txt"\nbatch_size = 1\nenable_bucket = true\n\n'
+        f'[[datasets]]\nimage_directory = "{DATASETS / "images_1f"}"\n'
+        f'control_directory = "{DATASETS / "images_1f_control"}"\ncache_directory = "{cache}"\n'
+        "fp_latent_window_size = 5\nfp_1f_clean_indices = [0]\nfp_1f_target_index = 9\nfp_1f_no_post = false\n")
+    return toml
+
+
+def train_args(toml: Path, out: Path, *extra) -> list:
+    return ["train", "--dit", DIT, "--dataset_config", toml, "--output_dir", out, "--output_name", "lora",
+            "--learning_rate", "1e-3", "--network_dim", "4", "--seed", "7", "--max_data_loader_n_workers", "0",
+            *extra]
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def meta(path: Path) -> dict[str, str]:
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_vanilla_training_saves_checkpoints_and_a_lora_generate_loads(tmp_path, capsys):
+    toml = video_dataset(tmp_path)
+    out = tmp_path / "out"
+    code, stdout, err = cli(train_args(toml, out, "--max_train_epochs", "3", "--save_every_n_epochs", "1",
+                                       "--timestep_sampling", "shift", "--discrete_flow_shift", "3.0"), capsys)
+    assert code == 0, err
+    # 3 batches per epoch (3 sections) -> 9 steps; epoch checkpoints 1 and 2, not 3 (the final file replaces it)
+    assert sorted(p.name for p in out.iterdir()) == ["lora-000001.safetensors", "lora-000002.safetensors",
+                                                     "lora.safetensors"]
+    assert stdout.splitlines() == [f"Wrote {out / n}" for n in ("lora-000001.safetensors",
+                                                                 "lora-000002.safetensors", "lora.safetensors")]
+    saved = json.loads((GOLDEN / "train" / "lora_saved.json").read_text())
+    m = meta(out / "lora.safetensors")
+    assert set(saved["metadata"]) <= set(m), set(saved["metadata"]) - set(m)
+    assert (m["ss_steps"], m["ss_epoch"], m["ss_num_epochs"], m["ss_max_train_steps"]) == ("9", "3", "3", "9")
+    assert m["ss_network_module"] == "networks.lora_framepack" and m["ss_timestep_sampling"] == "shift"
+    assert set(tensors(out / "lora.safetensors")) == set(saved["keys"])
+    assert "Trained 9 steps" in err
+
+    # the LoRA loads in generate and changes its output
+    gen = ["generate", *MODEL_ARGS, "--video_size", "32", "48", "--infer_steps", "2", "--image_path",
+           INPUTS / "start.png", "--prompt", "a cat", "--seed", "3", "--output_type", "latent",
+           "--video_sections", "1", "--latent_window_size", "2"]
+    code, _, err = cli([*gen, "--save_path", tmp_path / "g0", "--output_name", "base"], capsys)
+    assert code == 0, err
+    code, _, err = cli([*gen, "--save_path", tmp_path / "g1", "--output_name", "lora", "--lora_weight",
+                        out / "lora.safetensors", "--lora_multiplier", "5"], capsys)
+    assert code == 0, err
+    (a,) = (tmp_path / "g0").glob("*.safetensors")
+    (b,) = (tmp_path / "g1").glob("*.safetensors")
+    la, lb = next(iter(tensors(a).values())), next(iter(tensors(b).values()))
+    assert (la - lb).abs().max() > 1e-4
+
+
+def test_same_seed_same_lora_other_seed_other_lora(tmp_path, capsys):
+    toml = video_dataset(tmp_path, only="clip_b*")
+    runs = {}
+    for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
+        args = train_args(toml, tmp_path / name, "--max_train_steps", "3")
+        args[args.index("--seed") + 1] = seed
+        code, _, err = cli(args, capsys)
+        assert code == 0, err
+        runs[name] = tensors(tmp_path / name / "lora.safetensors")
+    for k in runs["a"]:
+        assert torch.equal(runs["a"][k], runs["b"][k]), k
+    assert any(not torch.equal(runs["a"][k], runs["c"][k]) for k in runs["a"] if k.endswith("lora_up.weight"))
+
+
+@pytest.mark.parametrize("kind", ["f1", "one_frame", "loha"])
+def test_modes_train(kind, tmp_path, capsys):
+    if kind == "one_frame":
+        toml, extra = image_dataset(tmp_path), ["--one_frame"]
+    elif kind == "f1":
+        toml, extra = video_dataset(tmp_path, mode="f1"), ["--f1"]
+    else:
+        toml, extra = video_dataset(tmp_path, only="clip_b*"), ["--network_module", "networks.loha"]
+    out = tmp_path / "out"
+    code, _, err = cli(train_args(toml, out, "--max_train_steps", "2", *extra), capsys)
+    assert code == 0, err
+    m = meta(out / "lora.safetensors")
+    assert m["ss_steps"] == "2"
+    keys = set(tensors(out / "lora.safetensors"))
+    if kind == "loha":
+        assert m["ss_network_module"] == "networks.loha"
+        assert any(k.endswith(".hada_w1_a") for k in keys)
+    else:
+        assert any(k.endswith(".lora_up.weight") for k in keys)
+
+
+def test_overfit_lowers_the_loss(tmp_path, capsys):
+    """40 steps on one section: the loss at fixed noise and timesteps drops by at least 20%."""
+    from framepack_cli.engine.train_step import training_step
+    from framepack_cli.io.train_data import build_train_data
+    from framepack_cli.models.lora.training import create_network
+    from framepack_cli.models.transformer import load_dit
+
+    toml = video_dataset(tmp_path, only="clip_b*")
+    out = tmp_path / "out"
+    code, _, err = cli(train_args(toml, out, "--max_train_steps", "40", "--learning_rate", "3e-3",
+                                  "--timestep_sampling", "uniform", "--network_dim", "8"), capsys)
+    assert code == 0, err
+    data = build_train_data(toml, seed=0)
+    batch = data[data.epoch_keys(0)[0]]
+
+    def loss(weights):
+        dit = load_dit(DIT)
+        net = create_network("networks.lora_framepack", dit, dim=8, alpha=1.0, dropout=None, network_args={},
+                             weights=weights)
+        net.eval()
+        with torch.no_grad():
+            vals = [training_step(dit, batch, seed=123, micro_step=i, timestep_options={"timestep_sampling":
+                                  "uniform"}, weighting_scheme="none", guidance_scale=1.0,
+                                  device=torch.device("cpu"), dtype=torch.float32, autocast_dtype=None).loss.item()
+                    for i in range(8)]
+        return sum(vals) / len(vals)
+
+    before, after = loss(None), loss(str(out / "lora.safetensors"))
+    assert after < 0.8 * before, (before, after)
+
+
+def test_seed_command_line_under_accelerate_launch(tmp_path):
+    """The seed's command line (with `-m framepack_cli train`): bf16 autocast on the CPU, AdamW8bit falls
+    back to AdamW with one warning when bitsandbytes or CUDA is missing."""
+    toml = video_dataset(tmp_path, only="clip_b*")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_cpu_threads_per_process", "1",
+           "--mixed_precision", "bf16", "-m", "framepack_cli", "train", *MODEL_ARGS[:2], "--vae", MODEL_ARGS[3],
+           "--text_encoder1", MODEL_ARGS[5], "--text_encoder2", MODEL_ARGS[7], "--image_encoder", MODEL_ARGS[9],
+           "--dataset_config", toml, "--sdpa", "--mixed_precision", "bf16", "--optimizer_type", "adamw8bit",
+           "--learning_rate", "2e-4", "--gradient_checkpointing", "--timestep_sampling", "shift",
+           "--weighting_scheme", "none", "--discrete_flow_shift", "3.0", "--max_data_loader_n_workers", "2",
+           "--persistent_data_loader_workers", "--network_module", "networks.lora_framepack", "--network_dim", "32",
+           "--max_train_epochs", "2", "--save_every_n_epochs", "1", "--seed", "42", "--output_dir", out,
+           "--output_name", "name-of-lora"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["name-of-lora-000001.safetensors", "name-of-lora.safetensors"]
+    m = meta(out / "name-of-lora.safetensors")
+    assert m["ss_mixed_precision"] == "bf16" and m["ss_network_dim"] == "32"
+    if not torch.cuda.is_available():
+        warnings = [line for line in r.stderr.splitlines() if "AdamW8bit" in line or "adamw8bit" in line]
+        assert len(warnings) == 1, r.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resume
+
+
+def _train_subprocess(args, tmp_path, **kw):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "framepack_cli", *[str(a) for a in args]], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, **kw)
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path, capsys):
+    toml = video_dataset(tmp_path)  # 3 batches per epoch
+    common = ["--max_train_steps", "7", "--save_every_n_steps", "2", "--save_state", "--network_dropout", "0.1"]
+    code, _, err = cli(train_args(toml, tmp_path / "full", *common), capsys)
+    assert code == 0, err
+    out = tmp_path / "cut"
+    proc = _train_subprocess(train_args(toml, out, *common), tmp_path)
+    state = out / "lora-step00000004-state"
+    deadline = time.time() + 300
+    while not (state / "state.json").exists():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "lora.safetensors").exists()
+    code, _, err = cli(train_args(toml, out, *common, "--resume", out), capsys)
+    assert code == 0, err
+    assert "Resuming from" in err and "step 4 of 7" in err
+    full, resumed = tensors(tmp_path / "full" / "lora.safetensors"), tensors(out / "lora.safetensors")
+    assert full.keys() == resumed.keys()
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
+    assert meta(out / "lora.safetensors")["ss_steps"] == "7"
+
+
+def test_ctrl_c_stops_after_the_step_and_saves(tmp_path):
+    toml = video_dataset(tmp_path)
+    out = tmp_path / "out"
+    proc = _train_subprocess(train_args(toml, out, "--max_train_steps", "500", "--save_state"), tmp_path)
+    deadline = time.time() + 300
+    buf = ""
+    while "step " not in buf:
+        assert proc.poll() is None
+        assert time.time() < deadline
+        line = proc.stderr.readline()
+        buf += line
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    saved = sorted(p.name for p in out.iterdir())
+    assert len(saved) == 2 and saved[0].startswith("lora-step") and saved[1].endswith("-state"), saved
+    assert "--resume" in err.strip().splitlines()[-1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Refusals
+
+
+def test_existing_file_of_another_run_is_not_overwritten(tmp_path, capsys):
+    toml = video_dataset(tmp_path, only="clip_b*")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "lora.safetensors").write_bytes(b"precious")
+    code, _, err = cli(train_args(toml, out, "--max_train_steps", "1"), capsys)
+    assert code == 2
+    assert err.strip().splitlines()[0].startswith(f"Error: --output_name: {out / 'lora.safetensors'} already "
+                                                  "exists")
+    assert (out / "lora.safetensors").read_bytes() == b"precious"
+
+
+def test_no_caches(tmp_path, capsys):
+    toml = video_dataset(tmp_path, only="nothing")
+    code, _, err = cli(train_args(toml, tmp_path / "out", "--max_train_steps", "1"), capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "framepack cache latents" in err, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_window_mismatch(tmp_path, capsys):
+    toml = video_dataset(tmp_path, window=9, only="clip_b*")
+    code, _, err = cli(train_args(toml, tmp_path / "out", "--max_train_steps", "1"), capsys)
+    assert code == 2 and "fp_latent_window_size" in err and "framepack cache latents" in err, err
+
+
+def test_missing_optimizer_package(tmp_path, capsys):
+    toml = video_dataset(tmp_path, only="clip_b*")
+    code, _, err = cli(train_args(toml, tmp_path / "out", "--max_train_steps", "1", "--optimizer_type",
+                                  "Prodigy"), capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "pip install prodigyopt" in err, err
+
+
+def test_network_weights_of_another_architecture(tmp_path, capsys):
+    toml = video_dataset(tmp_path, only="clip_b*")
+    hv = tmp_path / "hv.safetensors"
+    save_file({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(4, 3072),
+               "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(9216, 4),
+               "lora_unet_double_blocks_0_img_attn_qkv.alpha": torch.tensor(4.0)}, str(hv))
+    code, _, err = cli(train_args(toml, tmp_path / "out", "--max_train_steps", "1", "--network_weights", hv),
+                       capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--network_weights" in err, err
+
+
+def test_not_built_memory_flags_are_refused(tmp_path, capsys):
+    toml = video_dataset(tmp_path, only="clip_b*")
+    code, _, err = cli(train_args(toml, tmp_path / "out", "--blocks_to_swap", "4"), capsys)
+    assert code == 2
+    assert err.strip().splitlines() == ["Error: --blocks_to_swap: not built yet in framepack train (block swap "
+                                        "comes with the memory work (fp8 / block swap)); run without "
+                                        "--blocks_to_swap"]
