@@ -324,3 +324,32 @@ def test_not_built_memory_flags_are_refused(tmp_path, capsys):
     assert err.strip().splitlines() == ["Error: --blocks_to_swap: not built yet in framepack train (block swap "
                                         "comes with the memory work (fp8 / block swap)); run without "
                                         "--blocks_to_swap"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Multi-process
+
+
+def test_two_processes_average_gradients_like_one_process_with_the_double_batch(tmp_path, capsys):
+    """`accelerate launch --num_processes 2 --cpu` (gloo DDP) with batch 1 per process ends with the LoRA of a
+    single process with batch 2 (the two sections of clip_a are one bucket): the ranks saw different samples
+    and their gradients were averaged. Only rank 0 writes."""
+    single = video_dataset(tmp_path / "one", batch_size=2, only="clip_a*")
+    code, _, err = cli(train_args(single, tmp_path / "one" / "out", "--max_train_steps", "3"), capsys)
+    assert code == 0, err
+    double = video_dataset(tmp_path / "two", batch_size=1, only="clip_a*")
+    out = tmp_path / "two" / "out"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           "29513", "-m", "framepack_cli", *train_args(double, out, "--max_train_steps", "3",
+                                                       "--save_every_n_steps", "2")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.splitlines() == [f"Wrote {out / 'lora-step00000002.safetensors'}",
+                                     f"Wrote {out / 'lora.safetensors'}"]
+    assert r.stderr.count("Trained 3 steps") == 1
+    a, b = tensors(tmp_path / "one" / "out" / "lora.safetensors"), tensors(out / "lora.safetensors")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=2e-6, rtol=1e-4, msg=k)
+    assert any(not torch.equal(a[k], torch.zeros_like(a[k])) for k in a if k.endswith("lora_up.weight"))

@@ -1,0 +1,85 @@
+"""Steps per second and peak RSS of `framepack train` on the tiny golden models, with and without
+`--gradient_checkpointing` (and its CPU offload), printed as ratios against the plain run.
+
+Run by hand (not in CI):  python bench/bench_train.py [--steps 20] [--repeats 2]
+
+Each run is a separate process (peak RSS = that process's ru_maxrss); the training speed is read from the
+run's own summary line ("Trained N steps ... (x steps/s)"), so model loading does not count. The caches are
+the golden reference caches (vanilla, window 5, 64x48).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+VARIANTS = {
+    "plain": [],
+    "checkpointing": ["--gradient_checkpointing"],
+    "checkpointing+offload": ["--gradient_checkpointing", "--gradient_checkpointing_cpu_offload"],
+}
+
+
+def dataset(tmp: Path) -> Path:
+    cache = tmp / "cache"
+    cache.mkdir()
+    for f in [*(GOLDEN / "cache/vanilla/video_dir").glob("*_fp.safetensors"),
+              *(GOLDEN / "cache/text/video_dir").glob("*_fp_te.safetensors")]:
+        shutil.copy(f, cache / f.name)
+    toml = tmp / "ds.toml"
+    toml.write_text(f'[general]\nresolution = [64, 48]\ncaption_extension = ".txt"\nbatch_size = 1\n\n'
+                    f'[[datasets]]\nvideo_directory = "{GOLDEN / "datasets/videos"}"\ncache_directory = "{cache}"\n'
+                    'frame_extraction = "full"\nfp_latent_window_size = 5\n')
+    return toml
+
+
+def run(toml: Path, out: Path, steps: int, extra: list[str]) -> tuple[float, float]:
+    cmd = [
+        sys.executable, "-c",
+        "import resource, sys\n"
+        "from framepack_cli.cli.app import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n",
+        "train", "--dit", str(GOLDEN / "models/dit_single.safetensors"), "--dataset_config", str(toml),
+        "--output_dir", str(out), "--output_name", "bench", "--max_train_steps", str(steps), "--seed", "1",
+        "--learning_rate", "1e-4", "--max_data_loader_n_workers", "0", *extra,
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"run {extra} failed:\n{r.stderr[-2000:]}")
+    rate = float(re.search(r"\(([\d.]+) steps/s\)", r.stderr).group(1))
+    rss_kb = next(int(line.split()[1]) for line in r.stdout.splitlines() if line.startswith("MAXRSS"))
+    return rate, rss_kb / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=2)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        toml = dataset(tmp)
+        results: dict[str, tuple[float, float]] = {}
+        for name, extra in VARIANTS.items():
+            rates, rss = [], []
+            for i in range(a.repeats):
+                r, m = run(toml, tmp / f"out_{name}_{i}", a.steps, extra)
+                rates.append(r)
+                rss.append(m)
+            results[name] = (statistics.median(rates), max(rss))
+    base_rate, base_rss = results["plain"]
+    print(f"{'variant':<24}{'steps/s':>10}{'ratio':>8}{'peak RSS MB':>14}{'ratio':>8}")
+    for name, (rate, rss) in results.items():
+        print(f"{name:<24}{rate:>10.2f}{rate / base_rate:>8.2f}{rss:>14.0f}{rss / base_rss:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
