@@ -233,9 +233,9 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import InitProcessGroupKwargs
 
+        from framepack_cli.engine.train_data import build_train_data
         from framepack_cli.engine.train_files import refuse_foreign_outputs
         from framepack_cli.engine.train_state import TrainProgress, read_state
-        from framepack_cli.io.train_data import build_train_data
         from framepack_cli.io.writable import ensure_writable_dir
         from framepack_cli.models.transformer import resolve_attention
 
@@ -267,8 +267,6 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
 
         self.output_dir = Path(o.output_dir)
-        if self.main:
-            ensure_writable_dir(self.output_dir, "--output_dir")
         resume_dir = _resolve_resume(o)
         state = read_state(resume_dir) if resume_dir is not None else None
         if state is not None:
@@ -296,6 +294,12 @@ class Trainer:
             raise FramepackError(f"--latent_window_size {o.latent_window_size}: the caches were made with "
                                  f"fp_latent_window_size = {data.latent_window_size}",
                                  hint=f"use --latent_window_size {data.latent_window_size} or re-cache")
+        self.sampler = None
+        if o.sample_prompts:
+            from framepack_cli.engine.train_samples import TrainingSampler
+
+            self.sampler = TrainingSampler(o, self.device, self.sink)
+            self.sampler.check()
         batches = len(data)
         self.per_rank = math.ceil(batches / self.world)
         accum = o.gradient_accumulation_steps
@@ -321,20 +325,14 @@ class Trainer:
         self.progress = progress
         if self.main:
             refuse_foreign_outputs(self.output_dir, o.output_name, progress.written)
+            ensure_writable_dir(self.output_dir, "--output_dir")
         if progress.step >= self.max_steps:
             raise FramepackError(f"--resume: {resume_dir} is at step {progress.step}, which reaches "
                                  f"--max_train_steps/--max_train_epochs ({self.max_steps} steps)",
                                  hint="raise --max_train_steps or --max_train_epochs to train further")
 
-        sampler = None
-        if o.sample_prompts:
-            from framepack_cli.engine.train_samples import TrainingSampler
-
-            sampler = TrainingSampler(o, self.device, self.sink)
-            sampler.check()
-            if self.main:
-                sampler.prepare()
-        self.sampler = sampler
+        if self.sampler is not None and self.main:
+            self.sampler.prepare()
 
         self._build_model(state)
         return self._loop(state)

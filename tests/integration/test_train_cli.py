@@ -162,7 +162,7 @@ def test_modes_train(kind, tmp_path, capsys):
 def test_overfit_lowers_the_loss(tmp_path, capsys):
     """40 steps on one section: the loss at fixed noise and timesteps drops by at least 20%."""
     from framepack_cli.engine.train_step import training_step
-    from framepack_cli.io.train_data import build_train_data
+    from framepack_cli.engine.train_data import build_train_data
     from framepack_cli.models.lora.training import create_network
     from framepack_cli.models.transformer import load_dit
 
