@@ -258,8 +258,8 @@ def _scan_dataset(cfg: Any, ds: Any, video_mode: str, identity: str | None) -> _
             changed.setdefault(line.removeprefix(f"{path}: "), []).append(path.name)
         scan.modes.add(settings.get("mode", mode))
         for f, m in ((path, meta), (text_path, text_meta)):
-            if identity is not None and m.get(DATASET_KEY) not in (None, identity):
-                foreign.append(f.name)
+            if identity is not None and m.get(DATASET_KEY) not in (None, identity) and f.name not in foreign:
+                foreign.append(f.name)  # a text cache is shared by the sections of a clip: named once
         seen: dict[str, str] = {}
         sig = _signature(infos, seen, path, clashes) + _signature(text_infos, seen, text_path, clashes)
         bucket = (*_reference_key(ds, name, video), tuple(sig))
