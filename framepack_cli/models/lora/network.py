@@ -292,6 +292,7 @@ class LoraNetwork(NetworkBase):
         self.dim = 4 if dim is None else int(dim)
         self.alpha_value = 1.0 if alpha is None else float(alpha)
         self.loraplus_lr_ratio = loraplus_lr_ratio
+        self.warnings: list[str] = []
         self.multiplier = multiplier
         self.dropout = dropout
         self.rank_dropout = rank_dropout
