@@ -282,8 +282,9 @@ class TrainOptions(OptionsBase):
     # --- timesteps and loss
     timestep_sampling: TIMESTEP_SAMPLING = F(
         "sigma", "How training timesteps are drawn (the docs' FramePack example uses shift).", panel=TIMESTEPS)
-    discrete_flow_shift: float = F(1.0, "Shift of --timestep_sampling shift. No effect with the default 'sigma' "
-                                   "sampling (the reference never applies it there).", panel=TIMESTEPS, gt=0)
+    discrete_flow_shift: float = F(1.0, "Shift of --timestep_sampling shift, and of the 'sigma' schedule: there "
+                                   "values other than 1 shift it to k*s/(1+(k-1)*s) (the reference ignores the "
+                                   "flag in 'sigma' mode; 1 trains exactly as it does).", panel=TIMESTEPS, gt=0)
     sigmoid_scale: float = F(1.0, "Scale of the normal sample before the sigmoid (sigmoid/shift/flux modes).",
                              panel=TIMESTEPS, gt=0)
     weighting_scheme: Literal["logit_normal", "mode", "cosmap", "sigma_sqrt", "none"] = F(

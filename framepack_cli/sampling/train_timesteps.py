@@ -6,13 +6,16 @@ t*noise`, t = 1 is pure noise, the model predicts `noise - x0`.
 
 Two families of modes:
 
-- `sigma` (the reference's default): a discrete, *unshifted* 1000-step schedule. `u` comes from the
-  weighting scheme's density (`logit_normal`: sigmoid(N(logit_mean, logit_std)); `mode`: the SD3 mode
-  density with `mode_scale`; anything else: U(0,1)); `idx = floor(u*(max-min)+min)` with min/max_timestep
-  defaulting to 0/1000 (they bound the *index*, so `min_timestep=500` selects timesteps 1..500);
+- `sigma` (the reference's default): a discrete 1000-step schedule. `u` comes from the weighting scheme's
+  density (`logit_normal`: sigmoid(N(logit_mean, logit_std)); `mode`: the SD3 mode density with
+  `mode_scale`; anything else: U(0,1)); `idx = floor(u*(max-min)+min)` with min/max_timestep defaulting to
+  0/1000 (they bound the *index*, so `min_timestep=500` selects timesteps 1..500);
   `timestep = float32(1000*sigmas[idx])` with `sigmas = linspace(1, 0, 1001)` (not exactly integral in
   float32, e.g. 544.99994); `x_t = sigma*noise + (1-sigma)*x0` with sigma in `dtype`.
-  `discrete_flow_shift` has no effect in this mode (kept for parity with the reference).
+  `discrete_flow_shift` k: the reference never applies it in this mode (its scheduler shifts only when
+  sampling), so `--discrete_flow_shift` silently did nothing with the default sampling. Here k != 1 uses the
+  shifted schedule `sigmas' = k*s / (1 + (k-1)*s)` of the same `s = linspace(1, 0, 1001)` (what the
+  reference's scheduler holds once shifted); k == 1 is bit-identical to the reference.
 - every other mode draws a continuous t in (0, 1), rescales `t <- t*(max-min)/1000 + min/1000` and feeds
   `timestep = 1000*t + 1`.
 
@@ -38,6 +41,7 @@ The noise itself is not drawn here (the reference draws it before, with `randn_l
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -64,6 +68,68 @@ WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "cosmap", "sigma_sqrt")
 # Qinglong mixtures: the second log-SNR component's fixed mean/std.
 _QINGLONG_LOGSNR2 = (5.36, 1.0)
 _PRESERVE_MAX_ROUNDS = 1000
+
+
+@dataclass(frozen=True)
+class TimestepSettings:
+    """The run's timestep options (`--timestep_sampling` and friends), plain values; the engine builds it from
+    the options. Per-batch inputs (bucket values, RNG, devices) stay arguments of the functions."""
+
+    timestep_sampling: str = "sigma"
+    discrete_flow_shift: float = 1.0
+    sigmoid_scale: float = 1.0
+    weighting_scheme: str = "none"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    min_timestep: float | None = None
+    max_timestep: float | None = None
+    preserve_distribution_shape: bool = False
+
+    def __post_init__(self) -> None:
+        if self.timestep_sampling not in TIMESTEP_SAMPLING_MODES:
+            raise ValueError(
+                f"unknown timestep sampling {self.timestep_sampling!r}; "
+                f"choose one of {', '.join(TIMESTEP_SAMPLING_MODES)}"
+            )
+        if self.weighting_scheme not in WEIGHTING_SCHEMES:
+            raise ValueError(
+                f"unknown weighting scheme {self.weighting_scheme!r}; choose one of {', '.join(WEIGHTING_SCHEMES)}"
+            )
+
+    @property
+    def sigma_mode(self) -> bool:
+        return self.timestep_sampling == "sigma"
+
+    @property
+    def schedule_shift(self) -> float:
+        """The shift of the discrete schedule: `discrete_flow_shift` in `sigma` mode, else 1 (unshifted)."""
+        return self.discrete_flow_shift if self.sigma_mode else 1.0
+
+
+class TimestepBucketPool:
+    """The reference trainer's `--num_timestep_buckets` pool: K equal intervals of [0, 1), shuffled; each value
+    pops one interval and draws uniformly inside it; refilled (and reshuffled) when empty. Python's `random`
+    (the reference's global one by default), so a seeded trainer reproduces the reference's values."""
+
+    def __init__(self, num_buckets: int, rng: random.Random | None = None) -> None:
+        if num_buckets < 2:
+            raise ValueError(f"num_buckets must be at least 2, got {num_buckets}")
+        self.num_buckets = num_buckets
+        self._rng = rng if rng is not None else random  # the module's functions use its global generator
+        self._pool: list[tuple[float, float]] = []
+
+    def draw(self) -> float:
+        if not self._pool:
+            size = 1.0 / self.num_buckets
+            self._pool = [(i * size, (i + 1) * size) for i in range(self.num_buckets)]
+            self._rng.shuffle(self._pool)
+        a, b = self._pool.pop()
+        return self._rng.uniform(a, b)
+
+    def values(self, n: int) -> torch.Tensor:
+        """`n` draws as a float32 tensor (B,): the `uniform_values` / `bucket_values` of the functions below."""
+        return torch.tensor([self.draw() for _ in range(n)], dtype=torch.float32)
 
 
 @dataclass(frozen=True)
@@ -100,9 +166,14 @@ def _shifted_sigmoid(z: torch.Tensor, sigmoid_scale: float, shift: float) -> tor
     return (t * shift) / (1 + (shift - 1) * t)
 
 
-def schedule() -> tuple[torch.Tensor, torch.Tensor]:
-    """(sigmas [1001] = linspace(1, 0, 1001), timesteps [1000] = float32(1000*sigmas[:-1])): the training schedule."""
+def schedule(shift: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigmas [1001], timesteps [1000] = float32(1000*sigmas[:-1])): the training schedule.
+
+    sigmas = linspace(1, 0, 1001), shifted by `shift` (k*s/(1+(k-1)*s), float32) when it is not 1.
+    """
     sigmas = torch.linspace(1, 0, NUM_TRAIN_TIMESTEPS + 1)
+    if shift != 1.0:
+        sigmas = (shift * sigmas) / (1 + (shift - 1) * sigmas)
     return sigmas, (sigmas[:-1] * NUM_TRAIN_TIMESTEPS).to(torch.float32)
 
 
@@ -215,17 +286,8 @@ def _view(t: torch.Tensor, ndim: int) -> torch.Tensor:
 
 def sample_timesteps(
     latent_shape: tuple[int, ...] | torch.Size,
+    settings: TimestepSettings = TimestepSettings(),
     *,
-    timestep_sampling: str = "sigma",
-    discrete_flow_shift: float = 1.0,
-    sigmoid_scale: float = 1.0,
-    weighting_scheme: str = "none",
-    logit_mean: float = 0.0,
-    logit_std: float = 1.0,
-    mode_scale: float = 1.29,
-    min_timestep: float | None = None,
-    max_timestep: float | None = None,
-    preserve_distribution_shape: bool = False,
     uniform_values: torch.Tensor | None = None,
     bucket_values: Callable[[int], torch.Tensor] | None = None,
     on_warning: Callable[[str], None] | None = None,
@@ -235,26 +297,28 @@ def sample_timesteps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(timesteps fed to the DiT, t) for a batch of latents shaped `latent_shape` (B, ..., h, w), both (B,) float32
     on `device`. t is sigma in `sigma` mode (timestep = 1000*sigma), else timestep = 1000*t + 1.
-    The RNG draws and their order are listed in the module doc.
+    The RNG draws and their order are listed in the module doc; `settings` are the run's timestep options.
 
-    Continuous modes only (`sigma` ignores all three, like the reference):
+    Continuous modes only (`sigma` ignores these three, like the reference):
     - `uniform_values` (B,): the batch's pre-drawn timestep-bucket values, used instead of the draws.
-    - `preserve_distribution_shape`: instead of rescaling into [min, max]/1000, rejection sampling: up to
+    - `settings.preserve_distribution_shape`: instead of rescaling into [min, max]/1000, rejection sampling: up to
       1000 rounds, each drawing a fresh batch (from `bucket_values(B)` when given, the trainer's own bucket
       pool, else the RNG) and keeping values with min <= t <= max until B are collected. If that fails, the
       reference warns (`on_warning`), makes one more draw it discards (with `uniform_values`) and keeps the
       last round's unfiltered t; kept for parity.
     """
+    st = settings
+    min_timestep, max_timestep = st.min_timestep, st.max_timestep
     batch_size = int(latent_shape[0])
-    if timestep_sampling == "sigma":
+    if st.sigma_mode:
         if draw_device is None:
             draw_device = generator.device if generator is not None else "cpu"
         u = sample_sigma_density(
-            weighting_scheme,
+            st.weighting_scheme,
             batch_size,
-            logit_mean=logit_mean,
-            logit_std=logit_std,
-            mode_scale=mode_scale,
+            logit_mean=st.logit_mean,
+            logit_std=st.logit_std,
+            mode_scale=st.mode_scale,
             generator=generator,
             device=draw_device,
         )
@@ -262,7 +326,7 @@ def sample_timesteps(
         t_max = max_timestep if max_timestep is not None else NUM_TRAIN_TIMESTEPS
         # The reference would raise IndexError on idx 1000 (u == 1 exactly: mode density at u0 == 0).
         indices = (u * (t_max - t_min) + t_min).long().clamp(0, NUM_TRAIN_TIMESTEPS - 1).cpu()
-        sigmas_all, timesteps_all = schedule()
+        sigmas_all, timesteps_all = schedule(st.schedule_shift)
         return timesteps_all[indices].to(device), sigmas_all[indices].to(device)
 
     if draw_device is None:
@@ -270,13 +334,13 @@ def sample_timesteps(
 
     def draw(org: torch.Tensor | None) -> torch.Tensor:
         return sample_continuous_t(
-            timestep_sampling,
+            st.timestep_sampling,
             batch_size,
             (int(latent_shape[-2]), int(latent_shape[-1])),
-            discrete_flow_shift=discrete_flow_shift,
-            sigmoid_scale=sigmoid_scale,
-            logit_mean=logit_mean,
-            logit_std=logit_std,
+            discrete_flow_shift=st.discrete_flow_shift,
+            sigmoid_scale=st.sigmoid_scale,
+            logit_mean=st.logit_mean,
+            logit_std=st.logit_std,
             uniform_values=None if org is None else org.to(draw_device, torch.float32),
             generator=generator,
             device=draw_device,
@@ -284,7 +348,7 @@ def sample_timesteps(
 
     t_min = (min_timestep if min_timestep is not None else 0) / 1000.0
     t_max = (max_timestep if max_timestep is not None else 1000.0) / 1000.0
-    if not preserve_distribution_shape:
+    if not st.preserve_distribution_shape:
         t = draw(uniform_values)
         t = t * (t_max - t_min) + t_min
     else:
@@ -313,17 +377,8 @@ def sample_timesteps(
 def noisy_input_and_timesteps(
     latents: torch.Tensor,
     noise: torch.Tensor,
+    settings: TimestepSettings = TimestepSettings(),
     *,
-    timestep_sampling: str = "sigma",
-    discrete_flow_shift: float = 1.0,
-    sigmoid_scale: float = 1.0,
-    weighting_scheme: str = "none",
-    logit_mean: float = 0.0,
-    logit_std: float = 1.0,
-    mode_scale: float = 1.29,
-    min_timestep: float | None = None,
-    max_timestep: float | None = None,
-    preserve_distribution_shape: bool = False,
     uniform_values: torch.Tensor | None = None,
     bucket_values: Callable[[int], torch.Tensor] | None = None,
     on_warning: Callable[[str], None] | None = None,
@@ -338,16 +393,7 @@ def noisy_input_and_timesteps(
     """
     timesteps, t = sample_timesteps(
         latents.shape,
-        timestep_sampling=timestep_sampling,
-        discrete_flow_shift=discrete_flow_shift,
-        sigmoid_scale=sigmoid_scale,
-        weighting_scheme=weighting_scheme,
-        logit_mean=logit_mean,
-        logit_std=logit_std,
-        mode_scale=mode_scale,
-        min_timestep=min_timestep,
-        max_timestep=max_timestep,
-        preserve_distribution_shape=preserve_distribution_shape,
+        settings,
         uniform_values=uniform_values,
         bucket_values=bucket_values,
         on_warning=on_warning,
@@ -355,7 +401,7 @@ def noisy_input_and_timesteps(
         device=latents.device,
         draw_device=draw_device,
     )
-    if timestep_sampling == "sigma":
+    if settings.sigma_mode:
         s = _view(t.to(dtype), latents.ndim)
         return NoisyInput(s * noise + (1.0 - s) * latents, timesteps, t)
     tv = _view(t, latents.ndim)
@@ -378,20 +424,27 @@ def velocity_target(latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return noise - latents
 
 
-def timesteps_off_schedule(timesteps: torch.Tensor) -> bool:
+def timesteps_off_schedule(timesteps: torch.Tensor, *, shift: float = 1.0) -> bool:
     """True when some timestep is not on the 1000-step schedule (continuous modes): the reference then warns
-    "Some timesteps are not in the schedule" every step with sigma_sqrt/cosmap and uses the nearest entry."""
-    _, sched = schedule()
+    "Some timesteps are not in the schedule" every step with sigma_sqrt/cosmap and uses the nearest entry.
+    `shift`: the schedule's shift (`TimestepSettings.schedule_shift`; 1 = the reference's unshifted one)."""
+    _, sched = schedule(shift)
     ts = timesteps.detach().float().cpu().flatten()
     return bool((sched[None, :] == ts[:, None]).sum(dim=1).eq(0).any())
 
 
 def loss_weighting(
-    weighting_scheme: str, timesteps: torch.Tensor, *, n_dim: int = 5, dtype: torch.dtype = torch.float32
+    weighting_scheme: str,
+    timesteps: torch.Tensor,
+    *,
+    n_dim: int = 5,
+    dtype: torch.dtype = torch.float32,
+    shift: float = 1.0,
 ) -> torch.Tensor | None:
     """Per-sample loss weight shaped (B, 1, ...) with `n_dim` dims, or None (no weighting).
 
-    sigma is the *unshifted* schedule's sigma at the nearest schedule timestep (exact in `sigma` mode):
+    sigma is the schedule's sigma at the nearest schedule timestep (exact in `sigma` mode); the schedule is
+    the *unshifted* one (as the reference) unless `shift` (`TimestepSettings.schedule_shift`) says otherwise:
     `sigma_sqrt`: sigma**-2; `cosmap`: 2/(pi*(1 - 2 sigma + 2 sigma^2)); none/logit_normal/mode: None.
     """
     if weighting_scheme not in ("sigma_sqrt", "cosmap"):
@@ -400,7 +453,7 @@ def loss_weighting(
                 f"unknown weighting scheme {weighting_scheme!r}; choose one of {', '.join(WEIGHTING_SCHEMES)}"
             )
         return None
-    sigmas_all, sched = schedule()
+    sigmas_all, sched = schedule(shift)
     ts = timesteps.detach().float().cpu().flatten()
     idx = torch.argmin((sched[None, :] - ts[:, None]).abs(), dim=1)
     sigma = sigmas_all.to(dtype)[idx].to(timesteps.device)

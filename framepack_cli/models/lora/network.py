@@ -193,7 +193,75 @@ class LoadReport:
     format: str = ""
 
 
-class LoraNetwork(nn.Module):
+class NetworkBase(nn.Module):
+    """What every trainable network of the DiT shares (LoRA, LoHa, LoKr): a list `loras` of adapted modules
+    (each with `attach()`/`detach()`, `lora_name`, `multiplier`), applying, multiplier, saving.
+
+    Subclasses set `network_module` (the reference's `--network_module` name, saved as `ss_network_module`),
+    `dim` / `alpha` (the `--network_dim` / `--network_alpha` it was built with, for the metadata) and
+    `loraplus_lr_ratio` (None unless `--network_args loraplus_lr_ratio=R`).
+    """
+
+    network_module = ""
+    loras: list[nn.Module]
+    applied: bool
+    multiplier: float
+
+    def apply_to_model(self) -> None:
+        """Replace the forward of every target Linear (idempotent)."""
+        if not self.applied:
+            for lora in self.loras:
+                lora.attach()
+            self.applied = True
+
+    def remove_from_model(self) -> None:
+        """Restore the original forwards."""
+        if self.applied:
+            for lora in self.loras:
+                lora.detach()
+            self.applied = False
+
+    def set_multiplier(self, multiplier: float) -> None:
+        self.multiplier = multiplier
+        for lora in self.loras:
+            lora.multiplier = multiplier
+
+    @property
+    def module_names(self) -> list[str]:
+        return [lora.lora_name for lora in self.loras]
+
+    def weights(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """The saved tensors (detached CPU copies), every one in `dtype` if given (alpha included)."""
+        out = {}
+        for key, value in self.state_dict().items():
+            v = value.detach().to("cpu")
+            out[key] = v.to(dtype).clone() if dtype is not None else v.clone()
+        return out
+
+    def save_weights(self, path: str | Path, *, dtype: torch.dtype | None = None,
+                     metadata: Mapping[str, str] | None = None, flag: str = "--output_dir") -> dict[str, str]:
+        """Save as musubi does, as safetensors (temp file then rename: never a half-written file), adding
+        `sshs_model_hash` and `sshs_legacy_hash` to the metadata. Returns the metadata written.
+
+        Raises:
+            ResourceError: the file cannot be written (disk full, no permission); names `flag` and the path.
+        """
+        from framepack_cli.io.writable import resource_error_for
+        from framepack_cli.models.lora.save import save_tensors
+
+        tensors = self.weights(dtype)
+        meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+        model_hash, legacy_hash = safetensors_hashes(tensors, meta)
+        meta["sshs_model_hash"] = model_hash
+        meta["sshs_legacy_hash"] = legacy_hash
+        try:
+            save_tensors(path, tensors, meta)
+        except OSError as e:
+            raise resource_error_for(e, flag, path) from None
+        return meta
+
+
+class LoraNetwork(NetworkBase):
     """Trainable LoRA over a loaded `FramePackTransformer` (musubi `networks.lora_framepack` semantics).
 
     Args:
@@ -212,14 +280,19 @@ class LoraNetwork(nn.Module):
         FramepackError: a bad pattern, or no module targeted.
     """
 
+    network_module = NETWORK_MODULE
+
     def __init__(self, model: nn.Module, dim: int | None = 4, alpha: float | None = 1.0, *,
                  multiplier: float = 1.0, dropout: float | None = None, rank_dropout: float | None = None,
                  module_dropout: float | None = None, exclude_patterns: str | Sequence[str] | None = (),
                  include_patterns: str | Sequence[str] | None = (), modules_dim: Mapping[str, int] | None = None,
-                 modules_alpha: Mapping[str, float | None] | None = None, apply: bool = True) -> None:
+                 modules_alpha: Mapping[str, float | None] | None = None, apply: bool = True,
+                 loraplus_lr_ratio: float | None = None) -> None:
         super().__init__()
         self.dim = 4 if dim is None else int(dim)
         self.alpha_value = 1.0 if alpha is None else float(alpha)
+        self.loraplus_lr_ratio = loraplus_lr_ratio
+        self.warnings: list[str] = []
         self.multiplier = multiplier
         self.dropout = dropout
         self.rank_dropout = rank_dropout
@@ -246,6 +319,11 @@ class LoraNetwork(nn.Module):
         if apply:
             self.apply_to_model()
 
+    @property
+    def alpha(self) -> float:
+        """`--network_alpha` as built (for `ss_network_alpha`); each module has its own `alpha` buffer."""
+        return self.alpha_value
+
     # ---- construction from weights ----------------------------------------------------------------
 
     @classmethod
@@ -260,31 +338,6 @@ class LoraNetwork(nn.Module):
         net = cls(model, multiplier=multiplier, modules_dim=dims, modules_alpha=alphas, **kwargs)
         net._load(lora_file, flag)
         return net
-
-    # ---- applying -----------------------------------------------------------------------------------
-
-    def apply_to_model(self) -> None:
-        """Replace the forward of every target Linear (idempotent)."""
-        if not self.applied:
-            for lora in self.loras:
-                lora.attach()
-            self.applied = True
-
-    def remove_from_model(self) -> None:
-        """Restore the original forwards."""
-        if self.applied:
-            for lora in self.loras:
-                lora.detach()
-            self.applied = False
-
-    def set_multiplier(self, multiplier: float) -> None:
-        self.multiplier = multiplier
-        for lora in self.loras:
-            lora.multiplier = multiplier
-
-    @property
-    def module_names(self) -> list[str]:
-        return [lora.lora_name for lora in self.loras]
 
     # ---- loading ------------------------------------------------------------------------------------
 
@@ -350,9 +403,12 @@ class LoraNetwork(nn.Module):
             yield lora.lora_up.weight
 
     def param_groups(self, lr: float, loraplus_lr_ratio: float | None = None) -> list[dict[str, Any]]:
-        """Optimizer groups like the reference: one group at `lr`; with LoRA+ the `lora_up` weights in a
-        second group at `lr × ratio`. Groups whose lr is 0 are dropped."""
+        """Optimizer groups like the reference: one group at `lr`; with LoRA+ (`loraplus_lr_ratio`, default the
+        network's own from `--network_args`) the `lora_up` weights in a second group at `lr × ratio`. Groups whose
+        lr is 0 are dropped."""
         self.requires_grad_(True)
+        if loraplus_lr_ratio is None:
+            loraplus_lr_ratio = self.loraplus_lr_ratio
         if loraplus_lr_ratio is None:
             groups = [{"params": list(self.trainable_parameters()), "lr": lr}]
         else:
@@ -379,38 +435,6 @@ class LoraNetwork(nn.Module):
                 down.mul_(ratio.sqrt().to(down.device))
             norms.append(float(updown.norm().cpu() * ratio))
         return scaled, sum(norms) / len(norms), max(norms)
-
-    # ---- saving -------------------------------------------------------------------------------------
-
-    def weights(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        """The saved tensors (detached CPU copies), every one in `dtype` if given (alpha included)."""
-        out = {}
-        for key, value in self.state_dict().items():
-            v = value.detach().to("cpu")
-            out[key] = v.to(dtype).clone() if dtype is not None else v.clone()
-        return out
-
-    def save_weights(self, path: str | Path, *, dtype: torch.dtype | None = None,
-                     metadata: Mapping[str, str] | None = None, flag: str = "--output_dir") -> dict[str, str]:
-        """Save as musubi does, as safetensors (temp file then rename: never a half-written file), adding
-        `sshs_model_hash` and `sshs_legacy_hash` to the metadata. Returns the metadata written.
-
-        Raises:
-            ResourceError: the file cannot be written (disk full, no permission); names `flag` and the path.
-        """
-        from framepack_cli.io.writable import resource_error_for
-        from framepack_cli.models.lora.save import save_tensors
-
-        tensors = self.weights(dtype)
-        meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-        model_hash, legacy_hash = safetensors_hashes(tensors, meta)
-        meta["sshs_model_hash"] = model_hash
-        meta["sshs_legacy_hash"] = legacy_hash
-        try:
-            save_tensors(path, tensors, meta)
-        except OSError as e:
-            raise resource_error_for(e, flag, path) from None
-        return meta
 
 
 def _few(items: Sequence[str], n: int = 5) -> str:
@@ -500,6 +524,6 @@ def training_metadata(values: Mapping[str, Any], *, timestamp: float, title: str
 
 
 __all__ = [
-    "DEFAULT_EXCLUDE", "MUSUBI_PREFIX", "NETWORK_MODULE", "LoadReport", "LoraLinear", "LoraNetwork",
+    "DEFAULT_EXCLUDE", "MUSUBI_PREFIX", "NETWORK_MODULE", "LoadReport", "LoraLinear", "LoraNetwork", "NetworkBase",
     "modelspec_metadata", "parse_network_args", "safetensors_hashes", "target_linears", "training_metadata",
 ]
