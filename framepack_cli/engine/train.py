@@ -109,6 +109,12 @@ class _StopFlag:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _timestep_settings(opts: TrainOptions):
+    from framepack_cli.sampling.train_timesteps import TimestepSettings
+
+    return TimestepSettings(**_timestep_options(opts))
+
+
 def _timestep_options(opts: TrainOptions) -> dict[str, Any]:
     return {
         "timestep_sampling": opts.timestep_sampling, "discrete_flow_shift": opts.discrete_flow_shift,
@@ -125,7 +131,7 @@ def _resume_settings(opts: TrainOptions, data_items: int, batches: int) -> dict[
         "network_module": opts.network_module_name, "network_dim": opts.network_dim,
         "network_alpha": opts.network_alpha, "network_args": sorted(opts.network_args or []),
         "gradient_accumulation_steps": opts.gradient_accumulation_steps, "items": data_items,
-        "batches_per_epoch": batches, "timesteps": _timestep_options(opts), "optimizer_type": opts.optimizer_type,
+        "batches_per_epoch": batches, **_timestep_options(opts), "optimizer_type": opts.optimizer_type,
         "lr_scheduler": opts.lr_scheduler, "learning_rate": opts.learning_rate,
     }
 
@@ -313,11 +319,13 @@ class Trainer:
         settings = _resume_settings(o, data.num_items, batches)
         if state is not None:
             before = json.loads(state.progress.options_digest or "{}")
-            changed = [k for k in settings if k in before and json.dumps(before[k]) != json.dumps(settings[k])]
+            changed = [k for k in settings if k in before
+                       and json.dumps(before[k], sort_keys=True) != json.dumps(settings[k], sort_keys=True)]
             if changed:
                 k = changed[0]
                 raise FramepackError(f"--resume: {resume_dir} was trained with {k} = {before[k]!r}, this run has "
-                                     f"{settings[k]!r}", hint="resume with the options of the run that wrote it")
+                                     f"{settings[k]!r}", hint="resume with the options of the run that wrote it "
+                                     "(--max_train_steps/--max_train_epochs may change)")
             progress = state.progress
         else:
             progress = TrainProgress(seed=seed, session_id=secrets.randbelow(2**32),
@@ -362,17 +370,16 @@ class Trainer:
         self.dit = dit
         net = create_network(o.network_module_name, dit, dim=o.network_dim, alpha=o.network_alpha,
                              dropout=o.network_dropout, network_args=o.network_kwargs, weights=o.network_weights,
-                             dim_from_weights=o.dim_from_weights)
+                             dim_from_weights=o.dim_from_weights, warn=self.say)
         net.to(self.device)
         if state is not None:
             net.load_state_dict({k: v.to(self.device) for k, v in state.network.items()})
         self.network = net
-        loraplus = o.network_kwargs.get("loraplus_lr_ratio")
-        groups = net.param_groups(o.learning_rate, float(loraplus) if loraplus else None)
+        groups = net.param_groups(o.learning_rate)
         self.params = [p for g in groups for p in g["params"]]
         self.choice = make_optimizer(o, groups, device=self.device, warn=self.say)
         self.optimizer = self.choice.optimizer
-        self.scheduler = make_scheduler(o, self.choice, total_steps=self.max_steps, num_processes=1)
+        self.scheduler = make_scheduler(o, self.choice, total_steps=self.max_steps, num_processes=1, warn=self.say)
         if state is not None:
             self.optimizer.load_state_dict(state.optimizer)
             self.scheduler.load_state_dict(state.scheduler)
@@ -386,17 +393,18 @@ class Trainer:
 
     # ---- saving ------------------------------------------------------------------------------------------
     def _metadata(self, final: bool) -> dict[str, str]:
+        from framepack_cli.engine.train_optim import scheduler_name
         from framepack_cli.models.lora.network import training_metadata
 
         o, p = self.opts, self.progress
         values = {
             "session_id": p.session_id, "training_started_at": self.started_at, "output_name": o.output_name,
-            "learning_rate": o.learning_rate, "num_train_items": self.data.num_items,
+            "learning_rate": self.choice.metadata_learning_rate, "num_train_items": self.data.num_items,
             "num_batches_per_epoch": len(self.data), "num_epochs": self.epochs,
             "gradient_checkpointing": o.gradient_checkpointing,
             "gradient_checkpointing_cpu_offload": o.gradient_checkpointing_cpu_offload,
             "gradient_accumulation_steps": o.gradient_accumulation_steps, "max_train_steps": self.max_steps,
-            "lr_warmup_steps": o.lr_warmup_steps, "lr_scheduler": o.lr_scheduler_type or o.lr_scheduler,
+            "lr_warmup_steps": o.lr_warmup_steps, "lr_scheduler": scheduler_name(o, self.choice),
             "base_model_version": "framepack", "network_module": o.network_module_name,
             "network_dim": getattr(self.network, "dim", o.network_dim or 4),
             "network_alpha": getattr(self.network, "alpha_value", o.network_alpha),
@@ -546,9 +554,9 @@ class Trainer:
             self.acc.log(values, step=step)
 
     def _lr_logs(self) -> dict[str, float]:
-        lrs = self.choice.lr_for_logs()
-        names = ["unet", "unet plus"] if len(lrs) <= 2 else [f"group{i}" for i in range(len(lrs))]
-        return {f"lr/{names[i]}": float(lr) for i, lr in enumerate(lrs)}
+        from framepack_cli.engine.train_optim import lr_logs
+
+        return lr_logs(self.choice, self.scheduler)
 
     # ---- the loop ------------------------------------------------------------------------------------------
     def _loop(self, state) -> TrainResult:
@@ -572,7 +580,7 @@ class Trainer:
         loader = make_loader(self.data, sampler, workers=o.max_data_loader_n_workers,
                              persistent=o.persistent_data_loader_workers)
         accum = o.gradient_accumulation_steps
-        tso = _timestep_options(o)
+        tso = _timestep_settings(o)
         warned: set[str] = set()
 
         def warn_once(text: str) -> None:
@@ -593,7 +601,7 @@ class Trainer:
         recent: list[float] = []
         stop = _StopFlag(self.sink)
         t0 = time.time()
-        first_step = p.step
+        first_step = self.first_step = p.step
         start_sink = getattr(self.sink, "start_training", None)
         if self.main and start_sink is not None:
             start_sink(self.max_steps, p.step)
@@ -606,8 +614,8 @@ class Trainer:
                     for batch in loader:
                         sync = accum_count + 1 == accum or p.position + 1 == self.per_rank
                         out = training_step(
-                            self.dit, batch, seed=self.seed, micro_step=p.micro_step, timestep_options=tso,
-                            weighting_scheme=o.weighting_scheme, guidance_scale=o.guidance_scale,
+                            self.dit, batch, seed=self.seed, micro_step=p.micro_step, settings=tso,
+                            guidance_scale=o.guidance_scale,
                             device=self.device, dtype=self.dit_dtype, autocast_dtype=self.autocast,
                             on_warning=warn_once)
                         loss = out.loss / accum
@@ -731,11 +739,12 @@ class Trainer:
         self._end_trackers()
         if not self.main:
             return
-        trained = result.steps
+        trained = result.steps - self.first_step
         rate = (trained / result.seconds) if result.seconds > 0 else 0.0
-        self.say(f"Trained {trained} steps ({self.epochs} epoch(s)) in {result.seconds:.1f}s "
-                 f"({rate:.2f} steps/s); final loss {result.losses[-1]:.4f}" if result.losses else
-                 f"Trained {trained} steps in {result.seconds:.1f}s")
+        where = f" (steps {self.first_step + 1}-{result.steps} of {self.max_steps})" if self.first_step else ""
+        loss = f"; final loss {result.losses[-1]:.4f}" if result.losses else ""
+        self.say(f"Trained {trained} steps{where} ({self.epochs} epoch(s)) in {result.seconds:.1f}s "
+                 f"({rate:.2f} steps/s){loss}")
         self.say(f"LoRA: {result.lora}")
         if result.states:
             self.say(f"States: {', '.join(str(s) for s in result.states)}")

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from framepack_cli.sampling.train_timesteps import loss_weighting, noisy_input_at, sample_timesteps
+from framepack_cli.sampling.train_timesteps import TimestepSettings, loss_weighting, noisy_input_at, sample_timesteps
 
 LATENT_CHANNELS = 16
 HISTORY_FRAMES = {"2x": 2, "4x": 16}  # frames of the 2x / 4x clean latents the DiT expects
@@ -45,7 +45,7 @@ class StepOutput:
 
 
 def draw_noise_and_timesteps(latents: torch.Tensor, item_keys: list[str], *, seed: int, micro_step: int,
-                             timestep_options: dict[str, Any], pool: list[float] | None,
+                             settings: TimestepSettings, pool: list[float] | None,
                              on_warning: Callable[[str], None] | None = None
                              ) -> tuple[torch.Tensor, torch.Tensor]:
     """(noise shaped like `latents` in float32 on the CPU, timesteps (B,) float32 on the CPU)."""
@@ -57,8 +57,8 @@ def draw_noise_and_timesteps(latents: torch.Tensor, item_keys: list[str], *, see
         seen[key] += 1
         noises.append(torch.randn(shape, generator=g, dtype=torch.float32))
         uniform = None if pool is None else torch.tensor([float(pool[i])], dtype=torch.float32)
-        ts, _ = sample_timesteps((1, *shape), uniform_values=uniform, generator=g, device="cpu",
-                                 draw_device="cpu", on_warning=on_warning, **timestep_options)
+        ts, _ = sample_timesteps((1, *shape), settings, uniform_values=uniform, generator=g, device="cpu",
+                                 draw_device="cpu", on_warning=on_warning)
         timesteps.append(ts.reshape(1))
     return torch.stack(noises), torch.cat(timesteps)
 
@@ -94,8 +94,8 @@ def dit_kwargs(batch: dict[str, Any], noisy: torch.Tensor, device: torch.device,
     return out
 
 
-def training_step(dit, batch: dict[str, Any], *, seed: int, micro_step: int, timestep_options: dict[str, Any],
-                  weighting_scheme: str, guidance_scale: float, device: torch.device, dtype: torch.dtype,
+def training_step(dit, batch: dict[str, Any], *, seed: int, micro_step: int, settings: TimestepSettings,
+                  guidance_scale: float, device: torch.device, dtype: torch.dtype,
                   autocast_dtype: torch.dtype | None, on_warning: Callable[[str], None] | None = None
                   ) -> StepOutput:
     """The loss of one micro-batch (backward is the caller's).
@@ -105,9 +105,9 @@ def training_step(dit, batch: dict[str, Any], *, seed: int, micro_step: int, tim
     """
     x0 = batch["latents"].float()
     noise, timesteps = draw_noise_and_timesteps(
-        x0, list(batch["item_keys"]), seed=seed, micro_step=micro_step, timestep_options=timestep_options,
+        x0, list(batch["item_keys"]), seed=seed, micro_step=micro_step, settings=settings,
         pool=batch.get("timesteps"), on_warning=on_warning)
-    sigma_mode = timestep_options.get("timestep_sampling", "sigma") == "sigma"
+    sigma_mode = settings.sigma_mode
     x0, noise = x0.to(device), noise.to(device)
     noisy = noisy_input_at(x0, noise, timesteps, sigma_mode=sigma_mode)
     b = x0.shape[0]
@@ -123,7 +123,8 @@ def training_step(dit, batch: dict[str, Any], *, seed: int, micro_step: int, tim
         pred = pred[0]
     target = noise - x0
     err = (pred.float() - target) ** 2
-    weight = loss_weighting(weighting_scheme, timesteps.to(device), n_dim=err.ndim)
+    weight = loss_weighting(settings.weighting_scheme, timesteps.to(device), n_dim=err.ndim,
+                            shift=settings.schedule_shift)
     if weight is not None:
         err = err * weight
     return StepOutput(err.mean(), timesteps)

@@ -568,7 +568,10 @@ def _whole_batch(batch: dict[str, Any]) -> dict[str, Any]:
 
 def make_loader(data: TrainData, sampler: EpochSampler, *, workers: int, persistent: bool) -> DataLoader:
     """A DataLoader over whole batches; `workers` is capped at the CPU count, `persistent` only applies
-    with workers (without any it is a silent no-op)."""
+    with workers (without any it is a silent no-op). The loader has its own RNG (fixed seed: the order comes
+    from the sampler, and batches draw nothing), so starting an epoch never consumes torch's global RNG,
+    which dropout uses and a resumed run restores."""
     n = max(0, min(int(workers), os.cpu_count() or 1))
     return DataLoader(data, sampler=sampler, batch_size=None, num_workers=n, collate_fn=_whole_batch,
-                      persistent_workers=bool(persistent) and n > 0)
+                      persistent_workers=bool(persistent) and n > 0,
+                      generator=torch.Generator().manual_seed(0))

@@ -161,10 +161,11 @@ def test_modes_train(kind, tmp_path, capsys):
 
 def test_overfit_lowers_the_loss(tmp_path, capsys):
     """40 steps on one section: the loss at fixed noise and timesteps drops by at least 20%."""
-    from framepack_cli.engine.train_step import training_step
     from framepack_cli.engine.train_data import build_train_data
+    from framepack_cli.engine.train_step import training_step
     from framepack_cli.models.lora.training import create_network
     from framepack_cli.models.transformer import load_dit
+    from framepack_cli.sampling.train_timesteps import TimestepSettings
 
     toml = video_dataset(tmp_path, only="clip_b*")
     out = tmp_path / "out"
@@ -180,8 +181,8 @@ def test_overfit_lowers_the_loss(tmp_path, capsys):
                              weights=weights)
         net.eval()
         with torch.no_grad():
-            vals = [training_step(dit, batch, seed=123, micro_step=i, timestep_options={"timestep_sampling":
-                                  "uniform"}, weighting_scheme="none", guidance_scale=1.0,
+            vals = [training_step(dit, batch, seed=123, micro_step=i,
+                                  settings=TimestepSettings(timestep_sampling="uniform"), guidance_scale=1.0,
                                   device=torch.device("cpu"), dtype=torch.float32, autocast_dtype=None).loss.item()
                     for i in range(8)]
         return sum(vals) / len(vals)
