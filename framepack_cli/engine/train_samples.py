@@ -85,6 +85,7 @@ class TrainingSampler:
         self.options: list = []  # one GenerateOptions per prompt; the seed is drawn per render when not given
         self.created_dir: Path | None = None  # the top folder check() created (for io.writable.remove_created)
         self.failures: list[str] = []  # one line per sample that failed (reported as warnings; training goes on)
+        self.results: list = []  # the JobResults of the last render (latent, files, error per prompt)
         self.models = None
         self._conds: list | None = None
 
@@ -160,7 +161,8 @@ class TrainingSampler:
             image = None
         else:
             image = self._resolve(p, "image_path", p.image_path, errors)
-        controls = [self._resolve(p, "control_image_path", c, errors) for c in p.control_image_paths]
+        controls = [self._resolve(p, "control_image_path", c, errors) for c in p.control_image_paths] \
+            if o.one_frame else []  # without --one_frame they are not read (said in a note)
 
         values = {
             "dit": o.dit, "vae": o.vae, "text_encoder1": o.text_encoder1, "text_encoder2": o.text_encoder2,
@@ -284,6 +286,7 @@ class TrainingSampler:
         when = f"epoch {epoch}" if epoch is not None else f"step {step}"
         sink.message(f"Generating {total} sample(s) at {when}")
         files: list[Path] = []
+        self.results = []
 
         def fail(result: JobResult, err: FramepackError) -> None:
             result.error, result.exc = err.message, err
@@ -310,6 +313,7 @@ class TrainingSampler:
                                bases={0: self.file_base(p, step=step, epoch=epoch)})
                     models.park_vae()
                     files += results[0].files
+                    self.results.append(results[0])
         finally:
             models.disown("dit")
             for k, v in rope.items():
