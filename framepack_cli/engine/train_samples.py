@@ -280,7 +280,8 @@ class TrainingSampler:
         models, sink = self.models, self.sink
         total = len(self.prompts)
         states = _rng_states()
-        modes = [(m, m.training) for m in (dit, network) if m is not None]
+        roots = [m for m in (dit, network) if m is not None]
+        modes = [(m, m.training) for root in roots for m in root.modules()]  # restored module by module
         rope = {k: getattr(dit, k) for k in ("rope_scaling_timestep_threshold", "rope_scaling_factor")
                 if hasattr(dit, k)}
         when = f"epoch {epoch}" if epoch is not None else f"step {step}"
@@ -297,8 +298,8 @@ class TrainingSampler:
                 sink.message(f"Warning: {text} (no sample written; training goes on)")
 
         try:
-            for m, _ in modes:
-                m.eval()
+            for root in roots:
+                root.eval()
             models.adopt("dit", dit)
             with torch.no_grad():
                 for i, (p, o) in enumerate(zip(self.prompts, self.options, strict=True)):
@@ -319,7 +320,7 @@ class TrainingSampler:
             for k, v in rope.items():
                 setattr(dit, k, v)
             for m, was in modes:
-                m.train(was)
+                m.training = was
             _restore_rng(states)
         return files
 
