@@ -54,6 +54,7 @@ class Models:
         self.sink = sink
         self.keep = frozenset(keep)
         self._loaded: dict[str, Any] = {}
+        self._adopted: set[str] = set()
         self.text_cache: dict = {}  # (prompt, system prompt) -> TextCond, across jobs of the run
         self.lora_report: list[str] = []
 
@@ -124,6 +125,18 @@ class Models:
             self._loaded["dit"] = dit
         return self._on_device("dit")
 
+    def adopt(self, name: str, model) -> None:
+        """Use a model the caller already holds (the training DiT with its LoRA) instead of loading one: it is
+        returned as is (never moved) and never released; the caller owns it."""
+        self._loaded[name] = model
+        self._adopted.add(name)
+
+    def disown(self, name: str) -> None:
+        """Forget an adopted model (the caller keeps it; nothing is moved or freed)."""
+        if name in self._adopted:
+            self._adopted.discard(name)
+            self._loaded.pop(name, None)
+
     def remember_text(self, key, cond) -> None:
         if len(self.text_cache) >= TEXT_MEMO:
             self.text_cache.pop(next(iter(self.text_cache)))
@@ -132,6 +145,8 @@ class Models:
     # -- placement -----------------------------------------------------------------------------------------
     def _on_device(self, name: str):
         m = self._loaded[name]
+        if name in self._adopted:
+            return m
         if self.device.type == "cuda":
             for mod in m if isinstance(m, tuple) else (m,):
                 if hasattr(mod, "to") and not isinstance(mod, type):
@@ -143,7 +158,7 @@ class Models:
 
     def release(self, name: str) -> None:
         """Done with a model for now: park it on the CPU when it is in `keep`, else delete it."""
-        if name not in self._loaded:
+        if name not in self._loaded or name in self._adopted:
             return
         if name in self.keep:
             if self.device.type == "cuda":

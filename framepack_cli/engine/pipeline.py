@@ -13,6 +13,7 @@ from the failures. Out of memory is one line naming the phase (`framepack_cli.en
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -102,15 +103,13 @@ def with_dtypes(meta: dict[str, str] | None, models: Models) -> dict[str, str] |
     return {**meta, "framepack": json.dumps(settings, sort_keys=True)}
 
 
-def run_jobs(jobs: list[Job], models: Models, sink: ProgressSink, *, report_errors: bool = True) -> list[JobResult]:
-    """Run `jobs` through the four phases; see the module docstring.
+Fail = Callable[[JobResult, FramepackError], None]
 
-    Args:
-        report_errors: print each failed job's error (batch and interactive runs); a single run leaves that
-            to the caller, which raises `JobResult.exc`.
-    """
 
-    def _fail(result: JobResult, err: FramepackError, sink: ProgressSink) -> None:
+def failure_reporter(sink: ProgressSink, report_errors: bool) -> Fail:
+    """`fail(result, err)`: record `err` on the result; with `report_errors`, print it with the job's label."""
+
+    def fail(result: JobResult, err: FramepackError) -> None:
         result.error, result.exc = err.message, err
         if report_errors:
             prefix = f"{result.label}: " if result.label else ""
@@ -118,6 +117,36 @@ def run_jobs(jobs: list[Job], models: Models, sink: ProgressSink, *, report_erro
             for line in err.message.splitlines():
                 sink.message(f"Error: {prefix}{line}{hint}")
 
+    return fail
+
+
+def run_jobs(jobs: list[Job], models: Models, sink: ProgressSink, *, report_errors: bool = True) -> list[JobResult]:
+    """Run `jobs` through the four phases; see the module docstring.
+
+    Args:
+        report_errors: print each failed job's error (batch and interactive runs); a single run leaves that
+            to the caller, which raises `JobResult.exc`.
+    """
+    fail = failure_reporter(sink, report_errors)
+    for job in jobs:  # warnings about settings that will have no effect, before any model loads
+        for note in job.notes():
+            sink.message(f"{job.label}: {note}" if job.label else note)
+    warn_long_prompts(jobs, models, sink)
+    results = [JobResult(job.label, job.seed) for job in jobs]
+    conds, alive = condition_jobs(jobs, models, sink, results, fail)
+    sample_jobs(jobs, conds, alive, models, sink, results, fail)
+    write_jobs(jobs, alive, models, sink, results, fail)
+    return results
+
+
+def condition_jobs(jobs: list[Job], models: Models, sink: ProgressSink, results: list[JobResult],
+                   fail: Fail) -> tuple[list[Conditioning], list[int]]:
+    """Phases 1 and 2: every job's image latents and embeddings, then its prompt encodings.
+
+    Returns:
+        One `Conditioning` per job and the indices of the jobs still alive (a failed job is recorded with
+        `fail` and left out).
+    """
     import numpy as np
 
     from framepack_cli.io.images import load_image, resize_to_bucket, to_pixels
@@ -125,11 +154,6 @@ def run_jobs(jobs: list[Job], models: Models, sink: ProgressSink, *, report_erro
     from framepack_cli.models.text_encoders import encode_prompt
     from framepack_cli.models.vae import vae_encode
 
-    for job in jobs:  # warnings about settings that will have no effect, before any model loads
-        for note in job.notes():
-            sink.message(f"{job.label}: {note}" if job.label else note)
-    warn_long_prompts(jobs, models, sink)
-    results = [JobResult(job.label, job.seed) for job in jobs]
     conds = [Conditioning() for _ in jobs]
     alive = list(range(len(jobs)))
 
@@ -159,7 +183,7 @@ def run_jobs(jobs: list[Job], models: Models, sink: ProgressSink, *, report_erro
                             lat_cache[key] = vae_encode(vae, pixels).float().cpu()
                     conds[i].latents[p] = lat_cache[key]
             except FramepackError as e:
-                _fail(results[i], e, sink)
+                fail(results[i], e)
                 alive.remove(i)
         models.park_vae()
     if any(jobs[i].siglip_images() for i in alive):
@@ -174,7 +198,7 @@ def run_jobs(jobs: list[Job], models: Models, sink: ProgressSink, *, report_erro
                             emb_cache[(p, h, w)] = encode_image(enc, rgb(p, h, w)).float().cpu()
                     conds[i].embeddings[p] = emb_cache[(p, h, w)]
             except FramepackError as e:
-                _fail(results[i], e, sink)
+                fail(results[i], e)
                 alive.remove(i)
         del enc
         models.release("image_encoder")
@@ -206,32 +230,41 @@ def run_jobs(jobs: list[Job], models: Models, sink: ProgressSink, *, report_erro
             conds[i].texts[p] = texts[(p, o.custom_system_prompt)]
         if o.guidance_scale != 1.0:
             conds[i].negative = texts[(o.negative_prompt or "", o.custom_system_prompt)]
+    return conds, alive
 
-    # 3. sampling -----------------------------------------------------------------------------------------
-    if alive:
-        dit = models.dit()
-        for i in list(alive):
-            o = jobs[i].opts
-            # RoPE scaling is a per-call setting of the DiT; each job may set its own.
-            dit.rope_scaling_timestep_threshold = o.rope_scaling_timestep_threshold
-            dit.rope_scaling_factor = o.rope_scaling_factor
-            if jobs[i].label:
-                sink.message(f"{jobs[i].label}: {o.prompt!r}")
-            try:
-                results[i].latent = jobs[i].sample(dit, conds[i], models.device, models.dtype, sink)
-            except FramepackError as e:
-                _fail(results[i], e, sink)
-                alive.remove(i)
-        del dit
-        models.release("dit")
 
-    # 4. outputs ------------------------------------------------------------------------------------------
+def sample_jobs(jobs: list[Job], conds: list[Conditioning], alive: list[int], models: Models, sink: ProgressSink,
+                results: list[JobResult], fail: Fail) -> None:
+    """Phase 3: sample every alive job with `models.dit()` (failed jobs leave `alive`)."""
+    if not alive:
+        return
+    dit = models.dit()
+    for i in list(alive):
+        o = jobs[i].opts
+        # RoPE scaling is a per-call setting of the DiT; each job may set its own.
+        dit.rope_scaling_timestep_threshold = o.rope_scaling_timestep_threshold
+        dit.rope_scaling_factor = o.rope_scaling_factor
+        if jobs[i].label:
+            sink.message(f"{jobs[i].label}: {o.prompt!r}")
+        try:
+            results[i].latent = jobs[i].sample(dit, conds[i], models.device, models.dtype, sink)
+        except FramepackError as e:
+            fail(results[i], e)
+            alive.remove(i)
+    del dit
+    models.release("dit")
+
+
+def write_jobs(jobs: list[Job], alive: list[int], models: Models, sink: ProgressSink, results: list[JobResult],
+               fail: Fail, *, bases: dict[int, str] | None = None) -> None:
+    """Phase 4: decode and write every alive job's outputs (`bases`: a file base name per job index)."""
+    dev = models.device
     for i in alive:
         job, res = jobs[i], results[i]
         try:
             with oom_guard("in VAE decode", dev, advice("decode", dev, job.opts)):
                 res.files = write_outputs(job.opts, res.latent, job.seed, with_dtypes(job.metadata(res.latent), models),
-                                          vae=models.vae, sink=sink, one_frame=job.one_frame)
+                                          vae=models.vae, sink=sink, one_frame=job.one_frame,
+                                          base=(bases or {}).get(i))
         except FramepackError as e:
-            _fail(res, e, sink)
-    return results
+            fail(res, e)

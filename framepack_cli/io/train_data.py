@@ -228,9 +228,6 @@ def _scan_dataset(cfg: Any, ds: Any, video_mode: str, identity: str | None) -> _
         except FramepackError:
             bad_names.append(path.name)
             continue
-        if video and name.length is None:
-            bad_names.append(path.name)
-            continue
         text_path = directory / text_cache_name(name.item_key)
         try:
             infos, meta = read_cache_header(path)
@@ -250,7 +247,9 @@ def _scan_dataset(cfg: Any, ds: Any, video_mode: str, identity: str | None) -> _
         try:
             text_infos, text_meta = read_cache_header(text_path)
         except FramepackError as e:
-            unreadable.append(f"{text_path.name} ({str(e).removeprefix(f'{text_path}: ')})")
+            line = f"{text_path.name} ({str(e).removeprefix(f'{text_path}: ')})"
+            if line not in unreadable:  # shared by the sections of a clip: named once
+                unreadable.append(line)
             continue
         if lines:
             continue

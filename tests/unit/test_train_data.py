@@ -491,3 +491,13 @@ def test_reference_caches_carry_no_framepack_metadata():
     """The golden caches are the reference's own (so the tests above load caches framepack did not write)."""
     with safe_open(str(CACHE / "vanilla" / "video_dir" / VIDEO_DIR[0]), framework="pt") as f:
         assert not any(k.startswith("framepack_cli.") for k in f.metadata())
+
+
+def test_an_unreadable_text_cache_shared_by_two_sections_is_named_once(wd):
+    cfg = video_toml(wd, jsonl=False)
+    (wd / "work" / "video_dir" / "clip_a_fp_te.safetensors").write_bytes(b"truncated")
+    assert refusal(cfg, seed=1) == [
+        f"video.toml: {VIDEO_LABEL}: cache_directory: 1 cache file in work/video_dir is incomplete or unreadable: "
+        f"clip_a_fp_te.safetensors (not a safetensors file (bad header length {int.from_bytes(b'truncate', 'little')}"
+        f")); re-create them: {LATENTS.format(cfg=cfg)} --skip_existing (text caches: {TEXT.format(cfg=cfg)} "
+        "--skip_existing)"]

@@ -335,6 +335,13 @@ def test_adafactor_relative_step_schedules_itself():
     s.step()
     expect = 1e-2 * 1.0  # min(1e-2, 1/sqrt(step 1)) * RMS of the parameters before the step (ones)
     assert [float(v) for v in s.get_last_lr()] == pytest.approx([expect]) and c.lr_for_logs() == pytest.approx([expect])
+    # --lr_scheduler adafactor names that schedule; its --lr_scheduler_args have no effect
+    o, c, warnings = build(optimizer_type="Adafactor", lr_scheduler="adafactor", lr_scheduler_args=["x=1"])
+    assert warnings[0].endswith("is only its initial value (pass --optimizer_args relative_step=False to schedule "
+                                "it yourself)")
+    s = make_scheduler(o, c, total_steps=10, warn=warnings.append)
+    assert type(s).__name__ == "AdafactorSchedule" and scheduler_name(o, c) == "adafactor:0.001"
+    assert warnings[1:] == ["--lr_scheduler_args x=1: no effect with Adafactor's own schedule"]
     # another --lr_scheduler is replaced, and said so
     _, _, warnings = build(optimizer_type="adafactor", lr_scheduler="cosine")
     assert warnings[0].endswith("is only its initial value, and --lr_scheduler cosine is replaced by its schedule "
