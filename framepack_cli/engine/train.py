@@ -110,9 +110,9 @@ class _StopFlag:
 
 
 def _timestep_settings(opts: TrainOptions):
-    from framepack_cli.sampling.train_timesteps import TimestepSettings
+    from framepack_cli.engine.train_timesteps_show import timestep_settings
 
-    return TimestepSettings(**_timestep_options(opts))
+    return timestep_settings(opts)
 
 
 def _timestep_options(opts: TrainOptions) -> dict[str, Any]:
@@ -212,7 +212,7 @@ def run(opts: TrainOptions, sink: ProgressSink | None = None) -> TrainResult | l
 
     sink = sink or NullProgress()
     if opts.show_timesteps is not None:
-        from framepack_cli.engine.train_optim import show_timesteps
+        from framepack_cli.engine.train_timesteps_show import show_timesteps
 
         return show_timesteps(opts, sink)
     refuse_unbuilt(opts)

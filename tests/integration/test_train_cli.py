@@ -94,7 +94,8 @@ def test_vanilla_training_saves_checkpoints_and_a_lora_generate_loads(tmp_path, 
     toml = video_dataset(tmp_path)
     out = tmp_path / "out"
     code, stdout, err = cli(train_args(toml, out, "--max_train_epochs", "3", "--save_every_n_epochs", "1",
-                                       "--timestep_sampling", "shift", "--discrete_flow_shift", "3.0"), capsys)
+                                       "--timestep_sampling", "shift", "--discrete_flow_shift", "3.0",
+                                       "--vae", MODELS / "vae.safetensors"), capsys)
     assert code == 0, err
     # 3 batches per epoch (3 sections) -> 9 steps; epoch checkpoints 1 and 2, not 3 (the final file replaces it)
     assert sorted(p.name for p in out.iterdir()) == ["lora-000001.safetensors", "lora-000002.safetensors",
@@ -106,6 +107,7 @@ def test_vanilla_training_saves_checkpoints_and_a_lora_generate_loads(tmp_path, 
     assert set(saved["metadata"]) <= set(m), set(saved["metadata"]) - set(m)
     assert (m["ss_steps"], m["ss_epoch"], m["ss_num_epochs"], m["ss_max_train_steps"]) == ("9", "3", "3", "9")
     assert m["ss_network_module"] == "networks.lora_framepack" and m["ss_timestep_sampling"] == "shift"
+    assert m["ss_vae_name"] == "vae.safetensors" and m["ss_sd_model_name"] == "dit_single.safetensors"
     assert set(tensors(out / "lora.safetensors")) == set(saved["keys"])
     assert "Trained 9 steps" in err
 
