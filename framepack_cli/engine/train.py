@@ -515,7 +515,8 @@ class Trainer:
             was = self.network.training
             self.network.eval()
             try:
-                result.samples += self.sampler.render(self.dit, step=self.progress.step, epoch=epoch)
+                result.samples += self.sampler.render(self.dit, step=self.progress.step, epoch=epoch,
+                                                      network=self.network)
             finally:
                 self.network.train(was)
                 optimizer_train(self.choice)
