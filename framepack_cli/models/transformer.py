@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from diffusers.models.transformers.transformer_hunyuan_video_framepack import (
     HunyuanVideoFramepackTransformer3DModel,
 )
@@ -330,6 +331,25 @@ def _batch_indices(idx: torch.Tensor, batch: int, n: int, name: str, device: tor
     return idx.to(torch.float32).expand(batch, n)
 
 
+OFFLOAD_DEVICE = torch.device("cpu")
+
+
+def _to_offload(x: torch.Tensor) -> torch.Tensor:
+    """A block's input/output as the checkpoint keeps it with CPU offload (host memory)."""
+    return x.to(OFFLOAD_DEVICE)
+
+
+def _offloaded(block: torch.nn.Module, device: torch.device) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """`block` taking its token streams from host memory to `device` and giving its outputs back to the host
+    (the reference's CPU-offloading wrapper, `--gradient_checkpointing_cpu_offload`)."""
+
+    def run(tokens: torch.Tensor, context: torch.Tensor, *rest: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        out_tokens, out_context = block(tokens.to(device), context.to(device), *rest)
+        return _to_offload(out_tokens), _to_offload(out_context)
+
+    return run
+
+
 class FramePackTransformer(HunyuanVideoFramepackTransformer3DModel):
     """FramePack DiT: diffusers' module tree with our own forward pass (see the module docstring).
 
@@ -356,6 +376,8 @@ class FramePackTransformer(HunyuanVideoFramepackTransformer3DModel):
         self.rope_scaling_timestep_threshold = rope_scaling_timestep_threshold
         self.rope_scaling_factor = rope_scaling_factor
         self.attn_mode = "sdpa"
+        self.training_checkpointing = False
+        self.checkpointing_cpu_offload = False
         self._attn_processor = FramePackAttnProcessor(_sdpa)
         for block in (*self.transformer_blocks, *self.single_transformer_blocks):
             block.attn.processor = self._attn_processor
@@ -369,6 +391,36 @@ class FramePackTransformer(HunyuanVideoFramepackTransformer3DModel):
         """
         self._attn_processor.attention_fn = resolve_attention(attn_mode)
         self.attn_mode = attn_mode
+
+    # -- training: activation checkpointing ----------------------------------------------------------
+
+    def enable_training_checkpointing(self, cpu_offload: bool = False) -> None:
+        """`--gradient_checkpointing` (and `--gradient_checkpointing_cpu_offload`): while gradients are enabled,
+        every block and the reference's other sub-calls (patch embedders of x and the 1x/2x/4x history,
+        timestep/guidance/text conditioning, token refiner, image projection, final norm, `proj_out`) run under
+        non-reentrant `torch.utils.checkpoint` (RNG state preserved, so dropout masks are recomputed identically).
+
+        With `cpu_offload` the activations kept between checkpointed blocks live in host memory: the image and
+        text token streams enter the block loop on the CPU, each block moves them to the model's device, runs,
+        and hands its outputs back to the CPU (what the checkpoint keeps for backward), and the last block's
+        output returns to the device for the output head. The shared conditioning (`temb`, RoPE) stays on the
+        device. Calls without gradients (sampling) are unchanged either way.
+        """
+        self.training_checkpointing = True
+        self.checkpointing_cpu_offload = bool(cpu_offload)
+
+    def disable_training_checkpointing(self) -> None:
+        self.training_checkpointing = False
+        self.checkpointing_cpu_offload = False
+
+    def _checkpointing(self) -> bool:
+        return self.training_checkpointing and torch.is_grad_enabled()
+
+    def _ckpt(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)`, checkpointed when training checkpointing is on and gradients are enabled."""
+        if self._checkpointing():
+            return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
 
     # -- forward pieces (kept separate so caches / block swap can wrap the block loop later) ----------
 
@@ -395,7 +447,7 @@ class FramePackTransformer(HunyuanVideoFramepackTransformer3DModel):
         if latent_indices is None:
             latent_indices = torch.arange(t // pt, device=dev)
         idx = _batch_indices(latent_indices, b, t // pt, "latent_indices", dev)
-        tokens = self.x_embedder(hidden_states.to(dtype))
+        tokens = self._ckpt(self.x_embedder, hidden_states.to(dtype))
         cos, sin = rope_grid(idx, hp, wp, spatial_scale, axes, theta)
         groups = [(tokens, cos, sin)]
 
@@ -411,7 +463,7 @@ class FramePackTransformer(HunyuanVideoFramepackTransformer3DModel):
             if indices is None:
                 raise ValueError(f"clean latents {name} were given without their frame indices")
             conv, multiples, pool = convs[name]
-            grid = conv(_pad_replicate(latents.to(dtype), multiples))
+            grid = self._ckpt(conv, _pad_replicate(latents.to(dtype), multiples))
             idx = _batch_indices(indices, b, latents.shape[2], f"clean_latent indices ({name})", dev)
             g_cos, g_sin = rope_grid(idx, hp, wp, spatial_scale, axes, theta, pool=pool)
             if grid.shape[2:].numel() != g_cos.shape[1] or grid.shape[3:] != (-(-hp // pool), -(-wp // pool)):
@@ -447,11 +499,11 @@ class FramePackTransformer(HunyuanVideoFramepackTransformer3DModel):
         n_img: int,
     ) -> tuple[torch.Tensor, tuple[int, ...] | None]:
         b = encoder_hidden_states.shape[0]
-        text = self.context_embedder(encoder_hidden_states, timestep, encoder_attention_mask)
+        text = self._ckpt(self.context_embedder, encoder_hidden_states, timestep, encoder_attention_mask)
         mask = encoder_attention_mask.bool()
         if image_embeddings is not None:
             # SigLIP tokens go first: with right-padded text every valid context token is then a prefix.
-            img = self.image_projection(image_embeddings.to(text.dtype))
+            img = self._ckpt(self.image_projection, image_embeddings.to(text.dtype))
             text = torch.cat([img, text], dim=1)
             mask = torch.cat([mask.new_ones(b, img.shape[1]), mask], dim=1)
         valid = mask.sum(dim=1)
@@ -476,8 +528,19 @@ class FramePackTransformer(HunyuanVideoFramepackTransformer3DModel):
         seq_lens: tuple[int, ...] | None,
         rope: tuple[torch.Tensor, torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        blocks = (*self.transformer_blocks, *self.single_transformer_blocks)
+        if self._checkpointing():
+            device = tokens.device
+            offload = self.checkpointing_cpu_offload
+            if offload:
+                tokens, context = _to_offload(tokens), _to_offload(context)
+            for block in blocks:
+                fn = _offloaded(block, device) if offload else block
+                tokens, context = torch.utils.checkpoint.checkpoint(
+                    fn, tokens, context, temb, seq_lens, rope, use_reentrant=False)
+            return tokens.to(device), context.to(device)
         checkpoint = torch.is_grad_enabled() and self.gradient_checkpointing
-        for block in (*self.transformer_blocks, *self.single_transformer_blocks):
+        for block in blocks:
             if checkpoint:
                 tokens, context = self._gradient_checkpointing_func(block, tokens, context, temb, seq_lens, rope)
             else:
@@ -488,9 +551,9 @@ class FramePackTransformer(HunyuanVideoFramepackTransformer3DModel):
         b, _, t, h, w = shape
         p, pt = self.config.patch_size, self.config.patch_size_t
         tn, hn, wn = t // pt, h // p, w // p
-        x = self.norm_out(tokens[:, -tn * hn * wn :], temb)
+        x = self._ckpt(self.norm_out, tokens[:, -tn * hn * wn :], temb)
         # proj_out is kept in float32 by load_dit ("high_quality_fp32_output"): the velocity is float32.
-        x = self.proj_out(x.to(self.proj_out.weight.dtype)).float()
+        x = self._ckpt(self.proj_out, x.to(self.proj_out.weight.dtype)).float()
         # Output features are ordered (c, pt, ph, pw).
         x = x.reshape(b, tn, hn, wn, -1, pt, p, p).permute(0, 4, 1, 5, 2, 6, 3, 7)
         return x.reshape(b, -1, tn * pt, hn * p, wn * p)
@@ -552,7 +615,7 @@ class FramePackTransformer(HunyuanVideoFramepackTransformer3DModel):
             ],
             self._spatial_rope_scale(timestep),
         )
-        temb = self._conditioning(timestep, pooled_projections.to(dtype), guidance)
+        temb = self._ckpt(self._conditioning, timestep, pooled_projections.to(dtype), guidance)
         context, seq_lens = self._embed_context(
             encoder_hidden_states.to(dtype), encoder_attention_mask, timestep, image_embeddings, tokens.shape[1]
         )

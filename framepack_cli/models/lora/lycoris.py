@@ -32,7 +32,7 @@ from torch import nn
 
 from framepack_cli.errors import FramepackError
 from framepack_cli.models.lora.names import musubi_name
-from framepack_cli.models.lora.network import LoadReport, NetworkBase, _few, _read_file, target_linears
+from framepack_cli.models.lora.network import LoadReport, NetworkBase, few_names, read_network_file, target_linears
 
 LOHA_MODULE = "networks.loha"
 LOKR_MODULE = "networks.lokr"
@@ -317,26 +317,26 @@ class LycorisNetwork(NetworkBase):
         Raises:
             FramepackError: a module of another kind, or one this code cannot train (LoKr with a decomposed w1).
         """
-        lora_file = _read_file(path, flag, model)
-        cls._check_kinds(lora_file, flag)
+        lora_file = read_network_file(path, flag, model)
+        cls.check_kinds(lora_file, flag)
         modules = {musubi_name(p): cls.module_spec(m) for p, m in lora_file.modules.items()}
         net = cls(model, multiplier=multiplier, modules=modules, **kwargs)
-        net._load(lora_file, flag)
+        net.load_lora_file(lora_file, flag)
         return net
 
     # ---- loading ------------------------------------------------------------------------------------
 
     @classmethod
-    def _check_kinds(cls, lora_file: Any, flag: str) -> None:
+    def check_kinds(cls, lora_file: Any, flag: str) -> None:
         kind = cls.module_class.kind
         bad = sorted(f"{musubi_name(p)} ({m.kind})" for p, m in lora_file.modules.items() if m.kind != kind)
         if bad:
             raise FramepackError(f"{flag}: {lora_file.path}: only {cls.label} modules can be trained by this network, "
-                                 f"not {_few(bad)}")
+                                 f"not {few_names(bad)}")
         w1_split = sorted(musubi_name(p) for p, m in lora_file.modules.items() if "lokr_w1_a" in m.tensors)
         if w1_split:
             raise FramepackError(f"{flag}: {lora_file.path}: LoKr modules with a low-rank w1 (lokr_w1_a/lokr_w1_b) "
-                                 f"cannot be trained (musubi's LoKr has a full lokr_w1): {_few(w1_split)}")
+                                 f"cannot be trained (musubi's LoKr has a full lokr_w1): {few_names(w1_split)}")
 
     def load_weights(self, path: str | Path, *, flag: str = "--network_weights") -> LoadReport:
         """Load initial weights from a file of this kind in any layout `read_lora` reads. Every module of the
@@ -346,10 +346,10 @@ class LycorisNetwork(NetworkBase):
         Raises:
             FramepackError: a module the network does not have, another kind, or a shape mismatch (names them).
         """
-        return self._load(_read_file(path, flag, self._model[0]), flag)
+        return self.load_lora_file(read_network_file(path, flag, self._model[0]), flag)
 
-    def _load(self, lora_file: Any, flag: str) -> LoadReport:
-        self._check_kinds(lora_file, flag)
+    def load_lora_file(self, lora_file: Any, flag: str) -> LoadReport:
+        self.check_kinds(lora_file, flag)
         by_path = {m.path: m for m in self.loras}
         unknown, bad_shape = [], []
         for p, fmod in sorted(lora_file.modules.items()):
@@ -364,10 +364,11 @@ class LycorisNetwork(NetworkBase):
         shown = lora_file.path
         if unknown:
             raise FramepackError(f"{flag}: {shown}: {len(unknown)} module(s) are not in this network: "
-                                 f"{_few(unknown)}", hint="check --network_args include/exclude patterns and the DiT")
+                                 f"{few_names(unknown)}",
+                                 hint="check --network_args include/exclude patterns and the DiT")
         if bad_shape:
             raise FramepackError(f"{flag}: {shown}: shapes do not match for {len(bad_shape)} module(s): "
-                                 f"{_few(bad_shape)}", hint=self._shape_hint())
+                                 f"{few_names(bad_shape)}", hint=self._shape_hint())
         report = LoadReport(Path(shown), format=lora_file.format)
         with torch.no_grad():
             for mod in self.loras:
@@ -442,7 +443,13 @@ class LokrNetwork(LycorisNetwork):
         full = "lokr_w2" in t
         w2 = t["lokr_w2"].shape if full else (t["lokr_w2_a"].shape[0], t["lokr_w2_b"].shape[1])
         factors = ((int(t["lokr_w1"].shape[0]), int(t["lokr_w1"].shape[1])), (int(w2[0]), int(w2[1])))
-        dim = max(int(s) for s in t["lokr_w2"].shape) if full else int(t["lokr_w2_a"].shape[1])
+        if full:
+            # A full w2 was chosen because rank >= max(w2)/2, and the reference stored that rank as alpha.
+            alpha = mod.alpha
+            rank_as_alpha = alpha is not None and float(alpha).is_integer() and alpha >= max(w2) / 2
+            dim = int(alpha) if rank_as_alpha else max(int(s) for s in w2)
+        else:
+            dim = int(t["lokr_w2_a"].shape[1])
         return {"dim": dim, "alpha": mod.alpha, "factors": factors, "full": full}
 
     def _shape_hint(self) -> str:

@@ -330,13 +330,13 @@ class LoraNetwork(NetworkBase):
     def from_weights(cls, model: nn.Module, path: str | Path, *, multiplier: float = 1.0,
                      flag: str = "--network_weights", **kwargs: Any) -> LoraNetwork:
         """A network with the ranks and alphas of a LoRA file (`--dim_from_weights`), weights loaded too."""
-        lora_file = _read_file(path, flag, model)
+        lora_file = read_network_file(path, flag, model)
         dims, alphas = {}, {}
         for p, mod in lora_file.modules.items():
             dims[musubi_name(p)] = int(mod.tensors["down"].shape[0])
             alphas[musubi_name(p)] = mod.alpha
         net = cls(model, multiplier=multiplier, modules_dim=dims, modules_alpha=alphas, **kwargs)
-        net._load(lora_file, flag)
+        net.load_lora_file(lora_file, flag)
         return net
 
     # ---- loading ------------------------------------------------------------------------------------
@@ -350,9 +350,9 @@ class LoraNetwork(NetworkBase):
             FramepackError: a module of the file the network does not have, a rank/shape mismatch, or a
                 non-LoRA module (LoHa/LoKr/full delta); the message names the modules.
         """
-        return self._load(_read_file(path, flag, self._model[0]), flag)
+        return self.load_lora_file(read_network_file(path, flag, self._model[0]), flag)
 
-    def _load(self, lora_file: Any, flag: str) -> LoadReport:
+    def load_lora_file(self, lora_file: Any, flag: str) -> LoadReport:
         by_path = {lora.path: lora for lora in self.loras}
         unknown, bad_shape, bad_kind = [], [], []
         for p, mod in sorted(lora_file.modules.items()):
@@ -373,14 +373,14 @@ class LoraNetwork(NetworkBase):
         bad_kind.sort()
         if bad_kind:
             raise FramepackError(f"{flag}: {shown}: only LoRA modules can be trained, not "
-                                 f"{_few(bad_kind)}")
+                                 f"{few_names(bad_kind)}")
         if unknown:
             raise FramepackError(f"{flag}: {shown}: {len(unknown)} module(s) are not in this network: "
-                                 f"{_few(unknown)}",
+                                 f"{few_names(unknown)}",
                                  hint="check --network_args include/exclude patterns and the DiT")
         if bad_shape:
             raise FramepackError(f"{flag}: {shown}: shapes do not match for {len(bad_shape)} module(s): "
-                                 f"{_few(bad_shape)}",
+                                 f"{few_names(bad_shape)}",
                                  hint="use the file's rank as --network_dim (or --dim_from_weights)")
         report = LoadReport(Path(shown), format=lora_file.format)
         with torch.no_grad():
@@ -437,7 +437,8 @@ class LoraNetwork(NetworkBase):
         return scaled, sum(norms) / len(norms), max(norms)
 
 
-def _few(items: Sequence[str], n: int = 5) -> str:
+def few_names(items: Sequence[str], n: int = 5) -> str:
+    """The first `n` names, comma-separated, with a `(+k more)` tail (for one-line errors)."""
     return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
 
 
@@ -449,7 +450,8 @@ def _inner_dim(model: nn.Module) -> int | None:
     return None
 
 
-def _read_file(path: str | Path, flag: str, model: nn.Module) -> Any:
+def read_network_file(path: str | Path, flag: str, model: nn.Module) -> Any:
+    """`read_lora` of a `--network_weights` file for the DiT `model` (any layout, mapped onto its modules)."""
     from framepack_cli.models.lora.read import read_lora
 
     # the hidden size splits fused HunyuanVideo projections (linear1 of a single block) exactly

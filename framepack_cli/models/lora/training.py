@@ -29,7 +29,7 @@ from torch import nn
 from framepack_cli.errors import FramepackError
 from framepack_cli.models.lora.lycoris import LOHA_MODULE, LOKR_MODULE, LohaNetwork, LokrNetwork
 from framepack_cli.models.lora.names import NETWORK_LABELS, musubi_name
-from framepack_cli.models.lora.network import NETWORK_MODULE, LoadReport, LoraNetwork, _few, _read_file
+from framepack_cli.models.lora.network import NETWORK_MODULE, LoadReport, LoraNetwork, few_names, read_network_file
 
 NETWORK_MODULES = (NETWORK_MODULE, LOHA_MODULE, LOKR_MODULE)
 _KIND_OF_MODULE = {NETWORK_MODULE: "lora", LOHA_MODULE: "loha", LOKR_MODULE: "lokr"}
@@ -225,7 +225,7 @@ def create_network(module: str, model: nn.Module, *, dim: int | None, alpha: flo
 
     lora_file = None
     if weights is not None:
-        lora_file = _read_file(weights, WEIGHTS_FLAG, model)
+        lora_file = read_network_file(weights, WEIGHTS_FLAG, model)
         _check_weights(lora_file, module, dim, dim_from_weights)
 
     net: Any
@@ -242,7 +242,7 @@ def create_network(module: str, model: nn.Module, *, dim: int | None, alpha: flo
         cls = LohaNetwork if kind == "loha" else LokrNetwork
         extra = {"factor": factor} if kind == "lokr" else {}
         if dim_from_weights:
-            cls._check_kinds(lora_file, WEIGHTS_FLAG)
+            cls.check_kinds(lora_file, WEIGHTS_FLAG)
             mods = {musubi_name(p): cls.module_spec(m) for p, m in lora_file.modules.items()}
             net = cls(model, modules=mods, **extra, **common)
         else:
@@ -250,10 +250,12 @@ def create_network(module: str, model: nn.Module, *, dim: int | None, alpha: flo
     warnings.extend(net.warnings)
 
     if lora_file is not None:
-        report = net._load(lora_file, WEIGHTS_FLAG)
+        report = net.load_lora_file(lora_file, WEIGHTS_FLAG)
         if dim_from_weights:
             net.dim = int(_most_common([m.lora_dim for m in net.loras], net.dim))
-            file_alpha = float(_most_common([float(m.alpha) for m in net.loras], net.dim))
+            # LoKr modules with a full w2 store alpha = rank whatever --network_alpha was: not counted
+            shaped = [m for m in net.loras if not getattr(m, "full", False)] or net.loras
+            file_alpha = float(_most_common([float(m.alpha) for m in shaped], net.dim))
             if kind == "lora":
                 net.alpha_value = file_alpha
             else:
@@ -264,7 +266,7 @@ def create_network(module: str, model: nn.Module, *, dim: int | None, alpha: flo
                             "initial values")
         if lora_file.unused:
             warnings.append(f"{WEIGHTS_FLAG}: {len(lora_file.unused)} keys of {lora_file.path} are not used "
-                            f"(e.g. {_few(sorted(lora_file.unused), 2)})")
+                            f"(e.g. {few_names(sorted(lora_file.unused), 2)})")
     net.verbose = args.get("verbose") == "True"
     net.network_args = args
     net.warnings = warnings
