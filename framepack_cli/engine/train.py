@@ -679,10 +679,8 @@ class Trainer:
             except KeyboardInterrupt:
                 stop.requested = True
                 self._end_progress()
-                self.say(f"Interrupted at step {p.step} of {self.max_steps}: nothing more is saved "
-                         "(second Ctrl-C)")
-                raise Interrupted(f"training stopped at step {p.step} of {self.max_steps} (second Ctrl-C)") \
-                    from None
+                raise Interrupted(f"Interrupted at step {p.step} of {self.max_steps} (second Ctrl-C); nothing more "
+                                  "was saved") from None
         self._end_progress()
         result.steps = p.step
         result.seconds = time.time() - t0
@@ -715,7 +713,7 @@ class Trainer:
         else:
             how = (f"continue from its weights with --network_weights {lora} (add --save_state to be able to "
                    "resume exactly)")
-        raise Interrupted(f"training stopped at step {p.step} of {self.max_steps}; saved {lora}; {how}")
+        raise Interrupted(f"Interrupted at step {p.step} of {self.max_steps}; saved {lora}; {how}")
 
     def _progress(self, step, loss, avg, lrs, epoch, t0, first_step) -> None:
         if not self.main:

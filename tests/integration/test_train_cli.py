@@ -257,7 +257,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, capsys):
 def test_ctrl_c_stops_after_the_step_and_saves(tmp_path):
     toml = video_dataset(tmp_path)
     out = tmp_path / "out"
-    proc = _train_subprocess(train_args(toml, out, "--max_train_steps", "500", "--save_state"), tmp_path)
+    proc = _train_subprocess(train_args(toml, out, "--max_train_steps", "40", "--save_state"), tmp_path)
     deadline = time.time() + 300
     buf = ""
     while "step " not in buf:
@@ -268,9 +268,14 @@ def test_ctrl_c_stops_after_the_step_and_saves(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
-    saved = sorted(p.name for p in out.iterdir())
-    assert len(saved) == 2 and saved[0].startswith("lora-step") and saved[1].endswith("-state"), saved
-    assert "--resume" in err.strip().splitlines()[-1]
+    saved = {p.name for p in out.iterdir()}
+    (lora,) = [n for n in saved if n.endswith(".safetensors")]
+    assert lora.startswith("lora-step") and saved == {lora, lora.replace(".safetensors", "-state")}, saved
+    step = int(lora[len("lora-step"):-len(".safetensors")])
+    assert 2 <= step < 40
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"Interrupted at step {step} of 40; saved {out / lora}; resume with "
+                           "the same command and --resume "), last
 
 
 # ---------------------------------------------------------------------------------------------------------------
