@@ -447,7 +447,7 @@ class TrainOptions(OptionsBase):
     @field_validator("optimizer_type")
     @classmethod
     def _optimizer(cls, v: str) -> str:
-        if not _DOTTED.match(v):
+        if v.strip() and not _DOTTED.match(v):  # empty = AdamW (the reference's empty default crashes)
             raise ValueError("expected an optimizer name like AdamW8bit or a class path like prodigyopt.Prodigy")
         return v
 

@@ -361,3 +361,28 @@ def test_two_processes_average_gradients_like_one_process_with_the_double_batch(
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=2e-6, rtol=1e-4, msg=k)
     assert any(not torch.equal(a[k], torch.zeros_like(a[k])) for k in a if k.endswith("lora_up.weight"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Samples during training
+
+
+def test_one_frame_training_with_samples(tmp_path, capsys):
+    toml = image_dataset(tmp_path)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"# samples\na cat --i {INPUTS / 'start.png'} --ci {INPUTS / 'start.png'} "
+                       "--of target_index=1,control_index=0 --w 64 --h 48 --s 2 --d 5 --f 1\n")
+    out = tmp_path / "out"
+    code, stdout, err = cli(train_args(toml, out, "--one_frame", *MODEL_ARGS[2:], "--sample_prompts", prompts,
+                                       "--sample_at_first", "--sample_every_n_steps", "2", "--max_train_steps",
+                                       "2"), capsys)
+    assert code == 0, err
+    samples = sorted(p.name for p in (out / "sample").iterdir())
+    assert len(samples) == 2 and samples[0].startswith("lora_000000_00_") and samples[1].startswith(
+        "lora_000002_00_"), samples
+    assert all(s.endswith("_5_000.png") for s in samples)
+    from PIL import Image
+
+    with Image.open(out / "sample" / samples[1]) as im:
+        assert im.size == (64, 48)
+    assert "Samples:" in err
