@@ -216,6 +216,11 @@ def run(opts: TrainOptions, sink: ProgressSink | None = None) -> TrainResult | l
 
         return show_timesteps(opts, sink)
     refuse_unbuilt(opts)
+    from framepack_cli.engine.train_launch import cpu_processes_requested, relaunch_on_cpus
+
+    n = cpu_processes_requested()
+    if n is not None:
+        raise SystemExit(relaunch_on_cpus(n, sink))
     return Trainer(opts, sink).train()
 
 
@@ -265,7 +270,7 @@ class Trainer:
         self.acc = acc
         self.main = acc.is_main_process
         self.world, self.rank = acc.num_processes, acc.process_index
-        self.device = acc.device
+        self.device = acc.device if acc.device.type != "cpu" else torch.device("cpu")  # multi-CPU says cpu:0
         if o.cuda_allow_tf32 and cuda:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -316,6 +321,7 @@ class Trainer:
             self.max_steps = o.max_train_steps
         self.epochs = math.ceil(self.max_steps / self.updates_per_epoch)
 
+        self._check_optimizer()
         settings = _resume_settings(o, data.num_items, batches)
         if state is not None:
             before = json.loads(state.progress.options_digest or "{}")
@@ -344,6 +350,17 @@ class Trainer:
 
         self._build_model(state)
         return self._loop(state)
+
+    def _check_optimizer(self) -> None:
+        """Build the optimizer and schedule once over a stand-in parameter, before any model loads: a missing
+        package or a bad argument is one line now, not after minutes of loading."""
+        import torch
+
+        from framepack_cli.engine.train_optim import make_optimizer, make_scheduler
+
+        probe = [{"params": [torch.nn.Parameter(torch.zeros(1, device=self.device))], "lr": self.opts.learning_rate}]
+        choice = make_optimizer(self.opts, probe, device=self.device, warn=lambda _: None)
+        make_scheduler(self.opts, choice, total_steps=self.max_steps, num_processes=1, warn=lambda _: None)
 
     def _build_model(self, state) -> None:
         import torch
@@ -654,6 +671,10 @@ class Trainer:
                                                  "max_norm/max_key_norm": norms[2]})
                             p.step += 1
                             step_loss = sum(recent) / len(recent)
+                            if self.world > 1:  # the logged loss is the mean over every process's samples
+                                t = torch.tensor([step_loss], dtype=torch.float64)
+                                torch.distributed.all_reduce(t)
+                                step_loss = float(t) / self.world
                             recent.clear()
                             result.losses.append(step_loss)
                             window = epoch_losses[-max(1, self.per_rank):]

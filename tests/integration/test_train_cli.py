@@ -322,7 +322,9 @@ def test_network_weights_of_another_architecture(tmp_path, capsys):
                "lora_unet_double_blocks_0_img_attn_qkv.alpha": torch.tensor(4.0)}, str(hv))
     code, _, err = cli(train_args(toml, tmp_path / "out", "--max_train_steps", "1", "--network_weights", hv),
                        capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "--network_weights" in err, err
+    errors = [line for line in err.splitlines() if line.startswith("Error")]
+    assert code == 2 and len(errors) == 1 and errors[0].startswith("Error: --network_weights: "), err
+    assert "Traceback" not in err
 
 
 def test_not_built_memory_flags_are_refused(tmp_path, capsys):
@@ -342,15 +344,17 @@ def test_two_processes_average_gradients_like_one_process_with_the_double_batch(
     """`accelerate launch --num_processes 2 --cpu` (gloo DDP) with batch 1 per process ends with the LoRA of a
     single process with batch 2 (the two sections of clip_a are one bucket): the ranks saw different samples
     and their gradients were averaged. Only rank 0 writes."""
+    # SGD: Adam would divide float noise in near-zero gradients by their own tiny norms
+    opt = ["--optimizer_type", "SGD", "--learning_rate", "0.5", "--max_grad_norm", "0"]
     single = video_dataset(tmp_path / "one", batch_size=2, only="clip_a*")
-    code, _, err = cli(train_args(single, tmp_path / "one" / "out", "--max_train_steps", "3"), capsys)
+    code, _, err = cli(train_args(single, tmp_path / "one" / "out", "--max_train_steps", "3", *opt), capsys)
     assert code == 0, err
     double = video_dataset(tmp_path / "two", batch_size=1, only="clip_a*")
     out = tmp_path / "two" / "out"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-           "29513", "-m", "framepack_cli", *train_args(double, out, "--max_train_steps", "3",
-                                                       "--save_every_n_steps", "2")]
+    cmd = ["accelerate", "launch", "--num_processes", "2", "--cpu", "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", "--main_process_port", "29513", "-m", "framepack_cli",
+           *train_args(double, out, "--max_train_steps", "3",
+                                                       "--save_every_n_steps", "2", *opt)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -359,7 +363,7 @@ def test_two_processes_average_gradients_like_one_process_with_the_double_batch(
     assert r.stderr.count("Trained 3 steps") == 1
     a, b = tensors(tmp_path / "one" / "out" / "lora.safetensors"), tensors(out / "lora.safetensors")
     for k in a:
-        torch.testing.assert_close(b[k], a[k], atol=2e-6, rtol=1e-4, msg=k)
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4, msg=k)
     assert any(not torch.equal(a[k], torch.zeros_like(a[k])) for k in a if k.endswith("lora_up.weight"))
 
 
@@ -386,3 +390,22 @@ def test_one_frame_training_with_samples(tmp_path, capsys):
     with Image.open(out / "sample" / samples[1]) as im:
         assert im.size == (64, 48)
     assert "Samples:" in err
+
+
+def test_tensorboard_logs(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    toml = video_dataset(tmp_path, only="clip_b*")
+    code, _, err = cli(train_args(toml, tmp_path / "out", "--max_train_steps", "2", "--logging_dir",
+                                  tmp_path / "logs", "--log_prefix", "run-"), capsys)
+    assert code == 0, err
+    (run,) = (tmp_path / "logs").iterdir()
+    assert run.name.startswith("run-") and f"Logs: {run}" in err
+    events = [p for p in run.rglob("events.out.tfevents.*")]
+    assert events
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"loss/current", "loss/average", "lr/unet", "loss/epoch"} <= tags, tags
+    assert [e.step for e in acc.Scalars("loss/current")] == [1, 2]
