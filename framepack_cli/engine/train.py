@@ -265,6 +265,12 @@ class Trainer:
         if log_with:
             stamp = time.strftime("%Y%m%d%H%M%S", time.localtime())
             self.logging_dir = Path(o.logging_dir) / f"{o.log_prefix or ''}{stamp}"
+        if "WORLD_SIZE" not in os.environ:
+            # accelerate keeps one process-wide state: a second run in the same process (the Python API, tests)
+            # with other settings would be refused. Outside a process group there is nothing to keep.
+            from accelerate.state import AcceleratorState
+
+            AcceleratorState._reset_state(reset_partial_state=True)
         acc = Accelerator(mixed_precision=mp, log_with=log_with,
                           project_dir=str(self.logging_dir) if self.logging_dir else None, kwargs_handlers=kwargs)
         self.acc = acc
