@@ -158,6 +158,9 @@ def _mixed_precision(opts: TrainOptions, cuda: bool, sink: ProgressSink) -> str:
     mp = opts.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION") or "no"
     if mp not in ("no", "fp16", "bf16"):
         raise FramepackError(f"--mixed_precision: {mp!r} is not one of no, fp16, bf16 (from the accelerate config)")
+    if opts.full_bf16 and mp != "bf16":
+        raise FramepackError(f"--full_bf16 needs bf16 mixed precision, but the run uses {mp!r}",
+                             hint="add --mixed_precision bf16")
     if mp == "fp16" and not cuda:
         sink.message("Warning: --mixed_precision fp16 needs CUDA; training in bf16 autocast on the CPU instead")
         return "bf16"
@@ -395,6 +398,10 @@ class Trainer:
                              dropout=o.network_dropout, network_args=o.network_kwargs, weights=o.network_weights,
                              dim_from_weights=o.dim_from_weights, warn=self.say)
         net.to(self.device)
+        if o.full_bf16:
+            import torch
+
+            net.to(torch.bfloat16)
         if state is not None:
             net.load_state_dict({k: v.to(self.device) for k, v in state.network.items()})
         self.network = net
@@ -432,7 +439,7 @@ class Trainer:
             "network_dim": self.network.dim, "network_alpha": self.network.alpha,
             "network_dropout": o.network_dropout, "mixed_precision": self.acc.mixed_precision, "seed": self.seed,
             "training_comment": o.training_comment, "optimizer": self.choice.description,
-            "max_grad_norm": o.max_grad_norm, "fp8_base": o.fp8_base, "full_fp16": False, "full_bf16": False,
+            "max_grad_norm": o.max_grad_norm, "fp8_base": o.fp8_base, "full_fp16": False, "full_bf16": o.full_bf16,
             "weighting_scheme": o.weighting_scheme, "logit_mean": o.logit_mean, "logit_std": o.logit_std,
             "mode_scale": o.mode_scale, "guidance_scale": o.guidance_scale,
             "timestep_sampling": o.timestep_sampling, "sigmoid_scale": o.sigmoid_scale,
@@ -637,7 +644,7 @@ class Trainer:
                     for batch in loader:
                         sync = accum_count + 1 == accum or p.position + 1 == self.per_rank
                         out = training_step(
-                            self.dit, batch, seed=self.seed, micro_step=p.micro_step, settings=tso,
+                            self.dit, batch, seed=self.seed, step=p.step, settings=tso,
                             guidance_scale=o.guidance_scale,
                             device=self.device, dtype=self.dit_dtype, autocast_dtype=self.autocast,
                             on_warning=warn_once)

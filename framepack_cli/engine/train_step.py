@@ -4,16 +4,18 @@ RNG draws (the only random numbers of the objective; dropout inside the network 
 which a state saves and a resume restores):
 
 for every sample of a micro-batch, a CPU `torch.Generator` is seeded from
-`sha256(f"{seed}:{micro_step}:{item_key}:{k}")` (`micro_step` = micro-steps done before this one, counted
-over the whole run; `item_key` = the sample's latent cache file name; `k` = how many earlier samples of the
-same batch had the same key) and draws, in this order,
+`sha256(f"{seed}:{step}:{item_key}:{k}")` (`step` = optimizer steps done before this one, so every
+micro-batch of one gradient-accumulation group shares it; `item_key` = the sample's dataset index and latent
+cache file name; `k` = how many earlier samples of the same micro-batch had the same key) and draws, in this
+order,
 1. the noise, `randn` of the sample's latent shape;
 2. the timestep draws of `framepack_cli.sampling.train_timesteps.sample_timesteps` for a batch of one
    (their order is listed there; with `--num_timestep_buckets` the pre-drawn bucket value is used).
 
 So the objective of a sample depends only on the seed, the micro-step and the sample itself: not on the
-batch it shares, the process it runs in or whether the run was resumed. Two processes with one sample each
-see exactly what one process sees with both samples in its batch.
+batch it shares, the process it runs in or whether the run was resumed: two processes with one sample each,
+or two accumulated micro-batches of one sample, see exactly what one process sees with both samples in one
+batch.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ LATENT_CHANNELS = 16
 HISTORY_FRAMES = {"2x": 2, "4x": 16}  # frames of the 2x / 4x clean latents the DiT expects
 
 
-def sample_seed(seed: int, micro_step: int, item_key: str, occurrence: int) -> int:
+def sample_seed(seed: int, step: int, item_key: str, occurrence: int) -> int:
     """The per-sample generator seed (see the module doc)."""
-    digest = hashlib.sha256(f"{seed}:{micro_step}:{item_key}:{occurrence}".encode()).digest()
+    digest = hashlib.sha256(f"{seed}:{step}:{item_key}:{occurrence}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
@@ -44,7 +46,7 @@ class StepOutput:
     timesteps: torch.Tensor  # (B,) fed to the DiT
 
 
-def draw_noise_and_timesteps(latents: torch.Tensor, item_keys: list[str], *, seed: int, micro_step: int,
+def draw_noise_and_timesteps(latents: torch.Tensor, item_keys: list[str], *, seed: int, step: int,
                              settings: TimestepSettings, pool: list[float] | None,
                              on_warning: Callable[[str], None] | None = None
                              ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +55,7 @@ def draw_noise_and_timesteps(latents: torch.Tensor, item_keys: list[str], *, see
     noises, timesteps = [], []
     shape = tuple(latents.shape[1:])
     for i, key in enumerate(item_keys):
-        g = torch.Generator(device="cpu").manual_seed(sample_seed(seed, micro_step, key, seen[key]))
+        g = torch.Generator(device="cpu").manual_seed(sample_seed(seed, step, key, seen[key]))
         seen[key] += 1
         noises.append(torch.randn(shape, generator=g, dtype=torch.float32))
         uniform = None if pool is None else torch.tensor([float(pool[i])], dtype=torch.float32)
@@ -94,7 +96,7 @@ def dit_kwargs(batch: dict[str, Any], noisy: torch.Tensor, device: torch.device,
     return out
 
 
-def training_step(dit, batch: dict[str, Any], *, seed: int, micro_step: int, settings: TimestepSettings,
+def training_step(dit, batch: dict[str, Any], *, seed: int, step: int, settings: TimestepSettings,
                   guidance_scale: float, device: torch.device, dtype: torch.dtype,
                   autocast_dtype: torch.dtype | None, on_warning: Callable[[str], None] | None = None
                   ) -> StepOutput:
@@ -105,7 +107,7 @@ def training_step(dit, batch: dict[str, Any], *, seed: int, micro_step: int, set
     """
     x0 = batch["latents"].float()
     noise, timesteps = draw_noise_and_timesteps(
-        x0, list(batch["item_keys"]), seed=seed, micro_step=micro_step, settings=settings,
+        x0, list(batch["item_keys"]), seed=seed, step=step, settings=settings,
         pool=batch.get("timesteps"), on_warning=on_warning)
     sigma_mode = settings.sigma_mode
     x0, noise = x0.to(device), noise.to(device)

@@ -243,6 +243,9 @@ class TrainOptions(OptionsBase):
     gradient_accumulation_steps: int = F(1, "Micro-batches accumulated per optimizer step.", panel=TRAINING, ge=1)
     mixed_precision: Literal["no", "fp16", "bf16"] | None = F(
         None, "Autocast precision (default: the accelerate config); bf16 is what the docs use.", panel=TRAINING)
+    full_bf16: bool = F(False, "Keep the network's weights and optimizer state in bfloat16 (half the memory of "
+                        "float32; needs --mixed_precision bf16). The reference always trains the network in "
+                        "float32.", panel=TRAINING)
     guidance_scale: float = F(1.0, "Embedded (distilled) guidance fed to the DiT during training, x1000. The "
                               "reference trains at 1.0 although sampling uses 10.0; kept for parity.",
                               panel=TRAINING)
@@ -544,6 +547,9 @@ def _cross_checks(o: TrainOptions) -> list[str]:
                     "refuses it too); use --sdpa, --flash_attn, --xformers or --flash3")
     elif len(given) > 1:
         errs.append(f"{' and '.join('--' + n for n in given)}: give exactly one attention backend")
+
+    if o.full_bf16 and o.mixed_precision not in (None, "bf16"):
+        errs.append(f"--full_bf16 needs --mixed_precision bf16 (got {o.mixed_precision})")
 
     # memory
     if o.fp8_scaled and not o.fp8_base:

@@ -183,7 +183,7 @@ def test_overfit_lowers_the_loss(tmp_path, capsys):
                              weights=weights)
         net.eval()
         with torch.no_grad():
-            vals = [training_step(dit, batch, seed=123, micro_step=i,
+            vals = [training_step(dit, batch, seed=123, step=i,
                                   settings=TimestepSettings(timestep_sampling="uniform"), guidance_scale=1.0,
                                   device=torch.device("cpu"), dtype=torch.float32, autocast_dtype=None).loss.item()
                     for i in range(8)]
@@ -409,3 +409,44 @@ def test_tensorboard_logs(tmp_path, capsys):
     tags = set(acc.Tags()["scalars"])
     assert {"loss/current", "loss/average", "lr/unet", "loss/epoch"} <= tags, tags
     assert [e.step for e in acc.Scalars("loss/current")] == [1, 2]
+
+
+def test_gradient_accumulation_equals_the_bigger_batch(tmp_path, capsys):
+    """Batch 1 with --gradient_accumulation_steps 2 ends with the LoRA of batch 2 (same samples per step,
+    same per-sample noise: it is keyed by the optimizer step)."""
+    opt = ["--optimizer_type", "SGD", "--learning_rate", "0.5", "--max_grad_norm", "0", "--max_train_steps", "2"]
+    big = video_dataset(tmp_path / "big", batch_size=2, only="clip_a*")
+    code, _, err = cli(train_args(big, tmp_path / "big" / "out", *opt), capsys)
+    assert code == 0, err
+    small = video_dataset(tmp_path / "small", batch_size=1, only="clip_a*")
+    code, _, err = cli(train_args(small, tmp_path / "small" / "out", *opt, "--gradient_accumulation_steps", "2"),
+                       capsys)
+    assert code == 0, err
+    assert "Trained 2 steps" in err
+    a, b = tensors(tmp_path / "big" / "out" / "lora.safetensors"), tensors(tmp_path / "small" / "out" /
+                                                                           "lora.safetensors")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4, msg=k)
+    assert meta(tmp_path / "small" / "out" / "lora.safetensors")["ss_gradient_accumulation_steps"] == "2"
+
+
+def test_continue_from_weights_on_merged_base_with_max_norm_and_bf16(tmp_path, capsys):
+    toml = video_dataset(tmp_path, only="clip_b*")
+    first = tmp_path / "first"
+    code, _, err = cli(train_args(toml, first, "--max_train_steps", "2"), capsys)
+    assert code == 0, err
+    code, _, err = cli(train_args(toml, tmp_path / "second", "--max_train_steps", "2", "--network_weights",
+                                  first / "lora.safetensors", "--base_weights", MODELS / "lora_tiny.safetensors",
+                                  "--base_weights_multiplier", "0.5", "--scale_weight_norms", "0.001",
+                                  "--mixed_precision", "bf16", "--full_bf16", "--save_precision", "bf16"), capsys)
+    assert code == 0, err
+    saved = tensors(tmp_path / "second" / "lora.safetensors")
+    assert all(v.dtype == torch.bfloat16 for v in saved.values())
+    m = meta(tmp_path / "second" / "lora.safetensors")
+    assert m["ss_full_bf16"] == "True" and m["ss_mixed_precision"] == "bf16"
+    # max-norm regularisation: every module's update norm is at most the bound
+    for key in [k for k in saved if k.endswith("lora_up.weight")]:
+        name = key[: -len(".lora_up.weight")]
+        up, down = saved[key].float(), saved[f"{name}.lora_down.weight"].float()
+        scale = saved[f"{name}.alpha"].float() / down.shape[0]
+        assert float((up @ down * scale).norm()) <= 0.001 * 1.01, name
