@@ -109,3 +109,24 @@ def test_caches_of_another_dataset_are_used_with_a_warning(made, monkeypatch):
         "they are outdated, re-create them: framepack cache latents --dataset_config other.toml --vae <vae> "
         "--image_encoder <image_encoder> (text caches: framepack cache text --dataset_config other.toml "
         "--text_encoder1 <text_encoder1> --text_encoder2 <text_encoder2>)"]
+
+
+@pytest.mark.parametrize("config, extra", [("datasets/video_full.toml", []),
+                                           ("datasets/image_1f.toml", ["--one_frame"])])
+def test_train_on_our_caches_through_the_cli(made, monkeypatch, tmp_path, capsys, config, extra):
+    """cache -> train: `framepack train` on the caches `framepack cache` made writes a LoRA."""
+    from safetensors import safe_open
+
+    from framepack_cli.cli.app import main
+
+    monkeypatch.chdir(made)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--dit", str(GOLDEN / "models" / "dit_single.safetensors"), "--dataset_config", config,
+              "--output_dir", str(out), "--output_name", "ours", "--max_train_steps", "2", "--seed", "1",
+              "--learning_rate", "1e-3", "--max_data_loader_n_workers", "0", *extra])
+    err = capsys.readouterr().err
+    assert e.value.code == 0, err
+    with safe_open(str(out / "ours.safetensors"), "pt") as f:
+        assert f.metadata()["ss_steps"] == "2"
+        assert any(k.endswith("lora_up.weight") for k in f.keys())
