@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from framepack_cli.engine.progress import ProgressSink
+from framepack_cli.engine.resources import oom_guard
 from framepack_cli.errors import FramepackError, Interrupted, NotBuiltError
 from framepack_cli.options.train import TrainOptions
 
@@ -482,9 +483,14 @@ class Trainer:
 
         path = self.output_dir / f"{stem}-state"
         if self.main:
+            from framepack_cli.io.writable import resource_error_for
+
             if path.name not in self.progress.written:
                 self.progress.written.append(path.name)
-            save_state(path, self.progress, self.network, self.optimizer, self.scheduler)
+            try:
+                save_state(path, self.progress, self.network, self.optimizer, self.scheduler)
+            except OSError as e:
+                raise resource_error_for(e, "--output_dir", path) from None
             self.wrote(path)
         self._barrier()
         return path
@@ -643,13 +649,15 @@ class Trainer:
                     sampler.set_epoch(epoch, start=p.position)
                     for batch in loader:
                         sync = accum_count + 1 == accum or p.position + 1 == self.per_rank
-                        out = training_step(
-                            self.dit, batch, seed=self.seed, step=p.step, settings=tso,
-                            guidance_scale=o.guidance_scale,
-                            device=self.device, dtype=self.dit_dtype, autocast_dtype=self.autocast,
-                            on_warning=warn_once)
-                        loss = out.loss / accum
-                        (self.scaler.scale(loss) if self.scaler else loss).backward()
+                        with oom_guard(f"training step {p.step + 1} (epoch {epoch + 1})", self.device,
+                                       self._oom_hint()):
+                            out = training_step(
+                                self.dit, batch, seed=self.seed, step=p.step, settings=tso,
+                                guidance_scale=o.guidance_scale,
+                                device=self.device, dtype=self.dit_dtype, autocast_dtype=self.autocast,
+                                on_warning=warn_once)
+                            loss = out.loss / accum
+                            (self.scaler.scale(loss) if self.scaler else loss).backward()
                         p.micro_step += 1
                         p.position += 1
                         accum_count += 1
@@ -732,6 +740,17 @@ class Trainer:
                 self._sample(result, epoch=p.epoch if o.sample_every_n_epochs else None)
         self._finish(result)
         return result
+
+    def _oom_hint(self) -> str:
+        o = self.opts
+        tips = []
+        if not o.gradient_checkpointing:
+            tips.append("--gradient_checkpointing")
+        elif not o.gradient_checkpointing_cpu_offload:
+            tips.append("--gradient_checkpointing_cpu_offload")
+        tips.append("a lower dataset resolution or batch_size")
+        return ", ".join(tips) + ("; --fp8_base and --blocks_to_swap, which would lower it, are not built yet"
+                                  if self.device.type == "cuda" else "")
 
     def _interrupted(self, result: TrainResult) -> TrainResult:
         from framepack_cli.engine.train_files import step_stem

@@ -453,3 +453,33 @@ def test_continue_from_weights_on_merged_base_with_max_norm_and_bf16(tmp_path, c
         up, down = saved[key].float(), saved[f"{name}.lora_down.weight"].float()
         scale = saved[f"{name}.alpha"].float() / down.shape[0]
         assert float((up @ down * scale).norm()) <= 0.001 * 1.01, name
+
+
+def test_out_of_memory_in_a_step_is_one_line_exit_3(tmp_path, capsys, monkeypatch):
+    import framepack_cli.engine.train_step as train_step
+
+    def oom(*a, **k):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train_step, "training_step", oom)
+    toml = video_dataset(tmp_path, only="clip_b*")
+    code, out, err = cli(train_args(toml, tmp_path / "out", "--max_train_steps", "1"), capsys)
+    assert code == 3 and out == ""
+    (line,) = [x for x in err.splitlines() if x.startswith("Error")]
+    assert "training step 1 (epoch 1)" in line and "--gradient_checkpointing" in line, line
+
+
+def test_disk_full_while_saving_a_state_is_exit_3(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import framepack_cli.engine.train_state as train_state
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(train_state, "save_state", full)
+    toml = video_dataset(tmp_path, only="clip_b*")
+    code, _, err = cli(train_args(toml, tmp_path / "out", "--max_train_steps", "1", "--save_state"), capsys)
+    assert code == 3, err
+    (line,) = [x for x in err.splitlines() if x.startswith("Error")]
+    assert "--output_dir" in line and "lora-state" in line, line
