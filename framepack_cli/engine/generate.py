@@ -59,7 +59,7 @@ class GenerateResult:
 def refuse_unbuilt(opts) -> None:
     """Options whose machinery is not built yet are refused, never silently ignored."""
     unbuilt = {
-        "fp8": "--fp8", "fp8_scaled": "--fp8_scaled", "compile": "--compile",
+        "compile": "--compile",
         "magcache_mag_ratios": "--magcache_mag_ratios", "magcache_calibration": "--magcache_calibration",
     }
     given = [flag for name, flag in unbuilt.items() if getattr(opts, name)]
@@ -246,7 +246,8 @@ def run(opts, sink: ProgressSink) -> list[JobResult] | list[GenerateResult]:
         precision = precision_for(opts, device)
         found = preflight(opts, device, precision)
         keep = interactive_keep(opts) if opts.interactive else frozenset()
-        budget = Budget(model_sizes(found, precision, fp8_llm=opts.fp8_llm), precision, device,
+        budget = Budget(model_sizes(found, precision, fp8_llm=opts.fp8_llm, fp8_dit=opts.fp8 or opts.fp8_scaled),
+                        precision, device,
                         resident=resident_models(keep), force=opts.force)
         if not opts.from_file and not opts.interactive:
             budget.check(opts, job_sections(opts))

@@ -116,12 +116,17 @@ class Models:
 
                 kwargs["loras"] = lora_specs_from_options(o)
                 kwargs["lora_verbose"] = o.verbose
+            fp8 = "fp8_scaled" if o.fp8_scaled else "fp8" if o.fp8 else None
             with self._guard("DiT", (o.dit,), "dit"):
                 dit = load_dit(o.dit, device=self.device, dtype=self.precision.dit, attn_mode=o.attn_mode,
                                rope_scaling_timestep_threshold=o.rope_scaling_timestep_threshold,
-                               rope_scaling_factor=o.rope_scaling_factor, **kwargs)
-            for line in getattr(dit, "lora_report", None) or []:
+                               rope_scaling_factor=o.rope_scaling_factor, fp8=fp8, fp8_fast=o.fp8_fast, **kwargs)
+            for line in (getattr(dit, "lora_report", None) or []) + (getattr(dit, "fp8_report", None) or []):
                 self.sink.message(line)
+            if o.fp8_fast:
+                from framepack_cli.models.fp8 import enable_fp8_fast
+
+                enable_fp8_fast(dit, self.device, self.sink.message)
             self._loaded["dit"] = dit
         return self._on_device("dit")
 

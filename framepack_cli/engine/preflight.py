@@ -43,6 +43,21 @@ def _width(infos: dict[str, TensorInfo], prefix: str, names: tuple[str, ...], ax
     return None
 
 
+def _check_fp8_file(opts, path, infos: dict[str, TensorInfo], prefix: str) -> None:
+    """A pre-quantised fp8 DiT is read or refused from its header (the same lines `load_dit` would say)."""
+    from framepack_cli.errors import ModelFormatError
+    from framepack_cli.models.detect import fp8_scheme
+
+    try:
+        scheme = fp8_scheme(infos, prefix)
+    except ModelFormatError as e:
+        raise ModelFormatError(f"--dit: {path} {e.message}", hint=e.hint) from None
+    if scheme is not None and getattr(opts, "lora_weight", None):
+        raise ModelFormatError(
+            f"--dit: {path} is already in fp8 ({scheme.describe()}): merging a LoRA into fp8 weights loses "
+            "most of its effect", hint="use the bf16 DiT file with --fp8_scaled")
+
+
 def check_models(opts, kinds: tuple[str, ...] | None = None) -> dict[str, tuple[str, dict[str, TensorInfo], str]]:
     """Each given model file is of the right kind, and the DiT matches the encoders' widths.
 
@@ -59,6 +74,8 @@ def check_models(opts, kinds: tuple[str, ...] | None = None) -> dict[str, tuple[
             continue
         infos = read_header_infos(_files(kind, path))
         det = expect_kind(path, infos, kind, f"--{field}")
+        if kind == "dit":
+            _check_fp8_file(opts, path, infos, det.prefix)
         found[kind] = (path, infos, det.prefix)
     if "dit" not in found:
         return found

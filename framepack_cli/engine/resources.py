@@ -189,7 +189,8 @@ def advice(phase: str, device, opts=None) -> str:
     """
     cuda = getattr(device, "type", "") == "cuda"
     free = "free GPU memory (other processes) or use a larger GPU" if cuda else "free RAM (close other programs)"
-    coming = "; --fp8_scaled and --blocks_to_swap, which would lower it, are not built yet"
+    fp8 = opts is not None and (getattr(opts, "fp8_scaled", False) or getattr(opts, "fp8", False))
+    coming = ("" if fp8 else "; --fp8_scaled would lower it") + "; --blocks_to_swap is not built yet"
     vae = "--vae_chunk_size 32 (or 16, 8), --vae_spatial_tile_sample_min_size 128 (or 64), a smaller --video_size"
     if phase == "text":
         return free if opts is not None and getattr(opts, "fp8_llm", False) else f"--fp8_llm (LLaMA in fp8), or {free}"
@@ -261,7 +262,9 @@ def weight_bytes(infos: dict, prefix: str, itemsize: int, *, fp32=lambda k: Fals
         if not key.startswith(prefix):
             continue
         k = key[len(prefix):]
-        if info.dtype.startswith(("F", "BF")):
+        if info.dtype.startswith("F8_"):
+            size = 1  # a pre-quantised fp8 tensor stays fp8 (the few outside Linears are upcast: negligible)
+        elif info.dtype.startswith(("F", "BF")):
             size = 4 if fp32(k) else 1 if fp8(k) else itemsize
         else:
             size = stored.get(info.dtype, 8)
@@ -276,10 +279,12 @@ class Sizes:
     weights: dict[str, int]  # "dit", "vae", "text_encoder1", "text_encoder2", "image_encoder" -> bytes
     hidden: int = 3072
     files: dict[str, str] | None = None  # kind -> file shown in messages
+    fp8: bool = False  # the DiT's block Linears are fp8 (--fp8 / --fp8_scaled)
 
 
-def model_sizes(found: dict, precision, *, fp8_llm: bool = False) -> Sizes:
-    """Loaded sizes from `preflight.check_models`' headers (`{kind: (path, infos, prefix)}`)."""
+def model_sizes(found: dict, precision, *, fp8_llm: bool = False, fp8_dit: bool = False) -> Sizes:
+    """Loaded sizes from `preflight.check_models`' headers (`{kind: (path, infos, prefix)}`); `fp8_dit`:
+    `--fp8` / `--fp8_scaled` (the block Linears at 1 byte plus, for the scales, 1/64 of their size)."""
     dtype_of = {"dit": precision.dit, "vae": precision.vae, "text_encoder1": precision.text_encoder,
                 "text_encoder2": precision.text_encoder, "image_encoder": precision.image_encoder}
     weights, files = {}, {}
@@ -293,9 +298,16 @@ def model_sizes(found: dict, precision, *, fp8_llm: bool = False) -> Sizes:
                 hidden = emb.shape[0]
         if kind == "text_encoder1" and fp8_llm:
             kw["fp8"] = lambda k: k.startswith("layers.") and k.endswith("_proj.weight")
+        if kind == "dit" and fp8_dit:
+            from framepack_cli.models.detect import is_fp8_target
+
+            kw["fp8"] = is_fp8_target
         weights[kind] = weight_bytes(infos, prefix, _itemsize(dtype_of[kind]), **kw)
+        if kind == "dit" and fp8_dit:  # block scales: one value of the run's dtype per 64 weights
+            weights[kind] += sum(info.numel for k, info in infos.items() if k.startswith(prefix)
+                                 and is_fp8_target(k[len(prefix):])) * _itemsize(dtype_of[kind]) // 64
         files[kind] = os.path.basename(str(path).rstrip("/"))
-    return Sizes(weights, hidden, files)
+    return Sizes(weights, hidden, files, fp8=fp8_dit)
 
 
 @dataclass(frozen=True)
@@ -374,9 +386,9 @@ _NAMES = {"vae": "VAE", "image_encoder": "image encoder", "text_encoder1": "LLaM
           "dit": "DiT"}
 
 
-def _fix(phase: Phase, device, cuda: bool, *, ram: bool) -> str:
+def _fix(phase: Phase, device, cuda: bool, *, ram: bool, fp8: bool = False) -> str:
     free = "free RAM (close other programs)" if ram else "free GPU memory (other processes) or use a larger GPU"
-    coming = ("; --fp8_scaled and --blocks_to_swap, which would lower it, are not built yet"
+    coming = (("" if fp8 else "; --fp8_scaled would lower it") + "; --blocks_to_swap is not built yet"
               if cuda and not ram and "dit" in phase.models else "")
     return (f"{phase.fix}, or {free}" if phase.fix else free) + coming
 
@@ -404,7 +416,7 @@ def check_fit(phases: list[Phase], sizes: Sizes, device, *, device_free: int | N
                 raise ResourceError(
                     f"not enough GPU memory for {what}: needs about {fmt_bytes(need)} ({p.detail}, + "
                     f"{fmt_bytes(MARGIN)} margin), {device} has {fmt_bytes(device_free)} free",
-                    hint=_fix(p, device, cuda, ram=False))
+                    hint=_fix(p, device, cuda, ram=False, fp8=sizes.fp8))
             ram_need, parts = p.host_bytes + parked, [p.host_detail] if p.host_detail else []
         else:
             ram_need = p.device_bytes + p.host_bytes + parked

@@ -34,8 +34,6 @@ from framepack_cli.errors import FramepackError, Interrupted, NotBuiltError
 from framepack_cli.options.train import TrainOptions
 
 UNBUILT = {  # option -> what it needs; refused in one line until then
-    "fp8_base": "fp8 weights come with the memory work (fp8 / block swap)",
-    "fp8_scaled": "fp8 weights come with the memory work (fp8 / block swap)",
     "blocks_to_swap": "block swap comes with the memory work (fp8 / block swap)",
     "use_pinned_memory_for_block_swap": "block swap comes with the memory work (fp8 / block swap)",
     "block_swap_h2d_only": "block swap comes with the memory work (fp8 / block swap)",
@@ -384,9 +382,10 @@ class Trainer:
         self.dit_dtype = model_dtype("dit", o.dtype, self.device)
         self.say(f"Loading DiT {o.dit}")
         loras = _base_specs(o) or None
+        fp8 = ("fp8_scaled" if o.fp8_scaled else "fp8") if o.fp8_base else None
         dit = load_dit(o.dit, device=self.device, dtype=self.dit_dtype, attn_mode=ATTENTION_MODES[o.attention],
-                       loras=loras)
-        for line in getattr(dit, "lora_report", None) or []:
+                       loras=loras, fp8=fp8)
+        for line in (getattr(dit, "lora_report", None) or []) + (getattr(dit, "fp8_report", None) or []):
             self.say(line)
         dit.requires_grad_(False)
         if o.gradient_checkpointing:

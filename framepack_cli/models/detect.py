@@ -110,3 +110,108 @@ def expect_kind(path: object, infos: dict[str, TensorInfo], kind: str, flag: str
     elif det.kind == "lora":
         hint = "pass it as --lora_weight"
     raise ModelFormatError(f"{flag}: {path} looks like {what}{fmt}, expected {KIND_LABELS[kind]}", hint=hint)
+
+
+# --------------------------------------------------------------------------------------------------
+# Pre-quantised fp8 checkpoints (Kijai's `*_fp8_e4m3fn*.safetensors`, musubi / ComfyUI scaled files)
+# --------------------------------------------------------------------------------------------------
+
+# Marker / activation-scale keys of ComfyUI's scaled-fp8 layout: not needed by a dequantising matmul.
+FP8_IGNORED_SUFFIXES = (".scale_input",)
+FP8_IGNORED_KEYS = ("scaled_fp8",)
+_FLOAT_SCALE_DTYPES = ("F32", "BF16", "F16")
+
+
+def is_fp8_target(key: str) -> bool:
+    """The reference's rule for the DiT weights `--fp8` / `--fp8_scaled` store in fp8 (bare diffusers names):
+    `transformer_blocks` in the key (also matching `single_transformer_blocks`), `.weight`, no `norm`."""
+    return "transformer_blocks" in key and key.endswith(".weight") and "norm" not in key
+
+
+@dataclass(frozen=True)
+class Fp8Scheme:
+    """How a pre-quantised checkpoint stores its fp8 weights (from the header alone).
+
+    Attributes:
+        n_fp8: float8_e4m3fn tensors in the file.
+        scales: `<module>.scale_weight` keys (dequantised weight = `q * scale`), by layout:
+            "tensor" (one number), "channel" ([out, 1] or [out]), "block" ([out, in/B, 1]).
+    """
+
+    n_fp8: int
+    scales: dict[str, str]
+
+    @property
+    def scaled(self) -> bool:
+        return bool(self.scales)
+
+    def describe(self) -> str:
+        if not self.scales:
+            return f"plain float8_e4m3fn ({self.n_fp8} fp8 tensors, no scales)"
+        kinds = sorted(set(self.scales.values()))
+        return (f"scaled float8_e4m3fn ({self.n_fp8} fp8 tensors, {len(self.scales)} {'/'.join(kinds)} "
+                "scales)")
+
+
+def scale_layout(weight_shape: tuple[int, ...], scale_shape: tuple[int, ...]) -> str | None:
+    """"tensor", "channel" or "block" for a `scale_weight` of `scale_shape` on a weight of `weight_shape`,
+    None when the pair is no layout this tool reads."""
+    n = 1
+    for s in scale_shape:
+        n *= s
+    if n == 1:
+        return "tensor"
+    if len(weight_shape) != 2:
+        return None
+    out, inp = weight_shape
+    if tuple(scale_shape) in ((out,), (out, 1)):
+        return "channel"
+    if len(scale_shape) == 3 and scale_shape[0] == out and scale_shape[2] == 1 and scale_shape[1] > 0 \
+            and inp % scale_shape[1] == 0:
+        return "block"
+    return None
+
+
+def fp8_scheme(infos: dict[str, TensorInfo], prefix: str = "") -> Fp8Scheme | None:
+    """The fp8 layout of a checkpoint, None when it holds no fp8 tensors.
+
+    Raises:
+        ModelFormatError: fp8 in a form this tool cannot read (float8_e5m2, MX / fp4 types, vLLM / ModelOpt
+            `weight_scale` keys, a `scale_weight` on a non-fp8 tensor or of an unknown shape); the message
+            says why, the caller adds the flag and the file.
+    """
+    keys = [k for k in infos if k.startswith(prefix)]
+    odd = sorted({infos[k].dtype for k in keys if infos[k].dtype in ("F8_E5M2", "F8_E8M0", "F4")})
+    if odd:
+        what = {"F8_E5M2": "float8_e5m2", "F8_E8M0": "float8_e8m0 (MX scales)", "F4": "fp4"}
+        raise ModelFormatError(
+            f"holds {', '.join(what[d] for d in odd)} tensors; only float8_e4m3fn fp8 files (plain or with "
+            "scale_weight scales) can be read",
+            hint="use the bf16 file (with --fp8_scaled to quantise it at load)")
+    vllm = [k for k in keys if k.endswith((".weight_scale", ".input_scale", ".weight_scale_inv"))]
+    if vllm:
+        raise ModelFormatError(
+            f"uses the vLLM / ModelOpt fp8 layout ({vllm[0]!r}), which this tool cannot read",
+            hint="use the bf16 file (with --fp8_scaled to quantise it at load)")
+    fp8 = [k for k in keys if infos[k].dtype == "F8_E4M3" and k[len(prefix):] not in FP8_IGNORED_KEYS]
+    scales: dict[str, str] = {}
+    for k in keys:
+        if not k.endswith(".scale_weight"):
+            continue
+        w = k[: -len(".scale_weight")] + ".weight"
+        if w not in infos or infos[w].dtype != "F8_E4M3":
+            raise ModelFormatError(f"has a scale {k!r} for a tensor that is not float8_e4m3fn; the file is damaged "
+                                   "or a scheme this tool cannot read", hint="use the bf16 file")
+        if infos[k].dtype not in _FLOAT_SCALE_DTYPES:
+            raise ModelFormatError(f"has a scale {k!r} stored as {infos[k].dtype}, a scheme this tool cannot read",
+                                   hint="use the bf16 file")
+        layout = scale_layout(infos[w].shape, infos[k].shape)
+        if layout is None:
+            raise ModelFormatError(
+                f"has a scale {k!r} of shape {list(infos[k].shape)} for a weight of shape {list(infos[w].shape)}, "
+                "a scheme this tool cannot read (per-tensor, per-output-channel and [out, in/B, 1] block scales "
+                "are read)", hint="use the bf16 file")
+        scales[k[len(prefix):]] = layout
+    if not fp8:
+        return None
+    return Fp8Scheme(len(fp8), scales)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -196,10 +196,15 @@ def load_pickle_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_state_dict(
-    files: list[Path], *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    files: list[Path], *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+    transform: Callable[[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Load and merge the tensors of `files` (safetensors or pickle). Floating tensors are cast to
-    `dtype` when given; integer/bool tensors keep theirs."""
+    `dtype` when given; integer/bool tensors keep theirs.
+
+    `transform(key, tensor)`, when given, runs on each tensor as it is read and returns what to keep under
+    which keys (e.g. an fp8 weight and its scale, or nothing), so memory never holds the untransformed model
+    from a safetensors file (pickles are loaded whole first)."""
     from safetensors import SafetensorError
     from safetensors.torch import safe_open
 
@@ -210,11 +215,19 @@ def load_state_dict(
             try:
                 with safe_open(str(f), framework="pt", device=str(device)) as h:
                     for k in h.keys():
-                        sd[k] = h.get_tensor(k)
+                        if transform is None:
+                            sd[k] = h.get_tensor(k)
+                        else:
+                            sd.update(transform(k, h.get_tensor(k)))
             except (SafetensorError, OSError) as e:
                 raise ModelFormatError(f"{f}: cannot read safetensors file ({e})") from None
         else:
-            sd.update(load_pickle_state_dict(f))
+            part = load_pickle_state_dict(f)
+            if transform is None:
+                sd.update(part)
+            else:
+                for k in list(part):
+                    sd.update(transform(k, part.pop(k)))
     if dtype is not None:
         for k, v in sd.items():
             if v.is_floating_point() and v.dtype != dtype:

@@ -747,6 +747,8 @@ def load_dit(
     rope_scaling_factor: float = 0.5,
     loras: Sequence[LoraSpec] | None = None,
     lora_verbose: bool = False,
+    fp8: str | None = None,
+    fp8_fast: bool = False,
 ) -> FramePackTransformer:
     """Load a FramePack DiT from any supported layout, ready for inference (eval, no grads).
 
@@ -754,6 +756,8 @@ def load_dit(
     `diffusion_pytorch_model-0000i-of-0000N.safetensors` set, a directory or HF snapshot (also its
     `transformer/` subfolder), and keys under a `diffusion_model.` / `model.diffusion_model.` prefix.
     A DiT config.json beside the weights sets the architecture; otherwise it is inferred from shapes.
+    Pre-quantised fp8 files (float8_e4m3fn, plain or with `scale_weight` scales) load their Linear weights as
+    stored (`framepack_cli.models.fp8.Fp8Linear`); other fp8 tensors are dequantised to `dtype`.
 
     Args:
         path: what the user passed for `flag`.
@@ -765,26 +769,42 @@ def load_dit(
         rope_scaling_factor: see `FramePackTransformer`.
         loras: LoRA/LoHa/LoKr files merged into the weights (`framepack_cli.models.lora.plan_merge`: checked
             from the file headers before any weight is read; float32 arithmetic after the cast to `dtype` and
-            before the model is built, so before any quantisation).
+            before any quantisation).
         lora_verbose: list the unused keys of each LoRA in the report.
+        fp8: "fp8" (plain cast) or "fp8_scaled" (block scales): the block Linears are quantised tensor by
+            tensor as they are read, after the LoRA merge (`framepack_cli.models.fp8`).
+        fp8_fast: choose the scale layout `torch._scaled_mm` can apply on `device` (see `enable_fp8_fast`).
 
     Returns:
-        The model, with `config_source` ("config.json" or "tensor shapes"), `source_files` and `lora_report`
-        (one line per LoRA, empty without LoRAs) attributes.
+        The model, with `config_source` ("config.json" or "tensor shapes"), `source_files`, `lora_report`
+        (one line per LoRA, empty without LoRAs) and `fp8_report` (lines about fp8, empty without) attributes.
 
     Raises:
-        ModelFormatError: wrong kind of file (VAE, LoRA, ...), truncated file, missing shards, or keys /
-            shapes that do not fit the architecture.
+        ModelFormatError: wrong kind of file (VAE, LoRA, ...), truncated file, missing shards, keys / shapes
+            that do not fit the architecture, or fp8 in a scheme this tool cannot read.
         FramepackError: unknown dtype or unavailable attention mode.
     """
+    from framepack_cli.models import fp8 as fp8mod
+    from framepack_cli.models.detect import FP8_IGNORED_KEYS, FP8_IGNORED_SUFFIXES, fp8_scheme
+
     path = Path(path)
     dtype = torch_dtype(dtype)
+    if fp8 not in (None, *fp8mod.MODES):
+        raise FramepackError(f"fp8 mode {fp8!r} is unknown (fp8 or fp8_scaled)")
     resolve_attention(attn_mode)  # fail before reading gigabytes
     files = resolve_dit_files(path)
     shown = path if path.is_file() else files[0]
     infos = read_header_infos(files)
     detected = expect_kind(shown, infos, "dit", flag)
     prefix = detected.prefix
+    try:
+        scheme = fp8_scheme(infos, prefix)
+    except ModelFormatError as e:
+        raise ModelFormatError(f"{flag}: {shown} {e.message}", hint=e.hint) from None
+    if scheme is not None and loras:
+        raise ModelFormatError(
+            f"{flag}: {shown} is already in fp8 ({scheme.describe()}): merging a LoRA into fp8 weights loses "
+            "most of its effect", hint="use the bf16 DiT file with --fp8_scaled")
 
     try:
         config = infer_dit_config(infos)
@@ -808,39 +828,118 @@ def load_dit(
             rope_scaling_factor=rope_scaling_factor,
             **config,
         )
+    # The file's tensors by bare name (ComfyUI-style files may bundle other components under other prefixes:
+    # only the DiT's are kept), checked against the architecture before any weight is read.
+    header = {k[len(prefix) :]: v for k, v in infos.items() if k.startswith(prefix)}
+    ignored = {k for k in header if k in FP8_IGNORED_KEYS or k.endswith(FP8_IGNORED_SUFFIXES)}
     expected = {k: v.shape for k, v in model.state_dict().items()}
+    scale_keys = {k for k in header if k.endswith(".scale_weight")}
+    mismatch = key_mismatch(expected, set(header) - ignored - scale_keys)
+    if mismatch:
+        raise ModelFormatError(f"{flag}: {shown} does not match the FramePack DiT layout ({source}): {mismatch} keys")
+    bad = {k for k in expected if tuple(header[k].shape) != tuple(expected[k])}
+    if bad:
+        k = sorted(bad)[0]
+        raise ModelFormatError(
+            f"{flag}: {shown}: tensor shapes do not match the architecture from {source} "
+            f"(e.g. {k}: file {tuple(header[k].shape)}, model {tuple(expected[k])}; {len(bad)} in all)"
+        )
+
+    # Which Linears hold fp8 weights: the file's own (pre-quantised), or the targets of --fp8 / --fp8_scaled.
+    report: list[str] = []
+    keep_fp8: set[str] = set()  # weight keys stored as fp8 in the model
+    quantise: dict[str, str] = {}  # weight key -> scale layout ("none" for plain --fp8)
+    if scheme is not None:
+        for k, info in header.items():
+            mod_name = k.rsplit(".", 1)[0]
+            if info.dtype != "F8_E4M3" or k in ignored or not k.endswith(".weight") or mod_name == "proj_out":
+                continue
+            mod = model.get_submodule(mod_name)
+            if isinstance(mod, torch.nn.Linear):
+                sk = mod_name + ".scale_weight"
+                fp8mod.convert_linear(mod, dtype, tuple(header[sk].shape) if sk in header else None, dtype)
+                keep_fp8.add(k)
+        n_up = scheme.n_fp8 - len(keep_fp8)
+        report.append(f"{flag}: {shown.name} is pre-quantised, {scheme.describe()}: {len(keep_fp8)} Linear weights "
+                      "load as stored" + (f", {n_up} other tensors are dequantised to {str(dtype)[6:]}" if n_up
+                                           else "") + (f" (--{fp8} does not quantise it again)" if fp8 else ""))
+    elif fp8 is not None:
+        layout = "block"
+        if fp8 == "fp8_scaled" and fp8_fast:
+            layout = fp8mod.fast_support(device)[0] or "block"
+        for name, mod in model.named_modules():
+            if isinstance(mod, torch.nn.Linear) and fp8mod.is_target(name + ".weight"):
+                out, inp = mod.weight.shape
+                lay = "none" if fp8 == "fp8" else ("channel" if layout == "block" and inp % fp8mod.BLOCK_SIZE
+                                                   else layout)
+                shape = {"none": None, "block": (out, inp // fp8mod.BLOCK_SIZE, 1), "channel": (out, 1),
+                         "tensor": (1,)}[lay]
+                fp8mod.convert_linear(mod, dtype, shape, dtype)
+                quantise[name + ".weight"] = lay
+        n_params = sum(expected[k].numel() for k in quantise)
+        report.append(f"--{fp8}: {len(quantise)} block Linears ({n_params:,} parameters) stored as float8_e4m3fn"
+                      + ("" if fp8 == "fp8" else f", {layout} scales"))
 
     lora_plan = None
     if loras:
         from framepack_cli.models.lora import plan_merge
 
         # From the headers: a LoRA for another model fails before gigabytes of weights are read.
-        shapes = {k[len(prefix) :]: v.shape for k, v in infos.items() if k.startswith(prefix)}
-        lora_plan = plan_merge(loras, shapes, verbose=lora_verbose)
-    state = load_state_dict(files, device=device)
-    if prefix:
-        # ComfyUI-style files may bundle other components under other prefixes: keep only the DiT.
-        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    mismatch = key_mismatch(expected, state)
-    if mismatch:
-        raise ModelFormatError(f"{flag}: {shown} does not match the FramePack DiT layout ({source}): {mismatch} keys")
-    bad = {k for k, v in state.items() if tuple(v.shape) != tuple(expected[k])}
-    if bad:
-        k = sorted(bad)[0]
-        raise ModelFormatError(
-            f"{flag}: {shown}: tensor shapes do not match the architecture from {source} "
-            f"(e.g. {k}: file {tuple(state[k].shape)}, model {tuple(expected[k])}; {len(bad)} in all)"
-        )
-    for k, v in state.items():
+        lora_plan = plan_merge(loras, {k: v.shape for k, v in header.items()}, verbose=lora_verbose)
+
+    def assign(key: str, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each tensor as it is read: cast, LoRA merge, then fp8 quantisation (so no full copy is ever held)."""
+        if not key.startswith(prefix):
+            return {}
+        k = key[len(prefix) :]
+        if k in ignored or k not in expected and k not in scale_keys:
+            return {}
+        if k in keep_fp8:
+            return {k: v.to(device=device)}
+        if k in scale_keys:
+            w = k[: -len("scale_weight")] + "weight"
+            return {k: v.to(device=device, dtype=dtype)} if w in keep_fp8 else {}
+        if v.dtype == fp8mod.FP8_DTYPE:  # an fp8 tensor of the file outside a Linear: dequantise it
+            sk = k[: -len("weight")] + "scale_weight" if k.endswith(".weight") else None
+            scale = scale_values.get(sk) if sk else None
+            v = fp8mod.dequantize(v.to(device), scale, torch.float32)
         if v.is_floating_point():
             # The output projection runs in float32 (reference: high_quality_fp32_output_for_inference).
-            state[k] = v.to(device=device, dtype=torch.float32 if k.startswith("proj_out.") else dtype)
+            v = v.to(device=device, dtype=torch.float32 if k.startswith("proj_out.") else dtype)
         else:
-            state[k] = v.to(device=device)
-    if lora_plan is not None:
-        # After the cast, so a bf16 file loaded as float32 gets an unrounded float32 merge.
-        lora_plan.apply_all(state)
+            return {k: v.to(device=device)}
+        if lora_plan is not None:
+            # After the cast, so a bf16 file loaded as float32 gets an unrounded float32 merge.
+            with torch.no_grad():
+                v = lora_plan.apply(k, v)
+        if k in quantise:
+            mode = "fp8" if quantise[k] == "none" else "fp8_scaled"
+            q, scale = fp8mod.quantize(v, mode, dtype, layout=quantise[k] if mode == "fp8_scaled" else "block")
+            out = {k: q}
+            if scale is not None:
+                out[k[: -len("weight")] + "scale_weight"] = scale
+            return out
+        return {k: v}
+
+    # Scales of fp8 tensors that are dequantised (not Linear weights), read up front (they are tiny).
+    scale_values: dict[str, torch.Tensor] = {}
+    unkept = [k for k in scale_keys if k[: -len("scale_weight")] + "weight" not in keep_fp8]
+    if unkept and any(f.suffix != ".safetensors" for f in files):
+        raise ModelFormatError(f"{flag}: {shown}: scaled fp8 tensors outside Linears are only read from "
+                               ".safetensors files", hint="use the bf16 file")
+    if unkept:
+        from safetensors.torch import safe_open
+
+        for f in files:
+            if f.suffix != ".safetensors":
+                continue
+            with safe_open(str(f), framework="pt", device="cpu") as h:
+                for key in h.keys():
+                    if key.startswith(prefix) and key[len(prefix) :] in unkept:
+                        scale_values[key[len(prefix) :]] = h.get_tensor(key).to(device=device, dtype=torch.float32)
+    state = load_state_dict(files, device=device, transform=assign)
     model.load_state_dict(state, strict=True, assign=True)
+    del state
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         raise ModelFormatError(f"{flag}: {shown}: some model tensors were not loaded")
     model.requires_grad_(False)
@@ -848,4 +947,5 @@ def load_dit(
     model.config_source = source
     model.source_files = files
     model.lora_report = lora_plan.report if lora_plan is not None else []
+    model.fp8_report = report
     return model

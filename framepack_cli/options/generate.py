@@ -198,9 +198,13 @@ class GenerateOptions(OptionsBase):
     device: str | None = F(None, "Device (default: cuda if available, else cpu).", panel=PERF)
     attn_mode: Literal["torch", "sdpa", "flash", "sageattn", "xformers"] = F(
         "torch", "Attention kernel (torch and sdpa are the same).", panel=PERF)
-    fp8: bool = F(False, "Store the DiT in fp8.", panel=PERF, unbuilt=True)
-    fp8_scaled: bool = F(False, "Block-scaled fp8 DiT weights (better quality than --fp8).", panel=PERF,
-                         unbuilt=True)
+    fp8: bool = F(False, "Store the DiT's block Linears in fp8 (float8_e4m3fn, plain cast; about 9 GB less with "
+                  "the real model), computed in the run's dtype.", panel=PERF)
+    fp8_scaled: bool = F(False, "Block-scaled fp8 DiT weights (scales per 64 inputs, chosen at load after the LoRA "
+                         "merge): the same memory as --fp8, quality closer to bf16.", panel=PERF)
+    fp8_fast: bool = F(False, "With --fp8/--fp8_scaled: a real fp8 matmul (torch._scaled_mm) on GPUs with CUDA "
+                       "capability 8.9+ (Ada/Hopper); elsewhere one warning and the dequantising matmul.",
+                       panel=PERF)
     fp8_llm: bool = F(False, "Store the LLaMA text encoder in fp8.", panel=PERF)
     blocks_to_swap: int = F(0, f"DiT blocks kept in CPU memory and swapped in (0-{MAX_BLOCKS_TO_SWAP}).",
                             panel=PERF, ge=0, le=MAX_BLOCKS_TO_SWAP, unbuilt=True)
@@ -377,6 +381,8 @@ def _cross_checks(o: GenerateOptions) -> list[str]:
             errs.append(f"--{name} given without --lora_weight")
     if o.save_merged_model and not n_lora:
         errs.append("--save_merged_model needs --lora_weight (there is nothing to merge)")
+    if o.fp8_fast and not (o.fp8 or o.fp8_scaled):
+        errs.append("--fp8_fast needs --fp8 or --fp8_scaled (it speeds up fp8 weights)")
     if o.save_merged_model and o.fp8_scaled:
         errs.append("--save_merged_model cannot be combined with --fp8_scaled (merged models are saved unquantized)")
     n_ctrl = len(o.control_image_path or [])

@@ -336,9 +336,9 @@ class TrainOptions(OptionsBase):
     training_comment: str | None = F(None, "Comment stored in the metadata.", panel=NETWORK)
 
     # --- memory
-    fp8_base: bool = F(False, "Store the DiT in fp8 (float8_e4m3fn).", panel=MEMORY, unbuilt=True)
-    fp8_scaled: bool = F(False, "Block-scaled fp8 DiT weights (better quality; needs --fp8_base).", panel=MEMORY,
-        unbuilt=True)
+    fp8_base: bool = F(False, "Store the frozen DiT's block Linears in fp8 (float8_e4m3fn), upcast per matmul; the "
+                       "LoRA trains in float32.", panel=MEMORY)
+    fp8_scaled: bool = F(False, "Block-scaled fp8 DiT weights (better quality; needs --fp8_base).", panel=MEMORY)
     blocks_to_swap: int | None = F(None, f"DiT blocks kept in CPU memory and swapped in (0-{MAX_BLOCKS_TO_SWAP}).",
                                    panel=MEMORY, ge=0, le=MAX_BLOCKS_TO_SWAP, unbuilt=True)
     use_pinned_memory_for_block_swap: bool = F(False, "Pinned host buffers for block swap.", panel=MEMORY, unbuilt=True)
