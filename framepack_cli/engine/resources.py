@@ -189,7 +189,7 @@ def advice(phase: str, device, opts=None) -> str:
     """
     cuda = getattr(device, "type", "") == "cuda"
     free = "free GPU memory (other processes) or use a larger GPU" if cuda else "free RAM (close other programs)"
-    coming = "; --fp8_scaled and --blocks_to_swap, which would lower it, are not built yet"
+    coming = "; --blocks_to_swap 20 (up to 38) lowers it; --fp8_scaled is not built yet"
     vae = "--vae_chunk_size 32 (or 16, 8), --vae_spatial_tile_sample_min_size 128 (or 64), a smaller --video_size"
     if phase == "text":
         return free if opts is not None and getattr(opts, "fp8_llm", False) else f"--fp8_llm (LLaMA in fp8), or {free}"
@@ -278,8 +278,10 @@ class Sizes:
     files: dict[str, str] | None = None  # kind -> file shown in messages
 
 
-def model_sizes(found: dict, precision, *, fp8_llm: bool = False) -> Sizes:
-    """Loaded sizes from `preflight.check_models`' headers (`{kind: (path, infos, prefix)}`)."""
+def model_sizes(found: dict, precision, *, fp8_llm: bool = False, blocks_to_swap: int = 0) -> Sizes:
+    """Loaded sizes from `preflight.check_models`' headers (`{kind: (path, infos, prefix)}`).
+
+    `blocks_to_swap` (on a GPU): the DiT's device size leaves out what block swap keeps in CPU memory."""
     dtype_of = {"dit": precision.dit, "vae": precision.vae, "text_encoder1": precision.text_encoder,
                 "text_encoder2": precision.text_encoder, "image_encoder": precision.image_encoder}
     weights, files = {}, {}
@@ -294,6 +296,11 @@ def model_sizes(found: dict, precision, *, fp8_llm: bool = False) -> Sizes:
         if kind == "text_encoder1" and fp8_llm:
             kw["fp8"] = lambda k: k.startswith("layers.") and k.endswith("_proj.weight")
         weights[kind] = weight_bytes(infos, prefix, _itemsize(dtype_of[kind]), **kw)
+        if kind == "dit" and blocks_to_swap:
+            from framepack_cli.models.block_swap import device_bytes_saved
+
+            shapes = {k[len(prefix):]: tuple(v.shape) for k, v in infos.items() if k.startswith(prefix)}
+            weights[kind] -= device_bytes_saved(shapes, blocks_to_swap, _itemsize(dtype_of[kind]))
         files[kind] = os.path.basename(str(path).rstrip("/"))
     return Sizes(weights, hidden, files)
 
@@ -376,7 +383,7 @@ _NAMES = {"vae": "VAE", "image_encoder": "image encoder", "text_encoder1": "LLaM
 
 def _fix(phase: Phase, device, cuda: bool, *, ram: bool) -> str:
     free = "free RAM (close other programs)" if ram else "free GPU memory (other processes) or use a larger GPU"
-    coming = ("; --fp8_scaled and --blocks_to_swap, which would lower it, are not built yet"
+    coming = ("; --blocks_to_swap 20 (up to 38) lowers it; --fp8_scaled is not built yet"
               if cuda and not ram and "dit" in phase.models else "")
     return (f"{phase.fix}, or {free}" if phase.fix else free) + coming
 

@@ -408,6 +408,11 @@ NO_CUDA_WARNING = ("Warning: --blocks_to_swap {n}: block swap needs a CUDA GPU; 
                    "in memory as usual (same results)")
 
 
+def swap_supported(device: torch.device) -> bool:
+    """Block swap runs on CUDA devices; elsewhere `--blocks_to_swap` is accepted with `NO_CUDA_WARNING`."""
+    return device.type == "cuda"
+
+
 def check_blocks_to_swap(n: int, num_dual: int, num_single: int, flag: str = "--blocks_to_swap") -> None:
     """`n` fits the model; else one line naming the model's block counts and the largest value (exit 2)."""
     from framepack_cli.errors import FramepackError
@@ -428,8 +433,9 @@ def enable_block_swap(model: nn.Module, n: int, device: torch.device, *, pinned:
     dual, single = list(model.transformer_blocks), list(model.single_transformer_blocks)
     check_blocks_to_swap(n, len(dual), len(single))
     swapped = swapped_positions(len(dual), len(single), n)
-    sw = BlockSwapper([*dual, *single], swapped, transfer if transfer is not None else CudaTransfer(device),
-                      pinned=pinned)
+    if transfer is None:
+        transfer = CudaTransfer(device)
+    sw = BlockSwapper([*dual, *single], swapped, transfer, pinned=pinned)
     sw.setup(model, device)
     model.block_swapper = sw
     return sw

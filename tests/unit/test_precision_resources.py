@@ -155,8 +155,8 @@ def test_vram_refusal_names_the_largest_phase(tmp_path):
         "not enough GPU memory for sampling (DiT FramePackI2V_HY_bf16.safetensors): needs about 24.9 GiB (weights "
         "24.0 GiB + at least 469 MiB activations for 16000 tokens per section at 640x640, + 512 MiB margin), cuda "
         "has 22.0 GiB free (a smaller --video_size or --latent_window_size, fewer sections, or free GPU memory "
-        "(other processes) or use a larger GPU; --fp8_scaled and --blocks_to_swap, which would lower it, are not "
-        "built yet)")
+        "(other processes) or use a larger GPU; --blocks_to_swap 20 (up to 38) lowers it; --fp8_scaled is not built "
+        "yet)")
 
 
 def test_phases_load_one_at_a_time_so_the_sum_need_not_fit(tmp_path):
