@@ -170,32 +170,49 @@ def steps_of(events: Sequence[Event]) -> tuple[list[Event], list[list[Event]]]:
 
 
 class CudaTransfer:
-    """Host-to-device copies on a side stream, ordered with the compute stream by CUDA events."""
+    """Host-to-device copies on a side stream, ordered with the compute stream by CUDA events.
+
+    From pinned host memory a copy is asynchronous and is issued from the calling thread. From pageable
+    memory the CUDA driver copies synchronously (the host waits until the side stream reaches the copy,
+    which waits for the slot's last use), so those copies are issued from one worker thread and the compute
+    thread only waits for them when it needs the block.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.stream = torch.cuda.Stream(device=device)
+        self._worker = None
 
     def device_buffer(self, nbytes: int) -> torch.Tensor:
         return torch.empty(nbytes, dtype=torch.uint8, device=self.device)
 
     def host_buffer(self, nbytes: int, pinned: bool) -> torch.Tensor:
-        buf = torch.empty(nbytes, dtype=torch.uint8)
-        return buf.pin_memory() if pinned else buf
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
 
-    def copy(self, dst: torch.Tensor, src: torch.Tensor, after: Any) -> Any:
-        """Start copying `src` (host) into `dst` (a slot) once the compute stream passed `after` (the slot's
-        last use); returns the event that marks the copy done."""
+    def _issue(self, dst: torch.Tensor, src: torch.Tensor, after: Any) -> Any:
         with torch.cuda.stream(self.stream):
             if after is not None:
-                self.stream.wait_event(after)
+                self.stream.wait_event(after)  # the slot's previous block is done with it
             dst.copy_(src, non_blocking=True)
             done = torch.cuda.Event()
             done.record(self.stream)
         return done
 
+    def copy(self, dst: torch.Tensor, src: torch.Tensor, after: Any) -> Any:
+        """Start copying `src` (host) into `dst` (a slot) once the compute stream passed `after` (the slot's
+        last use); returns what `wait` takes."""
+        if src.is_pinned():
+            return self._issue(dst, src, after)
+        if self._worker is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="framepack-block-swap")
+        return self._worker.submit(self._issue, dst, src, after)
+
     def wait(self, done: Any) -> None:
-        """Make the compute stream wait for a copy (the host does not wait)."""
+        """Make the compute stream wait for a copy (the host waits only for a pageable copy to be issued)."""
+        if hasattr(done, "result"):
+            done = done.result()
         torch.cuda.current_stream(self.device).wait_event(done)
 
     def release(self, slot: torch.Tensor) -> Any:

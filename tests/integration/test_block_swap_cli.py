@@ -105,3 +105,14 @@ def test_train_with_block_swap(tmp_path, capsys, monkeypatch, checkpointing):
         got = load_file(str(tmp_path / run / "lora.safetensors"))
         assert set(got) == set(want)
         assert all(torch.equal(got[k], want[k]) for k in want), run
+
+
+def test_one_frame_with_the_swapper_equals_the_plain_run(tmp_path, capsys, forced_swap):
+    base = ["one-frame", *MODEL_ARGS, "--video_size", "48", "64", "--infer_steps", "2", "--image_path",
+            INPUTS / "start.png", "--control_image_path", INPUTS / "start.png", "--prompt", "x", "--seed", "4",
+            "--output_type", "latent", "--save_path", tmp_path]
+    assert cli([*base, "--output_name", "plain"], capsys)[0] == 0
+    code, _, err = cli([*base, "--output_name", "swap", "--blocks_to_swap", "1"], capsys)
+    assert code == 0, err
+    assert "Block swap: 0 of 2 dual-stream and 1 of 2 single-stream" in err and forced_swap[0].copies > 0
+    assert torch.equal(latent(tmp_path, "plain"), latent(tmp_path, "swap"))

@@ -314,3 +314,79 @@ def test_training_backward_without_input_grad():
             assert any(e.step >= 10 for e in sw.log if e.kind == "compute")
     for g1, g2 in zip(*results, strict=True):
         assert all(torch.equal(a, b) for a, b in zip(g1, g2, strict=True))
+
+
+class _FakeCuda:
+    """torch.cuda's stream/event calls as a log (CudaTransfer run on the CPU)."""
+
+    def __init__(self):
+        self.log: list[tuple] = []
+        fake = self
+
+        class Stream:
+            def __init__(self, device=None):
+                self.name = "side"
+
+            def wait_event(self, ev):
+                fake.log.append(("wait_event", self.name, ev.id))
+
+            def synchronize(self):
+                fake.log.append(("synchronize", self.name))
+
+        class Event:
+            count = 0
+
+            def __init__(self):
+                Event.count += 1
+                self.id = Event.count
+
+            def record(self, stream):
+                fake.log.append(("record", stream.name, self.id))
+
+        class Current(Stream):
+            def __init__(self):
+                self.name = "compute"
+
+        self.Stream, self.Event, self.current = Stream, Event, Current()
+
+    def install(self, monkeypatch):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def stream(s):
+            self.log.append(("enter", s.name))
+            yield
+            self.log.append(("exit", s.name))
+
+        monkeypatch.setattr(torch.cuda, "Stream", self.Stream)
+        monkeypatch.setattr(torch.cuda, "Event", self.Event)
+        monkeypatch.setattr(torch.cuda, "stream", stream)
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: self.current)
+
+
+def test_cuda_transfer_orders_copies_with_events(tiny, monkeypatch):
+    """CudaTransfer's calls with torch.cuda faked: each copy waits for its slot's release event on the side
+    stream, records a done event there, and the compute stream waits for that event before the block runs.
+    Host buffers are pageable here, so copies go through the worker thread."""
+    from framepack_cli.models.block_swap import CudaTransfer
+
+    fake = _FakeCuda()
+    fake.install(monkeypatch)
+    kwargs = _inputs()
+    with torch.no_grad():
+        want = tiny(**kwargs)
+        m = copy.deepcopy(tiny)
+        sw = enable_block_swap(m, 2, torch.device("cpu"), transfer=CudaTransfer(torch.device("cpu")))
+        for _ in range(2):
+            assert torch.equal(m(**kwargs), want)
+    log = fake.log
+    done = [e for e in log if e[0] == "record" and e[1] == "side"]
+    released = [e for e in log if e[0] == "record" and e[1] == "compute"]
+    assert len(done) == 4 and len(released) == 4  # 2 swapped blocks x 2 forwards
+    for ev in done:  # the compute stream waits for every copy
+        assert ("wait_event", "compute", ev[2]) in log
+        assert log.index(("wait_event", "compute", ev[2])) > log.index(ev)
+    # The second forward's copies wait for the first forward's releases of the same slots.
+    side_waits = [e[2] for e in log if e[0] == "wait_event" and e[1] == "side"]
+    assert side_waits == [r[2] for r in released[:2]]
+    assert sw.transfer._worker is not None
