@@ -63,8 +63,6 @@ def refuse_unbuilt(opts) -> None:
         "magcache_mag_ratios": "--magcache_mag_ratios", "magcache_calibration": "--magcache_calibration",
     }
     given = [flag for name, flag in unbuilt.items() if getattr(opts, name)]
-    if opts.blocks_to_swap:
-        given.append("--blocks_to_swap")
     if given:
         raise NotBuiltError(
             f"{', '.join(given)}: not built yet in framepack {__version__}; run without "
@@ -246,7 +244,9 @@ def run(opts, sink: ProgressSink) -> list[JobResult] | list[GenerateResult]:
         precision = precision_for(opts, device)
         found = preflight(opts, device, precision)
         keep = interactive_keep(opts) if opts.interactive else frozenset()
-        budget = Budget(model_sizes(found, precision, fp8_llm=opts.fp8_llm, fp8_dit=opts.fp8 or opts.fp8_scaled),
+        swap = opts.blocks_to_swap if device.type == "cuda" else 0
+        budget = Budget(model_sizes(found, precision, fp8_llm=opts.fp8_llm, fp8_dit=opts.fp8 or opts.fp8_scaled,
+                                    blocks_to_swap=swap),
                         precision, device,
                         resident=resident_models(keep), force=opts.force)
         if not opts.from_file and not opts.interactive:

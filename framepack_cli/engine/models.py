@@ -116,11 +116,25 @@ class Models:
 
                 kwargs["loras"] = lora_specs_from_options(o)
                 kwargs["lora_verbose"] = o.verbose
+            from framepack_cli.models import block_swap
+
             fp8 = "fp8_scaled" if o.fp8_scaled else "fp8" if o.fp8 else None
+            n = getattr(o, "blocks_to_swap", 0) or 0
+            swap = bool(n) and block_swap.swap_supported(self.device)
+            if n and not swap:
+                from framepack_cli.models.block_swap import NO_CUDA_WARNING
+
+                self.sink.message(NO_CUDA_WARNING.format(n=n, device=self.device.type))
             with self._guard("DiT", (o.dit,), "dit"):
-                dit = load_dit(o.dit, device=self.device, dtype=self.precision.dit, attn_mode=o.attn_mode,
-                               rope_scaling_timestep_threshold=o.rope_scaling_timestep_threshold,
+                # With block swap the DiT loads to the CPU; the swapper then moves all but the swapped
+                # blocks' Linear weights to the GPU.
+                dit = load_dit(o.dit, device="cpu" if swap else self.device, dtype=self.precision.dit,
+                               attn_mode=o.attn_mode, rope_scaling_timestep_threshold=o.rope_scaling_timestep_threshold,
                                rope_scaling_factor=o.rope_scaling_factor, fp8=fp8, fp8_fast=o.fp8_fast, **kwargs)
+                if swap:
+                    block_swap.enable_block_swap(dit, n, self.device, pinned=o.use_pinned_memory_for_block_swap)
+                    counts = len(dit.transformer_blocks), len(dit.single_transformer_blocks)
+                    self.sink.message(block_swap.describe(*counts, n, o.use_pinned_memory_for_block_swap))
             for line in (getattr(dit, "lora_report", None) or []) + (getattr(dit, "fp8_report", None) or []):
                 self.sink.message(line)
             if o.fp8_fast:
@@ -154,6 +168,8 @@ class Models:
             return m
         if self.device.type == "cuda":
             for mod in m if isinstance(m, tuple) else (m,):
+                if getattr(mod, "block_swapper", None) is not None:
+                    continue  # placed by the swapper: resident part on the GPU, swapped blocks on the CPU
                 if hasattr(mod, "to") and not isinstance(mod, type):
                     try:
                         mod.to(self.device)
@@ -169,6 +185,8 @@ class Models:
             if self.device.type == "cuda":
                 m = self._loaded[name]
                 for mod in m if isinstance(m, tuple) else (m,):
+                    if getattr(mod, "block_swapper", None) is not None:
+                        continue  # a swapped DiT stays as the swapper placed it (its swapped part is on the CPU)
                     if isinstance(mod, torch.nn.Module) or hasattr(mod, "model"):
                         mod.to("cpu")
         else:

@@ -83,6 +83,10 @@ def check_models(opts, kinds: tuple[str, ...] | None = None) -> dict[str, tuple[
 
     dit_path, dit_infos, _ = found["dit"]
     cfg = infer_dit_config(dit_infos)
+    if getattr(opts, "blocks_to_swap", 0):
+        from framepack_cli.models.block_swap import check_blocks_to_swap
+
+        check_blocks_to_swap(opts.blocks_to_swap, cfg["num_layers"], cfg["num_single_layers"])
     expected = {
         "text_encoder1": ("text_embed_dim", ("embed_tokens.weight",), 1),
         "text_encoder2": ("pooled_projection_dim", ("embeddings.token_embedding.weight",), 1),

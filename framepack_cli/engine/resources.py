@@ -190,7 +190,7 @@ def advice(phase: str, device, opts=None) -> str:
     cuda = getattr(device, "type", "") == "cuda"
     free = "free GPU memory (other processes) or use a larger GPU" if cuda else "free RAM (close other programs)"
     fp8 = opts is not None and (getattr(opts, "fp8_scaled", False) or getattr(opts, "fp8", False))
-    coming = ("" if fp8 else "; --fp8_scaled would lower it") + "; --blocks_to_swap is not built yet"
+    coming = ("" if fp8 else "; --fp8_scaled would lower it") + "; --blocks_to_swap 20 (up to 38) lowers it"
     vae = "--vae_chunk_size 32 (or 16, 8), --vae_spatial_tile_sample_min_size 128 (or 64), a smaller --video_size"
     if phase == "text":
         return free if opts is not None and getattr(opts, "fp8_llm", False) else f"--fp8_llm (LLaMA in fp8), or {free}"
@@ -282,9 +282,11 @@ class Sizes:
     fp8: bool = False  # the DiT's block Linears are fp8 (--fp8 / --fp8_scaled)
 
 
-def model_sizes(found: dict, precision, *, fp8_llm: bool = False, fp8_dit: bool = False) -> Sizes:
+def model_sizes(found: dict, precision, *, fp8_llm: bool = False, fp8_dit: bool = False,
+                blocks_to_swap: int = 0) -> Sizes:
     """Loaded sizes from `preflight.check_models`' headers (`{kind: (path, infos, prefix)}`); `fp8_dit`:
-    `--fp8` / `--fp8_scaled` (the block Linears at 1 byte plus, for the scales, 1/64 of their size)."""
+    `--fp8` / `--fp8_scaled` (the block Linears at 1 byte plus, for the scales, 1/64 of their size);
+    `blocks_to_swap` (on a GPU): the DiT's device size leaves out what block swap keeps in CPU memory."""
     dtype_of = {"dit": precision.dit, "vae": precision.vae, "text_encoder1": precision.text_encoder,
                 "text_encoder2": precision.text_encoder, "image_encoder": precision.image_encoder}
     weights, files = {}, {}
@@ -306,6 +308,11 @@ def model_sizes(found: dict, precision, *, fp8_llm: bool = False, fp8_dit: bool 
         if kind == "dit" and fp8_dit:  # block scales: one value of the run's dtype per 64 weights
             weights[kind] += sum(info.numel for k, info in infos.items() if k.startswith(prefix)
                                  and is_fp8_target(k[len(prefix):])) * _itemsize(dtype_of[kind]) // 64
+        if kind == "dit" and blocks_to_swap:
+            from framepack_cli.models.block_swap import device_bytes_saved
+
+            shapes = {k[len(prefix):]: tuple(v.shape) for k, v in infos.items() if k.startswith(prefix)}
+            weights[kind] -= device_bytes_saved(shapes, blocks_to_swap, 1 if fp8_dit else _itemsize(dtype_of[kind]))
         files[kind] = os.path.basename(str(path).rstrip("/"))
     return Sizes(weights, hidden, files, fp8=fp8_dit)
 
@@ -388,7 +395,7 @@ _NAMES = {"vae": "VAE", "image_encoder": "image encoder", "text_encoder1": "LLaM
 
 def _fix(phase: Phase, device, cuda: bool, *, ram: bool, fp8: bool = False) -> str:
     free = "free RAM (close other programs)" if ram else "free GPU memory (other processes) or use a larger GPU"
-    coming = (("" if fp8 else "; --fp8_scaled would lower it") + "; --blocks_to_swap is not built yet"
+    coming = (("" if fp8 else "; --fp8_scaled would lower it") + "; --blocks_to_swap 20 (up to 38) lowers it"
               if cuda and not ram and "dit" in phase.models else "")
     return (f"{phase.fix}, or {free}" if phase.fix else free) + coming
 

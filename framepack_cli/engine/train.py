@@ -34,9 +34,8 @@ from framepack_cli.errors import FramepackError, Interrupted, NotBuiltError
 from framepack_cli.options.train import TrainOptions
 
 UNBUILT = {  # option -> what it needs; refused in one line until then
-    "blocks_to_swap": "block swap comes with the memory work (fp8 / block swap)",
-    "use_pinned_memory_for_block_swap": "block swap comes with the memory work (fp8 / block swap)",
-    "block_swap_h2d_only": "block swap comes with the memory work (fp8 / block swap)",
+    "block_swap_h2d_only": "--blocks_to_swap already copies host-to-device only; the evenly spaced streamed "
+                           "blocks and --block_swap_ring_size of the reference's variant are not built",
     "compile": "torch.compile comes with the speed work",
     "flash3": "FlashAttention 3 is not wired into framepack's DiT; --flash_attn or --sdpa work",
     "huggingface_repo_id": "uploading to the Hugging Face Hub is not built; upload the saved files with "
@@ -380,11 +379,25 @@ class Trainer:
 
         o = self.opts
         self.dit_dtype = model_dtype("dit", o.dtype, self.device)
+        from framepack_cli.models import block_swap
+
+        n = o.blocks_to_swap or 0
+        swap = bool(n) and block_swap.swap_supported(self.device)
+        if n and not swap:
+            self.say(block_swap.NO_CUDA_WARNING.format(n=n, device=self.device.type))
         self.say(f"Loading DiT {o.dit}")
         loras = _base_specs(o) or None
+        # With block swap the DiT loads to the CPU; the swapper moves all but the swapped blocks' Linear
+        # weights to the GPU (before the LoRA modules are created, which then follow their Linear's device).
         fp8 = ("fp8_scaled" if o.fp8_scaled else "fp8") if o.fp8_base else None
-        dit = load_dit(o.dit, device=self.device, dtype=self.dit_dtype, attn_mode=ATTENTION_MODES[o.attention],
-                       loras=loras, fp8=fp8)
+        dit = load_dit(o.dit, device="cpu" if swap else self.device, dtype=self.dit_dtype,
+                       attn_mode=ATTENTION_MODES[o.attention], loras=loras, fp8=fp8)
+        if n:
+            block_swap.check_blocks_to_swap(n, len(dit.transformer_blocks), len(dit.single_transformer_blocks))
+        if swap:
+            block_swap.enable_block_swap(dit, n, self.device, pinned=o.use_pinned_memory_for_block_swap)
+            self.say(block_swap.describe(len(dit.transformer_blocks), len(dit.single_transformer_blocks), n,
+                                         o.use_pinned_memory_for_block_swap))
         for line in (getattr(dit, "lora_report", None) or []) + (getattr(dit, "fp8_report", None) or []):
             self.say(line)
         dit.requires_grad_(False)

@@ -32,6 +32,7 @@ from diffusers.models.transformers.transformer_hunyuan_video_framepack import (
 )
 
 from framepack_cli.errors import FramepackError, ModelFormatError
+from framepack_cli.models.block_swap import mark
 from framepack_cli.models.detect import expect_kind
 from framepack_cli.models.dtypes import torch_dtype
 from framepack_cli.models.loading import (
@@ -378,6 +379,7 @@ class FramePackTransformer(HunyuanVideoFramepackTransformer3DModel):
         self.attn_mode = "sdpa"
         self.training_checkpointing = False
         self.checkpointing_cpu_offload = False
+        self.block_swapper = None  # `framepack_cli.models.block_swap.enable_block_swap` sets it
         self._attn_processor = FramePackAttnProcessor(_sdpa)
         for block in (*self.transformer_blocks, *self.single_transformer_blocks):
             block.attn.processor = self._attn_processor
@@ -529,23 +531,34 @@ class FramePackTransformer(HunyuanVideoFramepackTransformer3DModel):
         rope: tuple[torch.Tensor, torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         blocks = (*self.transformer_blocks, *self.single_transformer_blocks)
-        if self._checkpointing():
-            device = tokens.device
-            offload = self.checkpointing_cpu_offload
-            if offload:
-                tokens, context = _to_offload(tokens), _to_offload(context)
-            for block in blocks:
+        sw = self.block_swapper
+        if sw is not None:
+            sw.begin(training=torch.is_grad_enabled())
+        checkpointing = self._checkpointing()
+        device = tokens.device
+        offload = checkpointing and self.checkpointing_cpu_offload
+        diffusers_ckpt = not checkpointing and torch.is_grad_enabled() and self.gradient_checkpointing
+        if offload:
+            tokens, context = _to_offload(tokens), _to_offload(context)
+        n = len(blocks)
+        for i, block in enumerate(blocks):
+            if sw is not None:
+                # Backward markers (identity forward): block i's backward is use 2n-1-i, block i-1's comes next.
+                tokens, context = mark(sw, 2 * n - 1 - i, 2 * n - i if i else -1, tokens, context)
+                sw.enter(i)
+            if checkpointing:
                 fn = _offloaded(block, device) if offload else block
                 tokens, context = torch.utils.checkpoint.checkpoint(
                     fn, tokens, context, temb, seq_lens, rope, use_reentrant=False)
-            return tokens.to(device), context.to(device)
-        checkpoint = torch.is_grad_enabled() and self.gradient_checkpointing
-        for block in blocks:
-            if checkpoint:
+            elif diffusers_ckpt:
                 tokens, context = self._gradient_checkpointing_func(block, tokens, context, temb, seq_lens, rope)
             else:
                 tokens, context = block(tokens, context, temb, seq_lens, rope)
-        return tokens, context
+            if sw is not None:
+                sw.leave(i)
+        if sw is not None and n:
+            tokens, context = mark(sw, -1, n, tokens, context)  # the backward starts with the last block
+        return tokens.to(device), context.to(device)
 
     def _output_head(self, tokens: torch.Tensor, temb: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         b, _, t, h, w = shape

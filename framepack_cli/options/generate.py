@@ -207,9 +207,9 @@ class GenerateOptions(OptionsBase):
                        panel=PERF)
     fp8_llm: bool = F(False, "Store the LLaMA text encoder in fp8.", panel=PERF)
     blocks_to_swap: int = F(0, f"DiT blocks kept in CPU memory and swapped in (0-{MAX_BLOCKS_TO_SWAP}).",
-                            panel=PERF, ge=0, le=MAX_BLOCKS_TO_SWAP, unbuilt=True)
-    use_pinned_memory_for_block_swap: bool = F(False, "Pinned buffers for block swap (--blocks_to_swap, not built "
-                                               "yet).", panel=PERF)
+                            panel=PERF, ge=0, le=MAX_BLOCKS_TO_SWAP)
+    use_pinned_memory_for_block_swap: bool = F(False, "Page-locked host buffers for --blocks_to_swap (faster "
+                                               "copies, uses that much non-pageable RAM).", panel=PERF)
     compile: bool = F(False, "torch.compile the DiT blocks.", panel=PERF, unbuilt=True)
     compile_backend: str = F("inductor", "torch.compile backend (--compile, not built yet).", panel=PERF)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = F(

@@ -340,8 +340,9 @@ class TrainOptions(OptionsBase):
                        "LoRA trains in float32.", panel=MEMORY)
     fp8_scaled: bool = F(False, "Block-scaled fp8 DiT weights (better quality; needs --fp8_base).", panel=MEMORY)
     blocks_to_swap: int | None = F(None, f"DiT blocks kept in CPU memory and swapped in (0-{MAX_BLOCKS_TO_SWAP}).",
-                                   panel=MEMORY, ge=0, le=MAX_BLOCKS_TO_SWAP, unbuilt=True)
-    use_pinned_memory_for_block_swap: bool = F(False, "Pinned host buffers for block swap.", panel=MEMORY, unbuilt=True)
+                                   panel=MEMORY, ge=0, le=MAX_BLOCKS_TO_SWAP)
+    use_pinned_memory_for_block_swap: bool = F(False, "Page-locked host buffers for --blocks_to_swap (faster "
+                                               "copies, uses that much non-pageable RAM).", panel=MEMORY)
     block_swap_h2d_only: bool = F(False, "Block swap copies host-to-device only into a GPU ring buffer (needs "
                                   "--blocks_to_swap and --gradient_checkpointing).", panel=MEMORY, unbuilt=True)
     block_swap_ring_size: int = F(2, "Slots of the --block_swap_h2d_only ring buffer.", panel=MEMORY, ge=1)

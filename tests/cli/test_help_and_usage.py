@@ -183,8 +183,9 @@ def test_not_built_marks_match_what_the_engine_refuses(command, capsys, monkeypa
             refused.append("--" + name)
     marked = [f for f, text in entries.items() if text.endswith("[not built yet: refused]")]
     assert sorted(refused) == sorted(marked)
-    assert {"--blocks_to_swap", "--compile", "--magcache_mag_ratios", "--magcache_calibration"} <= set(marked)
-    assert not {"--fp8", "--fp8_scaled", "--fp8_fast"} & set(marked)
+    assert {"--compile", "--magcache_mag_ratios", "--magcache_calibration"} <= set(marked)
+    assert not {"--fp8", "--fp8_scaled", "--fp8_fast", "--blocks_to_swap", "--use_pinned_memory_for_block_swap"} \
+        & set(marked)
 
 
 def test_cache_debug_mode_is_refused_as_marked(tmp_path, capsys):
@@ -218,8 +219,8 @@ def test_train_not_built_marks_match_what_the_engine_refuses(capsys, monkeypatch
             refused.append("--" + name)
     marked = [f for f, text in entries.items() if text.endswith("[not built yet: refused]")]
     assert sorted(refused) == sorted(marked)
-    assert {"--blocks_to_swap", "--compile"} <= set(marked)
-    assert not {"--fp8_base", "--fp8_scaled"} & set(marked)
+    assert {"--compile", "--block_swap_h2d_only"} <= set(marked)
+    assert not {"--fp8_base", "--fp8_scaled", "--blocks_to_swap", "--use_pinned_memory_for_block_swap"} & set(marked)
 
 
 @pytest.mark.parametrize("args", [["download"], ["download", "dit2"], ["download", "--dir"]])

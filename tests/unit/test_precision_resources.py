@@ -155,12 +155,13 @@ def test_vram_refusal_names_the_largest_phase(tmp_path):
         "not enough GPU memory for sampling (DiT FramePackI2V_HY_bf16.safetensors): needs about 24.9 GiB (weights "
         "24.0 GiB + at least 469 MiB activations for 16000 tokens per section at 640x640, + 512 MiB margin), cuda "
         "has 22.0 GiB free (a smaller --video_size or --latent_window_size, fewer sections, or free GPU memory "
-        "(other processes) or use a larger GPU; --fp8_scaled would lower it; --blocks_to_swap is not built yet)")
+        "(other processes) or use a larger GPU; --fp8_scaled would lower it; --blocks_to_swap 20 (up to 38) lowers "
+        "it)")
     fp8 = Sizes({**REAL.weights, "dit": 17 * GiB}, REAL.hidden, REAL.files, fp8=True)
     phases = request_phases(o, fp8, resolve_precision(CUDA), 5, cuda=True)
     with pytest.raises(ResourceError) as e:  # already fp8: not suggested again
         check_fit(phases, fp8, CUDA, device_free=16 * GiB, ram_free=None)
-    assert str(e.value).endswith("use a larger GPU; --blocks_to_swap is not built yet)")
+    assert str(e.value).endswith("use a larger GPU; --blocks_to_swap 20 (up to 38) lowers it)")
 
 
 def test_phases_load_one_at_a_time_so_the_sum_need_not_fit(tmp_path):
