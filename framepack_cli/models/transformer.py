@@ -757,7 +757,7 @@ def load_dit(
 
     Args:
         path: what the user passed for `flag`.
-        device: where the weights are loaded (directly, no CPU copy for safetensors).
+        device: where the weights are loaded (streamed tensor by tensor: RAM holds one tensor at a time).
         dtype: weight dtype (bf16 / fp16 / fp32, torch dtype or name). `proj_out` stays float32.
         attn_mode: attention kernel, see `resolve_attention`.
         flag: CLI flag named in error messages.
@@ -817,10 +817,15 @@ def load_dit(
         # From the headers: a LoRA for another model fails before gigabytes of weights are read.
         shapes = {k[len(prefix) :]: v.shape for k, v in infos.items() if k.startswith(prefix)}
         lora_plan = plan_merge(loras, shapes, verbose=lora_verbose)
-    state = load_state_dict(files, device=device)
+    def dtype_for(key: str, stored: torch.dtype) -> torch.dtype:
+        # Each tensor is cast as it is read (streamed: never a second copy of the model in RAM). The output
+        # projection runs in float32 (reference: high_quality_fp32_output_for_inference).
+        return torch.float32 if key[len(prefix) :].startswith("proj_out.") else dtype
+
+    # ComfyUI-style files may bundle other components under other prefixes: only the DiT's keys are read.
+    state = load_state_dict(files, device=device, keep=lambda k: k.startswith(prefix), dtype_for=dtype_for)
     if prefix:
-        # ComfyUI-style files may bundle other components under other prefixes: keep only the DiT.
-        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in state.items()}
     mismatch = key_mismatch(expected, state)
     if mismatch:
         raise ModelFormatError(f"{flag}: {shown} does not match the FramePack DiT layout ({source}): {mismatch} keys")
@@ -831,12 +836,6 @@ def load_dit(
             f"{flag}: {shown}: tensor shapes do not match the architecture from {source} "
             f"(e.g. {k}: file {tuple(state[k].shape)}, model {tuple(expected[k])}; {len(bad)} in all)"
         )
-    for k, v in state.items():
-        if v.is_floating_point():
-            # The output projection runs in float32 (reference: high_quality_fp32_output_for_inference).
-            state[k] = v.to(device=device, dtype=torch.float32 if k.startswith("proj_out.") else dtype)
-        else:
-            state[k] = v.to(device=device)
     if lora_plan is not None:
         # After the cast, so a bf16 file loaded as float32 gets an unrounded float32 merge.
         lora_plan.apply_all(state)
