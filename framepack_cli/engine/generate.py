@@ -63,7 +63,7 @@ def refuse_unbuilt(opts) -> None:
         "magcache_mag_ratios": "--magcache_mag_ratios", "magcache_calibration": "--magcache_calibration",
     }
     given = [flag for name, flag in unbuilt.items() if getattr(opts, name)]
-    if opts.blocks_to_swap:
+    if opts.blocks_to_swap != "auto" and opts.blocks_to_swap:  # auto is the memory planner's (memory_auto.py)
         given.append("--blocks_to_swap")
     if given:
         raise NotBuiltError(
@@ -237,6 +237,8 @@ def run(opts, sink: ProgressSink) -> list[JobResult] | list[GenerateResult]:
 
     refuse_unbuilt(opts)
     budget = None
+    if opts.blocks_to_swap == "auto" and (opts.latent_path or opts.save_merged_model):
+        opts = opts.model_copy(update={"blocks_to_swap": 0})  # no DiT runs: nothing to plan
     if opts.latent_path:
         check_models(opts, kinds=("vae",))
     elif opts.save_merged_model:
@@ -246,8 +248,14 @@ def run(opts, sink: ProgressSink) -> list[JobResult] | list[GenerateResult]:
         precision = precision_for(opts, device)
         found = preflight(opts, device, precision)
         keep = interactive_keep(opts) if opts.interactive else frozenset()
-        budget = Budget(model_sizes(found, precision, fp8_llm=opts.fp8_llm), precision, device,
-                        resident=resident_models(keep), force=opts.force)
+        sizes = model_sizes(found, precision, fp8_llm=opts.fp8_llm)
+        resident = resident_models(keep)
+        from framepack_cli.engine.memory_auto import apply_memory_plan
+
+        # --memory auto (default on CUDA) / --blocks_to_swap auto: before the DiT loads, from the headers.
+        opts = apply_memory_plan(opts, found, precision, device, sink, job_sections(opts),
+                                 host_bytes=sum(sizes.weights.get(m, 0) for m in resident if m != "dit"))
+        budget = Budget(sizes, precision, device, resident=resident, force=opts.force)
         if not opts.from_file and not opts.interactive:
             budget.check(opts, job_sections(opts))
     from framepack_cli.engine.lifecycle import RunTracker
