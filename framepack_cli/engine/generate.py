@@ -235,6 +235,8 @@ def run(opts, sink: ProgressSink) -> list[JobResult] | list[GenerateResult]:
 
     refuse_unbuilt(opts)
     budget = None
+    if opts.blocks_to_swap == "auto" and (opts.latent_path or opts.save_merged_model):
+        opts = opts.model_copy(update={"blocks_to_swap": 0})  # no DiT runs: nothing to plan
     if opts.latent_path:
         check_models(opts, kinds=("vae",))
     elif opts.save_merged_model:
@@ -244,11 +246,17 @@ def run(opts, sink: ProgressSink) -> list[JobResult] | list[GenerateResult]:
         precision = precision_for(opts, device)
         found = preflight(opts, device, precision)
         keep = interactive_keep(opts) if opts.interactive else frozenset()
+        resident = resident_models(keep)
+        from framepack_cli.engine.memory_auto import apply_memory_plan
+
+        # --memory auto (default on CUDA) / --blocks_to_swap auto: before the DiT loads, from the headers.
+        host = model_sizes(found, precision, fp8_llm=opts.fp8_llm)
+        opts = apply_memory_plan(opts, found, precision, device, sink, job_sections(opts),
+                                 host_bytes=sum(host.weights.get(m, 0) for m in resident if m != "dit"))
         swap = opts.blocks_to_swap if device.type == "cuda" else 0
-        budget = Budget(model_sizes(found, precision, fp8_llm=opts.fp8_llm, fp8_dit=opts.fp8 or opts.fp8_scaled,
-                                    blocks_to_swap=swap),
-                        precision, device,
-                        resident=resident_models(keep), force=opts.force)
+        sizes = model_sizes(found, precision, fp8_llm=opts.fp8_llm, fp8_dit=opts.fp8 or opts.fp8_scaled,
+                            blocks_to_swap=swap)
+        budget = Budget(sizes, precision, device, resident=resident, force=opts.force)
         if not opts.from_file and not opts.interactive:
             budget.check(opts, job_sections(opts))
     from framepack_cli.engine.lifecycle import RunTracker

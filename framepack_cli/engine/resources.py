@@ -279,6 +279,7 @@ class Sizes:
     weights: dict[str, int]  # "dit", "vae", "text_encoder1", "text_encoder2", "image_encoder" -> bytes
     hidden: int = 3072
     files: dict[str, str] | None = None  # kind -> file shown in messages
+    dit: object = None  # memory_plan.DitSize: the DiT's blocks, for the fp8 / block swap weights on the GPU
     fp8: bool = False  # the DiT's block Linears are fp8 (--fp8 / --fp8_scaled)
 
 
@@ -289,11 +290,15 @@ def model_sizes(found: dict, precision, *, fp8_llm: bool = False, fp8_dit: bool 
     `blocks_to_swap` (on a GPU): the DiT's device size leaves out what block swap keeps in CPU memory."""
     dtype_of = {"dit": precision.dit, "vae": precision.vae, "text_encoder1": precision.text_encoder,
                 "text_encoder2": precision.text_encoder, "image_encoder": precision.image_encoder}
+    from framepack_cli.engine.memory_plan import dit_size
+
     weights, files = {}, {}
     hidden = 3072
+    dit = None
     for kind, (path, infos, prefix) in found.items():
         kw = {}
         if kind == "dit":
+            dit = dit_size(infos, prefix)
             kw["fp32"] = lambda k: k.startswith("proj_out.")
             emb = infos.get(prefix + "x_embedder.proj.weight")
             if emb is not None:
@@ -314,7 +319,7 @@ def model_sizes(found: dict, precision, *, fp8_llm: bool = False, fp8_dit: bool 
             shapes = {k[len(prefix):]: tuple(v.shape) for k, v in infos.items() if k.startswith(prefix)}
             weights[kind] -= device_bytes_saved(shapes, blocks_to_swap, 1 if fp8_dit else _itemsize(dtype_of[kind]))
         files[kind] = os.path.basename(str(path).rstrip("/"))
-    return Sizes(weights, hidden, files, fp8=fp8_dit)
+    return Sizes(weights, hidden, files, dit, fp8=fp8_dit)
 
 
 @dataclass(frozen=True)
@@ -364,6 +369,14 @@ def request_phases(opts, sizes: Sizes, precision, sections: int, *, cuda: bool) 
     decoded = pixels * vae_b
     host_frames = pixels * (1 + (4 if cuda or vae_b != 4 else 0))  # uint8 frames (+ the float32 copy)
     size = f"{h}x{wd}"
+    dit_w, dit_how, swapped = w.get("dit", 0), "", 0
+    fp8 = "fp8_scaled" if getattr(opts, "fp8_scaled", False) else "fp8" if getattr(opts, "fp8", False) else None
+    swap = opts.blocks_to_swap if isinstance(getattr(opts, "blocks_to_swap", 0), int) else 0
+    if sizes.dit is not None and (fp8 or swap):
+        from framepack_cli.engine.memory_plan import dit_resident
+
+        dit_w, swapped = dit_resident(sizes.dit, _itemsize(precision.dit), fp8, swap)
+        dit_how = " with " + " ".join(([f"--{fp8}"] if fp8 else []) + ([f"--blocks_to_swap {swap}"] if swap else []))
     te = w.get("text_encoder1", 0) + w.get("text_encoder2", 0)
     many = "" if one_frame else ", fewer sections"
     bulk = "drop --bulk_decode, or " if opts.bulk_decode else ""
@@ -376,10 +389,11 @@ def request_phases(opts, sizes: Sizes, precision, sections: int, *, cuda: bool) 
               f"weights {fmt_bytes(w.get('image_encoder', 0))}"),
         Phase("text encoders", ("text_encoder1", "text_encoder2"), te, f"weights {fmt_bytes(te)}",
               fix="" if opts.fp8_llm else "--fp8_llm (LLaMA in fp8)"),
-        Phase("sampling", ("dit",), w.get("dit", 0) + dit_act,
-              f"weights {fmt_bytes(w.get('dit', 0))} + at least {fmt_bytes(dit_act)} activations for {tokens} "
-              f"tokens per section at {size}", history,
-              f"{fmt_bytes(history)} for the latents of {sections} {what}",
+        Phase("sampling", ("dit",), dit_w + dit_act,
+              f"weights {fmt_bytes(dit_w)}{dit_how} + at least {fmt_bytes(dit_act)} activations for {tokens} "
+              f"tokens per section at {size}", history + swapped,
+              f"{fmt_bytes(history)} for the latents of {sections} {what}"
+              + (f" + {fmt_bytes(swapped)} of swapped DiT blocks" if swapped else ""),
               fix=f"a smaller --video_size or --latent_window_size{many}"),
         Phase("VAE decode", ("vae",), w.get("vae", 0) + decoded,
               f"weights {fmt_bytes(w.get('vae', 0))} + {fmt_bytes(decoded)} for {frames} decoded frames at {size}",

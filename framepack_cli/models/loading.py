@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -195,43 +195,117 @@ def load_pickle_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _safetensors_entries(path: Path) -> tuple[int, list[tuple[str, str, tuple[int, ...], int, int]]]:
+    """(data start, [(name, dtype, shape, begin, end)] in file order) of a safetensors file (checked first)."""
+    read_safetensors_header(path)  # clear errors for truncated / non-safetensors files
+    with path.open("rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    entries = [(k, v["dtype"], tuple(int(s) for s in v["shape"]), int(v["data_offsets"][0]),
+                int(v["data_offsets"][1])) for k, v in header.items()]
+    return 8 + n, sorted(entries, key=lambda e: e[3])
+
+
+def iter_safetensors(path: Path, keep: Callable[[str], bool] | None = None,
+                     dtype_for: Callable[[str, torch.dtype], torch.dtype] | None = None,
+                     ) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of a safetensors file one at a time, read with plain reads (no memory map, so nothing of
+    the file stays resident once a tensor is dropped); every tensor yielded owns its memory.
+
+    Args:
+        keep: only keys for which it is true are read (the others are skipped without reading their bytes).
+        dtype_for: `dtype_for(key, stored dtype)` -> the dtype to yield. A tensor to convert is read into one
+            staging buffer reused for the whole file (no per-tensor temporaries that fragment the heap) and
+            converted from there; any other is read straight into its own tensor.
+
+    Raises:
+        ModelFormatError: not safetensors, truncated, or a dtype torch does not have.
+    """
+    import torch
+
+    from framepack_cli.models.dtypes import ST_TORCH
+
+    start, entries = _safetensors_entries(path)
+    stored: dict[str, torch.dtype] = {}
+    for name, st_dtype, *_ in entries:
+        dtype = ST_TORCH.get(st_dtype) or getattr(torch, _EXTRA_ST.get(st_dtype, "-"), None)
+        if dtype is None:
+            raise ModelFormatError(f"{path}: tensor {name!r} has dtype {st_dtype}, which torch cannot load")
+        stored[name] = dtype
+    wanted = [e for e in entries if keep is None or keep(e[0])]
+    target = {e[0]: dtype_for(e[0], stored[e[0]]) if dtype_for is not None else stored[e[0]] for e in wanted}
+    staged = [e[4] - e[3] for e in wanted if target[e[0]] != stored[e[0]]]
+    staging = torch.empty(max(staged), dtype=torch.uint8) if staged else None
+    try:
+        with path.open("rb", buffering=0) as f:
+            for name, _, shape, begin, end in wanted:
+                convert = target[name] != stored[name]
+                if convert:
+                    raw = staging[: end - begin]
+                else:
+                    raw = torch.empty(shape, dtype=stored[name]).reshape(-1).view(torch.uint8)
+                f.seek(start + begin)
+                view, done = memoryview(raw.numpy()), 0
+                while done < len(view):
+                    got = f.readinto(view[done:])
+                    if not got:
+                        raise ModelFormatError(f"{path}: file is truncated while reading {name!r}; download it again")
+                    done += got
+                tensor = raw.view(stored[name]).reshape(shape)
+                yield name, tensor.to(target[name]) if convert else tensor
+    except OSError as e:
+        raise ModelFormatError(f"{path}: cannot read safetensors file ({e})") from None
+
+
+_EXTRA_ST = {"U16": "uint16", "U32": "uint32", "U64": "uint64"}
+
+
 def load_state_dict(
     files: list[Path], *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+    keep: Callable[[str], bool] | None = None, dtype_for: Callable[[str, torch.dtype], torch.dtype] | None = None,
     transform: Callable[[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Load and merge the tensors of `files` (safetensors or pickle). Floating tensors are cast to
-    `dtype` when given; integer/bool tensors keep theirs.
+    """Load and merge the tensors of `files` (safetensors or pickle), streamed: one tensor at a time is read,
+    cast and moved, so loading never holds a second copy of the model (safetensors: the peak is the loaded
+    model plus one staging tensor as stored; shards are read one after the other).
 
-    `transform(key, tensor)`, when given, runs on each tensor as it is read and returns what to keep under
-    which keys (e.g. an fp8 weight and its scale, or nothing), so memory never holds the untransformed model
-    from a safetensors file (pickles are loaded whole first)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import safe_open
+    Args:
+        device: where the tensors end up (without `transform`; with it, `transform` places them).
+        dtype: floating tensors are cast to it when given; integer/bool tensors keep theirs.
+        keep: only keys for which it is true are loaded (safetensors skip the others unread).
+        dtype_for: `dtype_for(key, stored dtype)` -> dtype, a per-key choice for floating tensors (wins over
+            `dtype`; e.g. the DiT's float32 output projection).
+        transform: `transform(key, tensor)` runs on each tensor as it is read (on the CPU, in its chosen dtype)
+            and returns what to keep under which keys (e.g. an fp8 weight and its scale, or nothing).
+    """
+
+    def choose(k: str, stored: torch.dtype) -> torch.dtype:
+        if not stored.is_floating_point:
+            return stored
+        if dtype_for is not None:
+            return dtype_for(k, stored)
+        return dtype if dtype is not None else stored
+
+    def put(k: str, v: torch.Tensor) -> None:
+        if transform is None:
+            sd[k] = v.to(device=device)
+        else:
+            sd.update(transform(k, v))
 
     sd: dict[str, torch.Tensor] = {}
     for f in files:
         if f.suffix == ".safetensors":
-            read_safetensors_header(f)  # clear error for truncated / non-safetensors files
-            try:
-                with safe_open(str(f), framework="pt", device=str(device)) as h:
-                    for k in h.keys():
-                        if transform is None:
-                            sd[k] = h.get_tensor(k)
-                        else:
-                            sd.update(transform(k, h.get_tensor(k)))
-            except (SafetensorError, OSError) as e:
-                raise ModelFormatError(f"{f}: cannot read safetensors file ({e})") from None
+            for k, v in iter_safetensors(f, keep, choose):
+                put(k, v)
+                del v
         else:
-            part = load_pickle_state_dict(f)
-            if transform is None:
-                sd.update(part)
-            else:
-                for k in list(part):
-                    sd.update(transform(k, part.pop(k)))
-    if dtype is not None:
-        for k, v in sd.items():
-            if v.is_floating_point() and v.dtype != dtype:
-                sd[k] = v.to(dtype)
+            pickled = load_pickle_state_dict(f)
+            for k in list(pickled):
+                v = pickled.pop(k)
+                if keep is None or keep(k):
+                    put(k, v.to(dtype=choose(k, v.dtype)))
+                del v
     return sd
 
 

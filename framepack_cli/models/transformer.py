@@ -774,7 +774,7 @@ def load_dit(
 
     Args:
         path: what the user passed for `flag`.
-        device: where the weights are loaded (directly, no CPU copy for safetensors).
+        device: where the weights are loaded (streamed tensor by tensor: RAM holds one tensor at a time).
         dtype: weight dtype (bf16 / fp16 / fp32, torch dtype or name). `proj_out` stays float32.
         attn_mode: attention kernel, see `resolve_attention`.
         flag: CLI flag named in error messages.
@@ -950,7 +950,18 @@ def load_dit(
                 for key in h.keys():
                     if key.startswith(prefix) and key[len(prefix) :] in unkept:
                         scale_values[key[len(prefix) :]] = h.get_tensor(key).to(device=device, dtype=torch.float32)
-    state = load_state_dict(files, device=device, transform=assign)
+
+    def stream_dtype(key: str, stored: torch.dtype) -> torch.dtype:
+        # Each tensor is cast as it is read (streamed through one staging buffer: never a second copy of the
+        # model in RAM); fp8 tensors and scales come as stored (`assign` handles them).
+        k = key[len(prefix) :]
+        if stored == fp8mod.FP8_DTYPE or k in keep_fp8 or k in scale_keys:
+            return stored
+        return torch.float32 if k.startswith("proj_out.") else dtype
+
+    # ComfyUI-style files may bundle other components under other prefixes: only the DiT's keys are read.
+    state = load_state_dict(files, device="cpu", keep=lambda key: key.startswith(prefix), dtype_for=stream_dtype,
+                            transform=assign)
     model.load_state_dict(state, strict=True, assign=True)
     del state
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):

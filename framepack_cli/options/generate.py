@@ -206,8 +206,13 @@ class GenerateOptions(OptionsBase):
                        "capability 8.9+ (Ada/Hopper); elsewhere one warning and the dequantising matmul.",
                        panel=PERF)
     fp8_llm: bool = F(False, "Store the LLaMA text encoder in fp8.", panel=PERF)
-    blocks_to_swap: int = F(0, f"DiT blocks kept in CPU memory and swapped in (0-{MAX_BLOCKS_TO_SWAP}).",
-                            panel=PERF, ge=0, le=MAX_BLOCKS_TO_SWAP)
+    blocks_to_swap: int | Literal["auto"] = F(
+        0, f"DiT blocks kept in CPU memory and swapped in (0-{MAX_BLOCKS_TO_SWAP}), or auto: as many as the free "
+        "GPU memory needs (also with --memory none).", panel=PERF, metavar="N|auto")
+    memory: Literal["auto", "none"] | None = F(
+        None, "auto: choose --fp8_scaled, --blocks_to_swap and VAE chunking/tiling from the free GPU memory, the "
+        "model and the request (one line says the choice; flags you give are kept); none: the flags as given. "
+        "Default: auto on CUDA, none on CPU.", panel=PERF)
     use_pinned_memory_for_block_swap: bool = F(False, "Page-locked host buffers for --blocks_to_swap (faster "
                                                "copies, uses that much non-pageable RAM).", panel=PERF)
     compile: bool = F(False, "torch.compile the DiT blocks.", panel=PERF, unbuilt=True)
@@ -267,6 +272,19 @@ class GenerateOptions(OptionsBase):
             raise ValueError(f"--video_size: height and width must be positive multiples of 16, got {h} {w} "
                              f"(try {sug})")
         return v
+
+    @field_validator("blocks_to_swap", mode="before")
+    @classmethod
+    def _swap(cls, v):
+        if isinstance(v, str) and v.strip().lower() == "auto":
+            return "auto"
+        try:
+            n = int(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"--blocks_to_swap: {v!r} is not an integer or auto") from None
+        if not 0 <= n <= MAX_BLOCKS_TO_SWAP:
+            raise ValueError(f"--blocks_to_swap: {n} is out of range; expected 0-{MAX_BLOCKS_TO_SWAP} or auto")
+        return n
 
     @field_validator("latent_paddings")
     @classmethod

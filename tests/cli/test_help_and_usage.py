@@ -154,7 +154,7 @@ def _truthy(field):
     tp = _unwrap_optional(field.annotation)
     if tp is bool:
         return True
-    if tp is int:
+    if tp is int or int in getattr(tp, "__args__", ()):  # int | Literal["auto"]: a number
         return 1
     if tp is float:
         return 0.5

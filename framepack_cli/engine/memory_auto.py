@@ -1,0 +1,112 @@
+"""`--memory auto` / `--blocks_to_swap auto` in a run: the real numbers into the pure planner
+(`framepack_cli.engine.memory_plan`), its choice into the options, before any model loads.
+
+Explicit flags win: what the user gave (`--fp8`, `--fp8_scaled`, a number for `--blocks_to_swap`, any VAE
+chunk/tile flag) is kept and only the rest is chosen. The planner only uses what this build can do: an option
+the engine still refuses as not built (`refuse_unbuilt`) is never chosen.
+"""
+
+from __future__ import annotations
+
+from framepack_cli.engine import memory_plan as mp
+from framepack_cli.errors import NotBuiltError
+
+VAE_FLAGS = ("vae_chunk_size", "vae_tiling", "vae_spatial_tile_sample_min_size")
+
+
+def _built(opts, **probe) -> bool:
+    from framepack_cli.engine.generate import refuse_unbuilt
+
+    try:
+        refuse_unbuilt(opts.model_copy(update=probe))
+    except NotBuiltError:
+        return False
+    return True
+
+
+def _given_fp8(opts):
+    return "fp8_scaled" if opts.fp8_scaled else "fp8" if opts.fp8 else None
+
+
+def request_of(opts, sections: int) -> mp.Request:
+    h, w = opts.video_size
+    one_frame = opts.one_frame_inference is not None
+    return mp.Request(h, w, opts.latent_window_size, sections, one_frame,
+                      clean_images=max(len(opts.control_image_path or []), 1), batch=1,
+                      bulk_decode=opts.bulk_decode)
+
+
+def apply_memory_plan(opts, found: dict, precision, device, sink, sections: int, *, host_bytes: int = 0,
+                      free_vram: int | None = None, total_ram: int | None = None):
+    """The options with the planner's choice applied (or as they are); says the choice in one line.
+
+    Args:
+        found: `preflight`'s headers (`{kind: (path, infos, prefix)}`), for the DiT's and the VAE's sizes.
+        sections: the planned section count; host_bytes: models kept in CPU RAM while the DiT runs.
+        free_vram / total_ram: injected numbers (None = asked from the device and /proc/meminfo).
+
+    Raises:
+        ResourceError: nothing fits even with everything on (exit 3, with what would help).
+    """
+    fields = opts.model_fields_set
+    swap_auto = opts.blocks_to_swap == "auto"
+    cuda = getattr(device, "type", "") == "cuda"
+    mode = opts.memory or ("auto" if cuda else "none")
+    if not cuda:
+        if opts.memory == "auto" or swap_auto:
+            asked = "--memory auto" if opts.memory == "auto" else "--blocks_to_swap auto"
+            sink.message(f"Memory: {asked} does nothing on {device} (every model runs in RAM; nothing to plan)")
+        return opts.model_copy(update={"blocks_to_swap": 0}) if swap_auto else opts
+    if mode == "none" and not swap_auto:
+        return opts
+    from framepack_cli.engine.resources import device_memory, ram
+
+    if free_vram is None:
+        free_vram = device_memory(device)[0]
+    if total_ram is None:
+        total_ram = ram()[1]
+    if free_vram is None or "dit" not in found:
+        return opts.model_copy(update={"blocks_to_swap": 0}) if swap_auto else opts
+    path, infos, prefix = found["dit"]
+    size = mp.dit_size(infos, prefix)
+    vae = 0
+    if "vae" in found:
+        _, vinfos, vprefix = found["vae"]
+        vae = mp.vae_bytes(vinfos, vprefix, precision.vae.itemsize)
+    given: list[str] = []
+    if mode == "none":  # --blocks_to_swap auto alone: everything else as given
+        fixed = mp.Fixed(fp8=_given_fp8(opts), vae=_vae_as_given(opts))
+    else:
+        fp8 = _given_fp8(opts) if {"fp8", "fp8_scaled"} & fields else False
+        swap = opts.blocks_to_swap if "blocks_to_swap" in fields and not swap_auto else None
+        vae_fixed = _vae_as_given(opts) if set(VAE_FLAGS) & fields else None
+        fixed = mp.Fixed(fp8=fp8, blocks_to_swap=swap, vae=vae_fixed)
+        given += [f"--{f}" for f in ("fp8", "fp8_scaled") if f in fields and getattr(opts, f)]
+        if swap is not None:
+            given.append(f"--blocks_to_swap {swap}")
+        given += [f"--{f}" if getattr(opts, f) is True else f"--{f} {getattr(opts, f)}"
+                  for f in VAE_FLAGS if f in fields and getattr(opts, f)]
+    plan = mp.plan_memory(
+        size, request_of(opts, sections), free_vram=free_vram, total_ram=total_ram,
+        dtype=str(precision.dit).removeprefix("torch."), vae=vae, vae_dtype=str(precision.vae).removeprefix("torch."),
+        host_bytes=host_bytes, fixed=fixed, can_fp8=_built(opts, fp8_scaled=True),
+        max_swap=mp.MAX_SWAP if _built(opts, blocks_to_swap=1) else 0, given=tuple(given))
+    if not plan.fits:
+        if not given and mode == "auto":
+            raise plan.error(str(device))
+        sink.message(f"Warning: {plan.error(str(device)).message} (running anyway with the flags as given)")
+    else:
+        sink.message(plan.line)
+    updates = plan.updates()
+    if fixed.fp8 is not False:
+        updates.pop("fp8"), updates.pop("fp8_scaled")
+    if fixed.blocks_to_swap is not None:
+        updates.pop("blocks_to_swap")
+    if fixed.vae is not None:
+        updates.pop("vae_chunk_size"), updates.pop("vae_spatial_tile_sample_min_size")
+    return opts.model_copy(update=updates)
+
+
+def _vae_as_given(opts) -> tuple[int | None, int | None]:
+    tile = opts.vae_spatial_tile_sample_min_size or (256 if opts.vae_tiling else None)
+    return opts.vae_chunk_size, tile
