@@ -760,9 +760,13 @@ class Trainer:
             tips.append("--gradient_checkpointing")
         elif not o.gradient_checkpointing_cpu_offload:
             tips.append("--gradient_checkpointing_cpu_offload")
+        if self.device.type == "cuda":
+            if not o.fp8_base:
+                tips.append("--fp8_base --fp8_scaled")
+            if not o.blocks_to_swap:
+                tips.append("--blocks_to_swap 20 (up to 36)")
         tips.append("a lower dataset resolution or batch_size")
-        return ", ".join(tips) + ("; --fp8_base and --blocks_to_swap, which would lower it, are not built yet"
-                                  if self.device.type == "cuda" else "")
+        return ", ".join(tips)
 
     def _interrupted(self, result: TrainResult) -> TrainResult:
         from framepack_cli.engine.train_files import step_stem
