@@ -83,7 +83,7 @@ def check_models(opts, kinds: tuple[str, ...] | None = None) -> dict[str, tuple[
 
     dit_path, dit_infos, _ = found["dit"]
     cfg = infer_dit_config(dit_infos)
-    if getattr(opts, "blocks_to_swap", 0):
+    if isinstance(getattr(opts, "blocks_to_swap", 0), int) and opts.blocks_to_swap:  # "auto" is planned later
         from framepack_cli.models.block_swap import check_blocks_to_swap
 
         check_blocks_to_swap(opts.blocks_to_swap, cfg["num_layers"], cfg["num_single_layers"])
