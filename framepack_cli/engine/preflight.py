@@ -83,10 +83,11 @@ def check_models(opts, kinds: tuple[str, ...] | None = None) -> dict[str, tuple[
 
     dit_path, dit_infos, _ = found["dit"]
     cfg = infer_dit_config(dit_infos)
-    if isinstance(getattr(opts, "blocks_to_swap", 0), int) and opts.blocks_to_swap:  # "auto" is planned later
+    n_swap = getattr(opts, "blocks_to_swap", 0)
+    if isinstance(n_swap, int) and n_swap:  # "auto" is planned later, within the model's counts
         from framepack_cli.models.block_swap import check_blocks_to_swap
 
-        check_blocks_to_swap(opts.blocks_to_swap, cfg["num_layers"], cfg["num_single_layers"])
+        check_blocks_to_swap(n_swap, cfg["num_layers"], cfg["num_single_layers"])
     expected = {
         "text_encoder1": ("text_embed_dim", ("embed_tokens.weight",), 1),
         "text_encoder2": ("pooled_projection_dim", ("embeddings.token_embedding.weight",), 1),
