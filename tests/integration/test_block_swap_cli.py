@@ -116,3 +116,14 @@ def test_one_frame_with_the_swapper_equals_the_plain_run(tmp_path, capsys, force
     assert code == 0, err
     assert "Block swap: 0 of 2 dual-stream and 1 of 2 single-stream" in err and forced_swap[0].copies > 0
     assert torch.equal(latent(tmp_path, "plain"), latent(tmp_path, "swap"))
+
+
+def test_fp8_scaled_with_the_swapper_equals_fp8_scaled_alone(tmp_path, capsys, forced_swap):
+    """--memory auto picks --fp8_scaled with --blocks_to_swap on small GPUs: the swapper must move the fp8
+    weights (and use their scales) like any other."""
+    code, _, err = cli(gen(tmp_path, "fp8", "--fp8_scaled"), capsys)
+    assert code == 0, err
+    code, _, err = cli(gen(tmp_path, "fp8swap", "--fp8_scaled", "--blocks_to_swap", "2"), capsys)
+    assert code == 0, err
+    assert len(forced_swap) == 1 and forced_swap[0].copies > 0
+    assert torch.equal(latent(tmp_path, "fp8"), latent(tmp_path, "fp8swap"))
