@@ -107,30 +107,18 @@ class _StopFlag:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _timestep_settings(opts: TrainOptions):
-    from framepack_cli.engine.train_timesteps_show import timestep_settings
-
-    return timestep_settings(opts)
-
-
-def _timestep_options(opts: TrainOptions) -> dict[str, Any]:
-    return {
-        "timestep_sampling": opts.timestep_sampling, "discrete_flow_shift": opts.discrete_flow_shift,
-        "sigmoid_scale": opts.sigmoid_scale, "weighting_scheme": opts.weighting_scheme,
-        "logit_mean": opts.logit_mean, "logit_std": opts.logit_std, "mode_scale": opts.mode_scale,
-        "min_timestep": opts.min_timestep, "max_timestep": opts.max_timestep,
-        "preserve_distribution_shape": opts.preserve_distribution_shape,
-    }
-
-
 def _resume_settings(opts: TrainOptions, data_items: int, batches: int) -> dict[str, Any]:
     """What must not change across a resume (else the run would not be the same run)."""
+    import dataclasses
+
+    from framepack_cli.engine.train_timesteps_show import timestep_settings
+
     return {
         "network_module": opts.network_module_name, "network_dim": opts.network_dim,
         "network_alpha": opts.network_alpha, "network_args": sorted(opts.network_args or []),
         "gradient_accumulation_steps": opts.gradient_accumulation_steps, "items": data_items,
-        "batches_per_epoch": batches, **_timestep_options(opts), "optimizer_type": opts.optimizer_type,
-        "lr_scheduler": opts.lr_scheduler, "learning_rate": opts.learning_rate,
+        "batches_per_epoch": batches, **dataclasses.asdict(timestep_settings(opts)),
+        "optimizer_type": opts.optimizer_type, "lr_scheduler": opts.lr_scheduler, "learning_rate": opts.learning_rate,
     }
 
 
@@ -435,7 +423,7 @@ class Trainer:
                  f"{n_params:,} trainable parameters; optimizer {self.choice.description}")
 
     # ---- saving ------------------------------------------------------------------------------------------
-    def _metadata(self, final: bool) -> dict[str, str]:
+    def _metadata(self) -> dict[str, str]:
         from framepack_cli.engine.train_optim import scheduler_name
         from framepack_cli.models.lora.network import training_metadata
 
@@ -477,13 +465,13 @@ class Trainer:
             meta["modelspec.architecture"] = f"{o.metadata_arch}/lora"
         return meta
 
-    def save_lora(self, stem: str, final: bool = False) -> Path | None:
+    def save_lora(self, stem: str) -> Path | None:
         import torch
 
         path = self.output_dir / f"{stem}.safetensors"
         if self.main:
             dtype = getattr(torch, SAVE_DTYPES[self.opts.save_precision])
-            self.network.save_weights(path, dtype=dtype, metadata=self._metadata(final))
+            self.network.save_weights(path, dtype=dtype, metadata=self._metadata())
             if path.name not in self.progress.written:
                 self.progress.written.append(path.name)
             self.wrote(path)
@@ -628,7 +616,9 @@ class Trainer:
         loader = make_loader(self.data, sampler, workers=o.max_data_loader_n_workers,
                              persistent=o.persistent_data_loader_workers)
         accum = o.gradient_accumulation_steps
-        tso = _timestep_settings(o)
+        from framepack_cli.engine.train_timesteps_show import timestep_settings
+
+        tso = timestep_settings(o)
         warned: set[str] = set()
 
         def warn_once(text: str) -> None:
@@ -744,7 +734,7 @@ class Trainer:
         from framepack_cli.engine.train_optim import optimizer_eval
 
         optimizer_eval(self.choice)
-        result.lora = self.save_lora(o.output_name, final=True)
+        result.lora = self.save_lora(o.output_name)
         if o.save_state or o.save_state_on_train_end:
             result.states.append(self.save_state(o.output_name))
         if o.sample_every_n_epochs or o.sample_every_n_steps:
