@@ -799,7 +799,7 @@ class Trainer:
         trained = result.steps - self.first_step
         rate = (trained / result.seconds) if result.seconds > 0 else 0.0
         where = f" (steps {self.first_step + 1}-{result.steps} of {self.max_steps})" if self.first_step else ""
-        loss = f"; final loss {result.losses[-1]:.4f}" if result.losses else ""
+        loss = f"; last step loss {result.losses[-1]:.4f}" if result.losses else ""
         self.say(f"Trained {trained} steps{where} ({self.epochs} epoch(s)) in {result.seconds:.1f}s "
                  f"({rate:.2f} steps/s){loss}")
         self.say(f"LoRA: {result.lora}")
