@@ -177,3 +177,26 @@ def _quote(text: str) -> str:
     import shlex
 
     return shlex.quote(text)
+
+
+# What each command loads (components; `dit-f1` for the --f1 forms), for `framepack inspect DIR` and `doctor`.
+COMMAND_NEEDS: dict[str, tuple[str, ...]] = {
+    "generate / one-frame / kisekae": ("dit", "vae", "text_encoder1", "text_encoder2", "image_encoder", "tokenizers"),
+    "generate --f1": ("dit-f1", "vae", "text_encoder1", "text_encoder2", "image_encoder", "tokenizers"),
+    "cache latents": ("vae", "image_encoder"),
+    "cache text": ("text_encoder1", "text_encoder2", "tokenizers"),
+    "train": ("dit",),
+    "train --f1": ("dit-f1",),
+    "train --sample_prompts": ("dit", "vae", "text_encoder1", "text_encoder2", "image_encoder", "tokenizers"),
+    "lora merge": ("dit",),
+}
+
+
+def fetch_command(components: list[str], models_dir: str | None = None) -> str:
+    """`download_command` for catalog component names, `dit-f1` included (`dit` + `dit-f1` = `--variant both`)."""
+    names = ["dit" if c == "dit-f1" else c for c in components]
+    names = list(dict.fromkeys(names))
+    cmd = download_command(names, f1="dit-f1" in components and "dit" not in components, models_dir=models_dir)
+    if "dit-f1" in components and "dit" in components:
+        cmd = cmd.replace("framepack download", "framepack download --variant both", 1)
+    return cmd

@@ -224,3 +224,31 @@ def test_tokenizers_found_in_the_models_dir_by_the_hub_reader(hub, tmp_path, cap
     snap = snapshot(tmp_path / "fp_home" / "models", HV)
     assert find_tokenizer_dir(1, elsewhere) == snap / "tokenizer"
     assert find_tokenizer_dir(2, elsewhere) == snap / "tokenizer_2"
+
+
+def test_inspect_a_models_dir(hub, tmp_path, capsys):
+    import json
+
+    models = tmp_path / "m"
+    code, _, err = cli(["download", "--components", "vae,tokenizers", "--models_dir", models], capsys)
+    assert code == 0, err
+    (models / "models--someone--else").mkdir()
+    code, out, err = cli(["inspect", models, "--json"], capsys)
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["kind"] == "models_dir" and info["other_repos"] == ["someone/else"]
+    vae = info["components"]["vae"]
+    assert vae["kind"] == "vae" and vae["ok"] and vae["path"] == str(snapshot(models, HV) / VAE_FILE)
+    assert info["components"]["dit"] is None and info["components"]["tokenizers"]["ok"]
+    assert info["commands"]["cache latents"] == {
+        "missing": ["image_encoder"], "fetch": f"framepack download --components image_encoder --models_dir {models}"}
+    assert info["commands"]["generate --f1"]["fetch"] == (
+        f"framepack download --variant f1 --components dit,text_encoder1,text_encoder2,image_encoder --models_dir "
+        f"{models}")
+    code, out, err = cli(["inspect", models], capsys)
+    assert code == 0, err
+    rows = {line.split("  ")[0]: line.split("  ", 1)[1].strip() for line in out.splitlines()}
+    assert rows["dit"] == "missing"
+    assert rows["cache latents"] == (f"missing image_encoder: framepack download --components image_encoder "
+                                     f"--models_dir {models}")
+    assert rows["vae"].endswith("[vae, diffusers, 1 file(s)]")
