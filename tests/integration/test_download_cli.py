@@ -252,3 +252,28 @@ def test_inspect_a_models_dir(hub, tmp_path, capsys):
     assert rows["cache latents"] == (f"missing image_encoder: framepack download --components image_encoder "
                                      f"--models_dir {models}")
     assert rows["vae"].endswith("[vae, diffusers, 1 file(s)]")
+
+
+def test_ctrl_c_says_how_far_it_got_and_the_same_command_continues(hub, tmp_path, capsys, monkeypatch):
+    import framepack_cli.engine.download as download
+
+    real = download._fetch
+    calls = []
+
+    def stop_on_third(f, cache_dir):
+        calls.append(f.path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(f, cache_dir)
+
+    monkeypatch.setattr(download, "_fetch", stop_on_third)
+    models = tmp_path / "m"
+    code, out, err = cli(["download", "--components", "vae,text_encoder2", "--models_dir", models], capsys)
+    assert code == 130 and out == ""
+    assert err.splitlines()[-1] == (f"Interrupted: fetched 2 of 4 files into {models}; run the same command again "
+                                    "to continue (complete files are kept)")
+    monkeypatch.setattr(download, "_fetch", real)
+    before = len(resolve_gets(hub))
+    code, out, err = cli(["download", "--components", "vae,text_encoder2", "--models_dir", models], capsys)
+    assert code == 0, err
+    assert len(resolve_gets(hub)) - before == 2
