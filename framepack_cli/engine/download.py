@@ -7,8 +7,9 @@
 3. Fetch each missing file with `hf_hub_download` into the hub cache layout under the models directory: files
    already complete are not fetched again; a connection cut mid-file resumes from the bytes received (HTTP Range);
    a run stopped part-way keeps every complete file, so the same command continues where it stopped (the file in
-   flight starts over: huggingface_hub 2 never reuses a partial file). Each new LFS file is checked against the
-   sha256 the hub lists before it counts as fetched.
+   flight continues too: LFS files are received into `blobs/<sha256>.framepack-partial`, which the next run
+   continues with an HTTP Range request, since huggingface_hub 2 never reuses a partial file across runs). Each
+   new LFS file is checked against the sha256 the hub lists before it counts as fetched.
 
 The endpoint is `$HF_ENDPOINT` (read when the command runs), default https://huggingface.co.
 """
@@ -47,9 +48,11 @@ class PlannedSource:
     commit: str
     files: list[PlannedFile] = field(default_factory=list)
 
+    partial: int = 0  # bytes of unfinished transfers an earlier run left
+
     @property
     def missing_bytes(self) -> int:
-        return sum(f.size for f in self.files if not f.present)
+        return sum(f.size for f in self.files if not f.present) - self.partial
 
 
 def endpoint() -> str | None:
@@ -148,7 +151,8 @@ def plan(opts: DownloadOptions) -> list[PlannedSource]:
         files.sort(key=lambda f: f.path)
         for f in files:
             f.present = _is_complete(f, commit, opts.target_dir)
-        out.append(PlannedSource(component, src, commit, files))
+        partial = sum(partial_bytes(opts.target_dir, f) for f in files if not f.present)
+        out.append(PlannedSource(component, src, commit, files, partial))
     return out
 
 
@@ -190,7 +194,8 @@ def describe(planned: list[PlannedSource], target: Path, sink: ProgressSink) -> 
         missing = ps.missing_bytes
         need += missing
         left = sum(1 for f in ps.files if not f.present)
-        state = "complete" if not left else f"{left} of {len(ps.files)} files to fetch, {_gb(missing)}"
+        state = "complete" if not left else f"{left} of {len(ps.files)} files to fetch, {_gb(missing)}" + (
+            f" ({_gb(ps.partial)} already received)" if ps.partial else "")
         sink.message(f"{ps.component}: {ps.source.repo} ({ps.source.label}, {len(ps.files)} files, {_gb(total)}): "
                      f"{state}")
     sink.message(f"Models directory {target}: {_gb(need)} to fetch")
@@ -205,11 +210,70 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
+PARTIAL = ".framepack-partial"  # suffix of a blob being fetched: kept when a run stops, continued by the next one
+
+
+def repo_folder(cache_dir: Path, repo: str) -> Path:
+    return cache_dir / ("models--" + repo.replace("/", "--"))
+
+
+def partial_path(cache_dir: Path, f: PlannedFile) -> Path | None:
+    """Where the unfinished transfer of an LFS file lies (its blob name is its sha256, as the hub's etag)."""
+    return repo_folder(cache_dir, f.repo) / "blobs" / (f.sha256 + PARTIAL) if f.sha256 else None
+
+
+def partial_bytes(cache_dir: Path, f: PlannedFile) -> int:
+    part = partial_path(cache_dir, f)
+    try:
+        n = part.stat().st_size if part is not None else 0
+    except OSError:
+        return 0
+    return n if n <= f.size else 0
+
+
+def _fill_blob(f: PlannedFile, cache_dir: Path) -> None:
+    """Fetch an LFS file's bytes into its blob, continuing a transfer an earlier run left (HTTP Range), and check
+    them against the hub's sha256. huggingface_hub 2 never reuses a partial file across runs (each attempt writes
+    a fresh temporary file and removes it on failure), so the transfer is ours; `hf_hub_download` then finds the
+    blob and writes the snapshot link and refs itself."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    meta = get_hf_file_metadata(hf_hub_url(f.repo, f.path, revision=f.revision, endpoint=endpoint()),
+                                endpoint=endpoint())
+    if meta.etag != f.sha256 or meta.location is None:
+        return  # not a plain LFS blob (or the file changed since the listing): leave it to hf_hub_download
+    blobs = repo_folder(cache_dir, f.repo) / "blobs"
+    blob = blobs / f.sha256
+    if blob.exists():
+        return
+    blobs.mkdir(parents=True, exist_ok=True)
+    part = blobs / (f.sha256 + PARTIAL)
+    have = partial_bytes(cache_dir, f)
+    mode = "r+b" if part.exists() else "wb"
+    with open(part, mode) as fh:
+        fh.truncate(have)
+        fh.seek(have)
+        http_get(meta.location, fh, resume_size=have, headers=build_hf_headers(), expected_size=f.size,
+                 displayed_filename=f.path)
+    got = _sha256(str(part))
+    if got != f.sha256:
+        part.unlink(missing_ok=True)  # our own transfer: not the hub's bytes, not kept
+        raise ResourceError(f"{f.repo}: {f.path} arrived damaged (sha256 {got[:12]}..., the hub lists "
+                            f"{f.sha256[:12]}...)", hint="run the same command again to fetch it anew")
+    os.replace(part, blob)
+
+
 def _fetch(f: PlannedFile, cache_dir: Path) -> str:
     from huggingface_hub import hf_hub_download
 
     try:
+        if f.sha256 is not None:
+            _fill_blob(f, cache_dir)
         local = hf_hub_download(f.repo, f.path, revision=f.revision, cache_dir=str(cache_dir), endpoint=endpoint())
+    except FramepackError:
+        raise
     except OSError as e:
         if getattr(e, "errno", None) is not None:
             raise resource_error_for(e, "--models_dir", cache_dir) from None

@@ -277,3 +277,31 @@ def test_ctrl_c_says_how_far_it_got_and_the_same_command_continues(hub, tmp_path
     code, out, err = cli(["download", "--components", "vae,text_encoder2", "--models_dir", models], capsys)
     assert code == 0, err
     assert len(resolve_gets(hub)) - before == 2
+
+
+def test_a_run_stopped_mid_file_is_continued_by_the_next(hub, tmp_path, capsys, monkeypatch):
+    """Ctrl-C while a file is half-received: the bytes stay (blobs/<sha256>.framepack-partial), the next run asks
+    only for the rest (HTTP Range) and the file is whole."""
+    import huggingface_hub.file_download as fd
+
+    hub.cut_once.add(VAE_FILE)
+    real_sleep = fd.time.sleep
+
+    def ctrl_c(_seconds):  # huggingface_hub waits a second before retrying the cut transfer: stop there instead
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fd.time, "sleep", ctrl_c)
+    models = tmp_path / "m"
+    code, out, err = cli(["download", "--components", "vae", "--models_dir", models], capsys)
+    assert code == 130, err
+    partial = list((models / ("models--" + HV.replace("/", "--")) / "blobs").glob("*.framepack-partial"))
+    assert len(partial) == 1 and 0 < partial[0].stat().st_size < (MODELS / VAE_FILE).stat().st_size
+    monkeypatch.setattr(fd.time, "sleep", real_sleep)
+    received = partial[0].stat().st_size
+    code, out, err = cli(["download", "--components", "vae", "--models_dir", models], capsys)
+    assert code == 0, err
+    assert "already received" in err.splitlines()[0]
+    gets = [r for r in resolve_gets(hub) if r[1].endswith(VAE_FILE)]
+    assert gets[-1][2] == f"bytes={received}-"
+    assert (snapshot(models, HV) / VAE_FILE).read_bytes() == (MODELS / VAE_FILE).read_bytes()
+    assert not partial[0].exists()
