@@ -59,8 +59,8 @@ class DownloadOptions(OptionsBase):
         "(lllyasviel/FramePack_F1_I2V_HY_20250503) or both.")
     models_dir: str | None = F(
         None, "Target folder, in the Hugging Face cache layout (default: $FRAMEPACK_HOME/models, else "
-        "~/.cache/framepack/models). Every command looks there for the models it is not given.",
-        aliases=("--dir",))
+        "~/.cache/framepack/models). Commands look there for the models they are not given (give them the same "
+        "--models_dir for another folder than the default).", aliases=("--dir",), metavar="DIR")
     components: list[str] | None = F(
         None, f"What to fetch (comma list or several values): {', '.join(COMPONENT_NAMES)}. Default: all of them; "
         "dit is the DiT of --variant.", variadic=True, metavar="NAME...")

@@ -305,3 +305,18 @@ def test_a_run_stopped_mid_file_is_continued_by_the_next(hub, tmp_path, capsys, 
     assert gets[-1][2] == f"bytes={received}-"
     assert (snapshot(models, HV) / VAE_FILE).read_bytes() == (MODELS / VAE_FILE).read_bytes()
     assert not partial[0].exists()
+
+
+def test_single_file_dit_is_fetched_and_found(hub, tmp_path, capsys):
+    from framepack_cli.models.store import resolve_models
+
+    models = tmp_path / "m"
+    code, out, err = cli(["download", "--components", "dit", "--dit_format", "single", "--models_dir", models],
+                         capsys)
+    assert code == 0, err
+    entry = snapshot(models, "Kijai/HunyuanVideo_comfy") / "FramePackI2V_HY_bf16.safetensors"
+    assert out.splitlines() == [f"dit: {entry} (--dit)"]
+    assert entry.read_bytes() == (MODELS / "dit_single.safetensors").read_bytes()
+    res = resolve_models(["--dit"], models_dir=models)
+    assert res.found["--dit"].path == entry and res.found["--dit"].source == "single"
+    assert resolve_models(["--dit"], f1=True, models_dir=models).missing == ["dit"]
