@@ -320,3 +320,24 @@ def test_single_file_dit_is_fetched_and_found(hub, tmp_path, capsys):
     res = resolve_models(["--dit"], models_dir=models)
     assert res.found["--dit"].path == entry and res.found["--dit"].source == "single"
     assert resolve_models(["--dit"], f1=True, models_dir=models).missing == ["dit"]
+
+
+def test_offline_or_unreachable_hub_is_one_line(tmp_path, capsys, monkeypatch):
+    import socket
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    code, _, err = cli(["download", "--dry_run"], capsys)
+    assert code == 2 and err.splitlines() == [
+        "Error: lllyasviel/FramePackI2V_HY: HF_HUB_OFFLINE is set, so the file list cannot be fetched; unset "
+        "HF_HUB_OFFLINE for `framepack download` (other commands never use the network)"]
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    code, _, err = cli(["download", "--components", "vae"], capsys)
+    assert code == 3 and err.splitlines() == [
+        f"Error: {HV}: cannot reach http://127.0.0.1:{port} for the file list (ConnectError); check the network "
+        "(or HF_ENDPOINT) and run the same command again; complete files are kept"]
