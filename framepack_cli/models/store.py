@@ -8,7 +8,8 @@ huggingface_hub's own cache reader (`snapshot_download(..., local_files_only=Tru
 API (doctor and inspect use it too):
 - `store_places(models_dir)` -> [(Path, label)] in search order;
 - `find_component(component, places)` -> `Found | None` (`Found.path` is what the model flag gets);
-- `resolve_models(names, f1=..., models_dir=...)` -> `Resolution` (found per name, missing names, the download command);
+- `resolve_models(flags, f1=..., models_dir=...)` -> `Resolution` (`found`: flag -> Found, `missing`: component
+  names, `.command`: the download command, `.line()`: the `Models: ...` line, `.missing_message()`);
 - `find_tokenizer_snapshot(kind, places)` -> the `tokenizer/` or `tokenizer_2/` folder, or None;
 - `scan_places(places)` -> every component found, for listings.
 
