@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from framepack_cli.cli.models import validate_with_models
 from framepack_cli.options.fields import (
     argument_label,
     choices_of,
@@ -114,7 +115,8 @@ def make_command(
     def command(**kwargs: Any) -> Any:
         given = {k: (tuple(v) if get_origin(unwrap_optional(fields[k].annotation)) is tuple else v)
                  for k, v in kwargs.items() if v is not None and v is not False and v != [] and v != ()}
-        opts = validate(options_cls, given)
+        # model flags not given: the downloaded models, or one line with the download command
+        opts = validate_with_models(options_cls, given, validate)
         return run(opts)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

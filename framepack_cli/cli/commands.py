@@ -52,6 +52,11 @@ TRAIN_EPILOG = (
     "--output_dir out --output_name my-lora"
 )
 
+DOWNLOAD_EPILOG = (
+    "Example: framepack download --dry_run (what would be fetched, and the space needed); framepack download "
+    "--variant both; framepack download --components vae,tokenizers --models_dir /data/models"
+)
+
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(
         ("generate",), "framepack_cli.options.generate:GenerateOptions", "framepack_cli.engine.generate:run",
@@ -105,8 +110,8 @@ COMMANDS: tuple[CommandSpec, ...] = (
     ),
     CommandSpec(
         ("download",), "framepack_cli.options.download:DownloadOptions", "framepack_cli.engine.download:run",
-        "Download FramePack weights (DiT, F1 DiT, VAE, text encoders, SigLIP, tokenizers) from the Hugging Face Hub. "
-        "Not built yet: refused in this version.",
-        refuse_first="framepack_cli.engine.download:refuse",
+        "Download the FramePack weights (DiT, F1 DiT, VAE, text encoders, SigLIP, tokenizers) from the Hugging Face "
+        "Hub into the models directory; every command then finds them without model flags.",
+        epilog=DOWNLOAD_EPILOG,
     ),
 )

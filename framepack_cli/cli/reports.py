@@ -22,6 +22,8 @@ def inspect(opts: InspectOptions) -> dict[str, Any]:
     if opts.json_output:
         print(json.dumps(info, indent=None, sort_keys=False))
         return info
+    if info["kind"] == "models_dir":
+        return _models_dir_rows(info)
     rows = [
         ("kind", f"{info['kind']} ({info['description']})"),
         ("format", f"{info['format']}, {info['layout']}" + (
@@ -30,6 +32,25 @@ def inspect(opts: InspectOptions) -> dict[str, Any]:
         ("parameters", f"{info['parameters']:,} in {info['tensors']} tensors"),
     ]
     rows += [(f"  {k}", str(v)) for k, v in info["config"].items()]
+    print_rows(rows)
+    return info
+
+
+def _models_dir_rows(info: dict[str, Any]) -> dict[str, Any]:
+    """`framepack inspect DIR` on a models directory: one row per component, then one per command."""
+    rows: list[tuple[str, str]] = [("models directory", info["path"])]
+    for name, c in info["components"].items():
+        if c is None:
+            rows.append((name, "missing"))
+            continue
+        what = f"{c['repo']} ({c['source']}): {c['path']}"
+        if c["kind"] != "tokenizers":
+            what += f" [{c['kind']}, {c.get('format', '?')}, {c.get('files', 0)} file(s)]"
+        rows.append((name, what if c["ok"] else f"{what} NOT USABLE ({c.get('error') or 'wrong kind'})"))
+    if info["other_repos"]:
+        rows.append(("other repositories", ", ".join(info["other_repos"])))
+    for cmd, c in info["commands"].items():
+        rows.append((cmd, "ready" if not c["missing"] else f"missing {', '.join(c['missing'])}: {c['fetch']}"))
     print_rows(rows)
     return info
 

@@ -81,6 +81,8 @@ def describe(path: str) -> dict[str, Any]:
         FramepackError: missing path, no weights, a multi-model snapshot, or an unknown file.
     """
     p = Path(path)
+    if p.is_dir() and any(c.is_dir() and c.name.startswith("models--") for c in p.iterdir()):
+        return describe_models_dir(p)
     if p.is_dir():
         weights = sorted(x for x in p.iterdir() if x.is_file() and x.suffix in (".safetensors", ".pt", ".pth",
                                                                                 ".bin", ".ckpt"))
@@ -119,3 +121,40 @@ def describe(path: str) -> dict[str, Any]:
         "files": [str(f) for f in files],
         "config": config,
     }
+
+
+def describe_models_dir(p: Path) -> dict[str, Any]:
+    """The `--json` object for a models directory (the hub cache layout `framepack download` writes): each
+    catalog component found (file, kind read from its header, whether it is the kind its flag expects), the other
+    repositories there, and what each command still lacks with the command that fetches it."""
+    from framepack_cli.models.store import find_component, find_tokenizer_snapshot
+    from framepack_cli.plan.model_catalog import COMMAND_NEEDS, COMPONENTS, fetch_command
+
+    places = [(p, "DIR")]
+    components: dict[str, Any] = {}
+    for name, comp in COMPONENTS.items():
+        found = find_component(comp, places)
+        if found is None:
+            components[name] = None
+            continue
+        entry: dict[str, Any] = {"repo": found.repo, "source": found.source, "path": str(found.path)}
+        if comp.kind is not None:
+            try:
+                files = find_weight_files(found.path)
+                det = detect_kind(read_header_infos(files))
+                entry.update(kind=det.kind, format=det.format, files=len(files), ok=det.kind == comp.kind)
+            except FramepackError as e:
+                entry.update(kind="unreadable", error=e.message, ok=False)
+        else:
+            ok = all(find_tokenizer_snapshot(k, places) is not None for k in (1, 2))
+            entry.update(kind="tokenizers", ok=ok)
+        components[name] = entry
+    known = {"models--" + s.repo.replace("/", "--") for c in COMPONENTS.values() for s in c.sources}
+    others = sorted(c.name[len("models--"):].replace("--", "/", 1) for c in p.iterdir()
+                    if c.is_dir() and c.name.startswith("models--") and c.name not in known)
+    commands = {}
+    for cmd, needs in COMMAND_NEEDS.items():
+        missing = [n for n in needs if not (components[n] or {}).get("ok")]
+        commands[cmd] = {"missing": missing, "fetch": fetch_command(missing, str(p)) if missing else None}
+    return {"path": str(p), "kind": "models_dir", "components": components, "other_repos": others,
+            "commands": commands}

@@ -2,18 +2,19 @@
 and loading them.
 
 They are looked for, fully offline, in the explicit `--tokenizer1` / `--tokenizer2` folder, beside the
-weights' folder or one level above, then in the Hugging Face cache of hunyuanvideo-community/HunyuanVideo
-(never the network).
+weights' folder or one level above, then in the copies of hunyuanvideo-community/HunyuanVideo that `framepack
+download` writes (`$FRAMEPACK_HOME/models`) and the Hugging Face cache, read with huggingface_hub's offline cache
+reader (`models.store`; never the network).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from framepack_cli.errors import FramepackError
 from framepack_cli.models.hf_build import quiet_transformers
+from framepack_cli.models.store import find_tokenizer_snapshot, store_places
 
 HF_REPO = "hunyuanvideo-community/HunyuanVideo"
 
@@ -26,33 +27,6 @@ def _is_tokenizer_dir(d: Path, kind: int) -> bool:
     if kind == 1:
         return (d / "tokenizer_config.json").is_file() and (d / "tokenizer.model").is_file()
     return (d / "vocab.json").is_file() and (d / "merges.txt").is_file()
-
-
-def _hf_hub_cache() -> Path:
-    """The HF hub cache folder, resolved from the environment at call time (like huggingface_hub does)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "huggingface" / "hub"
-
-
-def _cached_snapshot_dirs(repo: str) -> list[Path]:
-    """Snapshot folders of `repo` in the HF cache, the one `refs/main` names first. Never uses the network."""
-    root = _hf_hub_cache() / ("models--" + repo.replace("/", "--"))
-    snaps = root / "snapshots"
-    if not snaps.is_dir():
-        return []
-    dirs = sorted(p for p in snaps.iterdir() if p.is_dir())
-    ref = root / "refs" / "main"
-    if ref.is_file():
-        main = snaps / ref.read_text().strip()
-        if main in dirs:
-            dirs.remove(main)
-            dirs.insert(0, main)
-    return dirs
 
 
 def _weights_dir(path: str | Path | None, subfolder: str) -> list[Path]:
@@ -81,7 +55,8 @@ def find_tokenizer_dir(
     """Locate tokenizer 1 (`tokenizer/`) or 2 (`tokenizer_2/`).
 
     Order: the explicit directory (or its `tokenizer*/` subfolder); `tokenizer*/` beside the weights'
-    directory or one level above; the offline HF cache of hunyuanvideo-community/HunyuanVideo.
+    directory or one level above; hunyuanvideo-community/HunyuanVideo in `$FRAMEPACK_HOME/models`, then in
+    the HF cache (offline).
 
     Raises:
         FramepackError: not found, with the flag that fixes it.
@@ -105,13 +80,16 @@ def find_tokenizer_dir(
         searched.append(cand)
         if _is_tokenizer_dir(cand, kind):
             return cand
-    for snap in _cached_snapshot_dirs(HF_REPO):
-        if _is_tokenizer_dir(snap / name, kind):
-            return snap / name
+    places = store_places()
+    cached = find_tokenizer_snapshot(kind, places)
+    if cached is not None and _is_tokenizer_dir(cached, kind):
+        return cached
     looked = ", ".join(str(s) for s in searched) or "(no model path)"
+    stores = " and ".join(f"{label} {p}" for p, label in places)
     raise FramepackError(
-        f"tokenizer {kind} not found (looked in {looked} and the Hugging Face cache for {HF_REPO}/{name})",
-        hint=f"pass {flag} DIR with the {name} folder of {HF_REPO}, or place it beside the weights",
+        f"tokenizer {kind} not found (looked in {looked}, and for {HF_REPO}/{name} in {stores})",
+        hint=f"fetch it with `framepack download --components tokenizers`, or pass {flag} DIR with the {name} folder "
+        f"of {HF_REPO}",
     )
 
 

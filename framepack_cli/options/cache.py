@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import model_validator
 
 from framepack_cli.options.base import OptionsBase, check_file
-from framepack_cli.options.generate import F
+from framepack_cli.options.generate import FOUND, F, models_dir_field
 
 DATASET = "Dataset"
 MODELS = "Models"
@@ -76,12 +76,12 @@ class CacheLatentsOptions(OptionsBase):
                      "skip such clips with a warning and list them in the summary.", panel=DATASET)
 
     # --- models
-    vae: str | None = F(None, "VAE weights: file or directory.", panel=MODELS, required="unless --debug_mode")
+    vae: str | None = F(None, "VAE weights: file or directory." + FOUND, panel=MODELS)
     vae_dtype: DTYPES = F("auto", "VAE dtype, also the dtype the latents are stored in: auto = float16 on CUDA "
                           "(the reference's caches), float32 on CPU. The key suffixes name it; trainers strip them.",
                           panel=MODELS)
-    image_encoder: str | None = F(None, "SigLIP image encoder: file or directory.", panel=MODELS,
-                                  required="unless --debug_mode")
+    image_encoder: str | None = F(None, "SigLIP image encoder: file or directory." + FOUND, panel=MODELS)
+    models_dir: str | None = models_dir_field(MODELS)
     image_encoder_dtype: DTYPES = F("auto", "SigLIP dtype, also the dtype its embeddings are stored in: auto = "
                                     "float16 on CUDA (the reference's caches), float32 on CPU.", panel=MODELS)
     device: str | None = F(None, "Device (default: cuda if available, else cpu).", panel=MODELS)
@@ -111,6 +111,11 @@ class CacheLatentsOptions(OptionsBase):
                                  panel=DEBUG)
     console_num_images: int | None = F(None, "Console preview: show this many items per dataset without waiting "
                                        "for keys (--debug_mode, not built yet).", panel=DEBUG, ge=1)
+
+    @classmethod
+    def model_flags(cls, given: dict) -> tuple[str, ...]:
+        """The models model resolution fills (`cli.models`): none for --debug_mode previews."""
+        return () if given.get("debug_mode") else ("--vae", "--image_encoder")
 
     @model_validator(mode="after")
     def _cross(self):
@@ -153,8 +158,10 @@ class CacheTextOptions(OptionsBase):
                          "datasets and users' files are always kept (the summary lists them).", panel=DATASET)
 
     # --- models
-    text_encoder1: str = F(..., "LLaMA text encoder: Comfy-Org single file, first shard, or directory.", panel=MODELS)
-    text_encoder2: str = F(..., "CLIP-L text encoder: single file or directory.", panel=MODELS)
+    text_encoder1: str | None = F(None, "LLaMA text encoder: Comfy-Org single file, first shard, or directory."
+                                  + FOUND, panel=MODELS)
+    text_encoder2: str | None = F(None, "CLIP-L text encoder: single file or directory." + FOUND, panel=MODELS)
+    models_dir: str | None = models_dir_field(MODELS)
     tokenizer1: str | None = F(None, "LLaMA tokenizer directory (default: tokenizer/ beside the weights, then the "
                                "HF cache).", panel=MODELS)
     tokenizer2: str | None = F(None, "CLIP tokenizer directory (default: tokenizer_2/ beside the weights, then the "
@@ -165,9 +172,17 @@ class CacheTextOptions(OptionsBase):
                                    "auto = float16 on CUDA (the reference's caches), float32 on CPU.", panel=MODELS)
     device: str | None = F(None, "Device (default: cuda if available, else cpu).", panel=MODELS)
 
+    @classmethod
+    def model_flags(cls, given: dict) -> tuple[str, ...]:
+        """The models model resolution fills (`cli.models`)."""
+        return ("--text_encoder1", "--text_encoder2")
+
     @model_validator(mode="after")
     def _cross(self):
         errs = check_dataset_config(self.dataset_config)
+        for name in ("text_encoder1", "text_encoder2"):
+            if getattr(self, name) is None:
+                errs.append(f"--{name}: required to cache text")
         for name in ("text_encoder1", "text_encoder2", "tokenizer1", "tokenizer2"):
             try:
                 check_file(getattr(self, name), f"--{name}")

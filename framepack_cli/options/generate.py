@@ -47,6 +47,16 @@ def F(default=None, description: str = "", **kw):  # noqa: N802 - short field he
     return Field(default, description=description, json_schema_extra=cli(**extra), **kw)
 
 
+MODELS_DIR_HELP = ("Folder of `framepack download --models_dir`: the model flags not given are looked for there, "
+                   "then in $FRAMEPACK_HOME/models and the Hugging Face cache (never the network).")
+FOUND = " Default: the downloaded one (see --models_dir)."
+
+
+def models_dir_field(panel: str):
+    """The `--models_dir` option of every command that loads models."""
+    return F(None, MODELS_DIR_HELP, panel=panel, metavar="DIR")
+
+
 def split_list(text: str, sep: str) -> list[str]:
     return [p.strip() for p in text.split(sep) if p.strip()]
 
@@ -108,16 +118,15 @@ class GenerateOptions(OptionsBase):
     """Generate a video from a start image (or decode saved latents with --latent_path)."""
 
     # --- models
-    dit: str | None = F(None, "DiT weights: single file, first shard of a sharded set, or a directory.", panel=MODELS,
-                        required="unless --latent_path")
-    vae: str | None = F(None, "VAE weights: pytorch_model.pt, diffusers .safetensors, or a directory.", panel=MODELS,
-                        required="unless --save_merged_model")
-    text_encoder1: str | None = F(None, "LLaMA text encoder: Comfy-Org single file, first shard, or directory.",
-                                  panel=MODELS, required=f"unless {NO_GENERATION}")
-    text_encoder2: str | None = F(None, "CLIP-L text encoder: single file or directory.", panel=MODELS,
-                                  required=f"unless {NO_GENERATION}")
-    image_encoder: str | None = F(None, "SigLIP image encoder: single file or directory.", panel=MODELS,
-                                  required=f"unless {NO_GENERATION}")
+    dit: str | None = F(None, "DiT weights: single file, first shard of a sharded set, or a directory (the F1 DiT "
+                        "with --f1)." + FOUND, panel=MODELS)
+    vae: str | None = F(None, "VAE weights: pytorch_model.pt, diffusers .safetensors, or a directory." + FOUND,
+                        panel=MODELS)
+    text_encoder1: str | None = F(None, "LLaMA text encoder: Comfy-Org single file, first shard, or directory." + FOUND,
+                                  panel=MODELS)
+    text_encoder2: str | None = F(None, "CLIP-L text encoder: single file or directory." + FOUND, panel=MODELS)
+    image_encoder: str | None = F(None, "SigLIP image encoder: single file or directory." + FOUND, panel=MODELS)
+    models_dir: str | None = models_dir_field(MODELS)
     tokenizer1: str | None = F(None, "LLaMA tokenizer directory (default: tokenizer/ beside the weights, then the "
                                "HF cache).", panel=MODELS)
     tokenizer2: str | None = F(None, "CLIP tokenizer directory (default: tokenizer_2/ beside the weights, then the "
@@ -319,6 +328,16 @@ class GenerateOptions(OptionsBase):
         if errors:
             raise ValueError("\n".join(errors))
         return self
+
+    @classmethod
+    def model_flags(cls, given: dict) -> tuple[str, ...]:
+        """The model flags this run needs (for model resolution, `cli.models`): the VAE alone to decode
+        --latent_path, the DiT alone for --save_merged_model, else all five."""
+        if given.get("latent_path"):
+            return ("--vae",)
+        if given.get("save_merged_model"):
+            return ("--dit",)
+        return ("--dit", "--vae", "--text_encoder1", "--text_encoder2", "--image_encoder")
 
     # --- derived values the engine reads
     @property

@@ -20,7 +20,7 @@ from framepack_cli.options.base import (
     lora_count_errors,
     per_lora,
 )
-from framepack_cli.options.generate import F
+from framepack_cli.options.generate import FOUND, F, models_dir_field
 
 LORA = "LoRA"
 OUTPUT = "Output"
@@ -90,7 +90,11 @@ class LoraConvertOptions(OptionsBase):
 class LoraMergeOptions(OptionsBase):
     """Merge LoRA/LoHa/LoKr files into a FramePack DiT and save the merged DiT."""
 
-    dit: str = F(..., "DiT weights: single file, first shard of a sharded set, or a directory.", panel=LORA)
+    dit: str | None = F(None, "DiT weights: single file, first shard of a sharded set, or a directory." + FOUND,
+                        panel=LORA)
+    f1: bool = F(False, "Without --dit: merge into the downloaded FramePack-F1 DiT (default: the vanilla one).",
+                 panel=LORA)
+    models_dir: str | None = models_dir_field(LORA)
     lora_weight: list[str] = F(..., "LoRA files to merge (several allowed).", variadic=True, panel=LORA)
     lora_multiplier: list[float] | None = F(None, "One multiplier for all LoRAs or one each; missing ones are 1.0.",
                                             variadic=True, panel=LORA)
@@ -109,9 +113,16 @@ class LoraMergeOptions(OptionsBase):
     def _regex(cls, v: list[str] | None, info) -> list[str] | None:
         return check_regexes(v, f"--{info.field_name}")
 
+    @classmethod
+    def model_flags(cls, given: dict) -> tuple[str, ...]:
+        """The models model resolution fills (`cli.models`)."""
+        return ("--dit",)
+
     @model_validator(mode="after")
     def _cross(self):
         errs: list[str] = []
+        if self.dit is None:
+            errs.append("--dit: required to merge")
         for name, check in (("dit", check_file), ("lora_weight", check_files)):
             try:
                 check(getattr(self, name), f"--{name}")

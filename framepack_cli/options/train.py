@@ -20,7 +20,7 @@ from pydantic import field_validator, model_validator
 
 from framepack_cli.options.base import OptionsBase, check_file, check_files
 from framepack_cli.options.cache import DTYPES, check_dataset_config, check_vae_dtype
-from framepack_cli.options.generate import F
+from framepack_cli.options.generate import FOUND, F, models_dir_field
 
 MODEL = "Model"
 DATASET = "Dataset"
@@ -177,7 +177,9 @@ class TrainOptions(OptionsBase):
     config_file: str | None = F(None, "TOML file with any of these options (tables are flattened, '.toml' is "
                                 "appended when missing); the command line overrides it.", panel=MODEL)
     dit: str | None = F(None, "DiT weights: single file, first shard of a sharded set, or directory. "
-                        "Use the F1 DiT for caches made with --f1.", panel=MODEL, required=TRAIN_NEEDS)
+                        "Use the F1 DiT for caches made with --f1 (--f1 picks the downloaded one)." + FOUND,
+                        panel=MODEL)
+    models_dir: str | None = models_dir_field(MODEL)
     dtype: DTYPES = F("auto", "DiT dtype: auto = bfloat16 on CUDA (the reference's fixed choice), float32 on CPU. "
                       "The LoRA itself always trains in float32.", panel=MODEL)
     vae: str | None = F(None, "VAE weights: needed only for --sample_prompts (its name also goes into the "
@@ -435,6 +437,24 @@ class TrainOptions(OptionsBase):
         list_fields = {n for n, f in cls.model_fields.items() if _is_list(f.annotation)}
         from_file = load_config_file(str(data["config_file"]), set(cls.model_fields), list_fields)
         return {**from_file, **data}  # the command line wins
+
+    @classmethod
+    def model_flags(cls, given: dict) -> tuple[str, ...]:
+        """The models model resolution fills (`cli.models`): the DiT, and the sampling models with
+        --sample_prompts; none with --show_timesteps. Values from --config_file count as given.
+
+        Raises:
+            ValueError: the --config_file cannot be read (validation reports it).
+        """
+        if given.get("config_file") is not None:
+            list_fields = {n for n, f in cls.model_fields.items() if _is_list(f.annotation)}
+            given = {**load_config_file(str(given["config_file"]), set(cls.model_fields), list_fields), **given}
+        if given.get("show_timesteps") is not None:
+            return ()
+        flags = ["--dit"]
+        if given.get("sample_prompts") is not None:
+            flags += ["--vae", "--text_encoder1", "--text_encoder2", "--image_encoder"]
+        return tuple(f for f in flags if given.get(f[2:]) is None)
 
     @field_validator("lr_warmup_steps", "lr_decay_steps", mode="before")
     @classmethod

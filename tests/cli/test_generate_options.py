@@ -127,8 +127,13 @@ def test_all_errors_at_once_and_missing_files_named(capsys, tmp_path):
     lines = err.strip().splitlines()
     assert "Error: --from_file and --interactive cannot be combined; pick one" in lines
     assert f"Error: --dit: file not found: {tmp_path / 'nope.safetensors'}" in lines
-    assert "Error: --vae: required to generate" in lines
-    assert "Error: --image_encoder: required to generate" in lines
+    # the models neither given nor downloaded: one line with the download command, among the other problems
+    # (conftest points FRAMEPACK_HOME and HF_HOME at empty folders)
+    assert ("Error: --vae, --text_encoder1, --text_encoder2, --image_encoder: not given and not found (looked in "
+            f"$FRAMEPACK_HOME {tmp_path / 'fp_home' / 'models'}, HF cache {tmp_path / 'hf_home' / 'hub'}); fetch with "
+            "`framepack download --components vae,text_encoder1,text_encoder2,image_encoder,tokenizers` or pass "
+            "--vae / --text_encoder1 / --text_encoder2 / --image_encoder") in lines
+    assert not any("required to generate" in line for line in lines)
     assert f"Error: --from_file: file not found: {tmp_path / 'p.txt'}" in lines
 
 

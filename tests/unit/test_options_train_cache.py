@@ -1,10 +1,7 @@
 """`framepack cache latents|text`, `train`, `lora inspect|convert|merge`, `download`: parsing and validation.
 
-`framepack train` and `framepack download` refuse as not built before they parse anything (tests/cli/
-test_help_and_usage.py); here that up-front refusal is switched off (fixture `validate_unbuilt`) so that the
-validation rules they will run are tested: their runners still raise NotBuiltError after validation, so
-"exit 2 with the not-built line" proves that parsing and every cross-field check passed. The cache engines
-are built: with the empty dataset config of these tests they get as far as reading it, which proves the same.
+The cache engines are built: with the empty dataset config of these tests they get as far as reading it, which
+proves that parsing and every cross-field check passed.
 Other tests capture the validated options with a patched runner, or check the exact validation lines.
 """
 
@@ -29,17 +26,7 @@ ENGINE_RAN = {
     # The trainer's first step after the option checks is reading the dataset config.
     "train": "dataset.toml: datasets: no [[datasets]] entries",
 }
-NOT_BUILT = {
-    "download": "Error: framepack download: the downloader is not built yet in framepack 0.1.0",
-}
-
-
-@pytest.fixture(autouse=True)
-def validate_unbuilt(monkeypatch):
-    """Let download parse and validate (its runner still refuses)."""
-    import framepack_cli.engine.download as download
-
-    monkeypatch.setattr(download, "refuse", lambda: None)
+NOT_BUILT: dict[str, str] = {}
 
 
 def run_cli(args, capsys):
@@ -312,7 +299,14 @@ def test_config_file_errors(tmp_path, capsys):
 # Cross-field rules: exact messages
 
 
-def test_cache_latents_cross_rules(files, capsys):
+def not_found(tmp_path, flags: str, components: str) -> str:
+    """The model-resolution line for models neither given nor downloaded (conftest's empty FRAMEPACK_HOME, HF_HOME)."""
+    return (f"{flags}: not given and not found (looked in $FRAMEPACK_HOME {tmp_path / 'fp_home' / 'models'}, "
+            f"HF cache {tmp_path / 'hf_home' / 'hub'}); fetch with `framepack download --components {components}` "
+            f"or pass {flags.replace(', ', ' / ')}")
+
+
+def test_cache_latents_cross_rules(files, capsys, tmp_path):
     base = ["cache", "latents", *latents_line(files)]
     assert_errors([*base, "--f1", "--one_frame"], capsys,
                   "--f1 and --one_frame cannot be combined: F1 caches video sections, one-frame caches single "
@@ -320,8 +314,7 @@ def test_cache_latents_cross_rules(files, capsys):
     assert_errors([*base, "--one_frame_no_2x", "--one_frame_no_4x"], capsys,
                   "--one_frame_no_2x needs --one_frame", "--one_frame_no_4x needs --one_frame")
     assert_errors(["cache", "latents", "--dataset_config", files["toml"]], capsys,
-                  "--vae: required to cache latents (only --debug_mode runs without models)",
-                  "--image_encoder: required to cache latents (only --debug_mode runs without models)")
+                  not_found(tmp_path, "--vae, --image_encoder", "vae,image_encoder"))
     assert_errors([*base, "--vae_dtype", "float8"], capsys,
                   "--vae_dtype: 'float8' is not one of auto, float32, bfloat16, float16")
 
@@ -382,11 +375,11 @@ def test_train_cross_rules(extra, message, files, capsys):
         assert_errors(["train", *train_line(files), *extra], capsys, message)
 
 
-def test_train_rules_without_the_reference_line(files, capsys):
+def test_train_rules_without_the_reference_line(files, capsys, tmp_path):
     assert_errors(["train", "--sdpa", "--gradient_checkpointing_cpu_offload", "--block_swap_h2d_only",
                    "--blocks_to_swap", "4"], capsys,
                   "--dataset_config: required to train (or give it in --config_file)",
-                  "--dit: required to train (or give it in --config_file)",
+                  not_found(tmp_path, "--dit", "dit"),
                   "--output_dir: required to train (or give it in --config_file)",
                   "--output_name: required to train (or give it in --config_file)",
                   "--gradient_checkpointing_cpu_offload needs --gradient_checkpointing",
@@ -398,7 +391,7 @@ def test_train_rules_without_the_reference_line(files, capsys):
                   "--base_weights_multiplier: 2 values for 1 --base_weights files (at most one per file)")
     no_vae = line[:2] + line[4:]
     assert_errors(["train", *no_vae, "--sample_prompts", files["prompts"]], capsys,
-                  "--vae: required with --sample_prompts (samples are generated during training)")
+                  not_found(tmp_path, "--vae", "vae"))
     # --show_timesteps only plots the distributions and exits: no data, model, output or attention needed
     code, _, err = run_cli(["train", "--show_timesteps", "console", "--timestep_sampling", "logsnr"], capsys)
     assert code == 0, err
@@ -487,18 +480,36 @@ def test_lora_rules(files, tmp_path, capsys):
 
 def test_download(tmp_path, captured, capsys):
     o = parse(["download", "vae", "dit"], captured, capsys)
-    assert o.components == ["dit", "vae"]
-    assert o.models_dir == tmp_path / "fp_home" / "models"  # conftest points FRAMEPACK_HOME at tmp_path/fp_home
+    assert o.selected_components == ["dit", "vae"] and o.variants == ["framepack"]
+    assert o.target_dir == tmp_path / "fp_home" / "models"  # conftest points FRAMEPACK_HOME at tmp_path/fp_home
     o = parse(["download", "all", "--dir", tmp_path / "m"], captured, capsys)
-    assert o.components == ["dit", "dit-f1", "vae", "text-encoder1", "text-encoder2", "image-encoder", "tokenizers"]
-    assert str(o.models_dir) == str(tmp_path / "m")
+    assert o.selected_components == ["dit", "vae", "text_encoder1", "text_encoder2", "image_encoder", "tokenizers"]
+    assert o.variants == ["framepack", "f1"]
+    assert str(o.target_dir) == str(tmp_path / "m")
+    o = parse(["download", "--variant", "both", "--components", "tokenizers", "dit,vae", "--models-dir",
+               tmp_path / "m", "--dry_run"], captured, capsys)
+    assert o.selected_components == ["dit", "vae", "tokenizers"] and o.variants == ["framepack", "f1"]
+    assert o.dry_run and o.dit_format == "sharded"
+    o = parse(["download", "--dit-format", "single"], captured, capsys)
+    assert o.dit_format == "single" and o.variants == ["framepack"] and len(o.selected_components) == 6
     code, _, err = run_cli(["download", "dit2"], capsys)
     assert code == 2 and err.strip() == ("Error: NAME: 'dit2' is not one of all, dit, dit-f1, vae, text-encoder1, "
                                          "text-encoder2, image-encoder, tokenizers")
 
 
-def test_download_not_built(tmp_path, capsys):
-    assert_not_built("download", ["tokenizers", "--dir", tmp_path], capsys)
+def test_download_rules(tmp_path, capsys):
+    assert_errors(["download", "--components", "dit,unet"], capsys,
+                  "--components: 'unet' not among dit, vae, text_encoder1, text_encoder2, image_encoder, tokenizers "
+                  "(comma list, e.g. --components dit,vae)")
+    assert_errors(["download", "--variant", "f1", "--dit_format", "single"], capsys,
+                  "--dit_format single: the FramePack-F1 DiT is published only as sharded "
+                  "(lllyasviel/FramePack_F1_I2V_HY_20250503); use --dit_format sharded with --variant f1 or both")
+    assert_errors(["download", "vae", "--variant", "f1"], capsys,
+                  "NAME... cannot be combined with --components / --variant; use one form "
+                  "(e.g. framepack download --variant f1 --components dit,vae)")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert_errors(["download", "--models_dir", afile], capsys, f"--models_dir: {afile} is a file, expected a folder")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -512,7 +523,7 @@ def test_download_not_built(tmp_path, capsys):
                        "--vae_chunk_size", "--vae_dtype", "--image_encoder_dtype"]),
     ("cache text", ["--text_encoder1", "--text_encoder2", "--fp8_llm", "--tokenizer1", "--text_encoder_dtype"]),
     ("lora merge", ["--lora_weight", "--overwrite"]),
-    ("download", ["--dir"]),
+    ("download", ["--dir", "--models_dir", "--variant", "--components", "--dit_format", "--dry_run"]),
 ])
 def test_help_lists_options(command, expected, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
