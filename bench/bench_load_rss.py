@@ -23,31 +23,50 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.fullwidth_dit import measure_in_subprocess, write_fullwidth_dit  # noqa: E402
 
 
+def cases(double: int, single: int, dtypes: list[str], layouts: tuple[str, ...] = ("single file", "3 shards")):
+    """(layout, dtype, mode, measurement) for every case, each loaded in a fresh process."""
+    from framepack_cli.models.transformer import load_dit
+
+    params = inspect.signature(load_dit).parameters
+    fp8_cases = [{name: True} for name in ("fp8", "fp8_scaled") if name in params]
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = {"single file": 1, "3 shards": 3}
+        for layout in layouts:
+            path = write_fullwidth_dit(Path(tmp) / layout.replace(" ", "_"), double=double, single=single,
+                                       shards=shards[layout])
+            for dtype in dtypes:
+                for kwargs in [{}, *(fp8_cases if dtype == "bfloat16" else [])]:
+                    out.append((layout, dtype, next(iter(kwargs), "-"), measure_in_subprocess(path, dtype,
+                                                                                               kwargs=kwargs)))
+    return out, bool(fp8_cases)
+
+
+def measure(quick: bool = False) -> list[dict]:
+    """Rows for bench/run.py: peak RSS growth while loading, relative to the loaded weights' size."""
+    layouts = ("single file",) if quick else ("single file", "3 shards")
+    res, fp8 = cases(1, 1, ["bfloat16"] if quick else ["bfloat16", "float32"], layouts)
+    rows = [{"row": f"load RSS: {layout}, {dtype}{'' if mode == '-' else ', ' + mode}", "ratio": r["ratio"],
+             "note": f"growth {(r['peak'] - r['before']) / 2**30:.2f} G over {r['weights'] / 2**30:.2f} G of weights"}
+            for layout, dtype, mode, r in res]
+    if not fp8:
+        rows.append({"row": "load RSS: fp8", "ratio": float("nan"), "note": "load_dit takes no fp8 option here"})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--double", type=int, default=1)
     ap.add_argument("--single", type=int, default=1)
     ap.add_argument("--dtype", nargs="+", default=["bfloat16", "float32"])
     args = ap.parse_args()
-    from framepack_cli.models.transformer import load_dit
-
-    params = inspect.signature(load_dit).parameters
-    fp8_cases = [{name: True} for name in ("fp8", "fp8_scaled") if name in params]
-    with tempfile.TemporaryDirectory() as tmp:
-        files = {
-            "single file": write_fullwidth_dit(Path(tmp) / "single", double=args.double, single=args.single),
-            "3 shards": write_fullwidth_dit(Path(tmp) / "shards", double=args.double, single=args.single, shards=3),
-        }
-        print(f"{'layout':<12} {'dtype':<10} {'mode':<11} {'weights':>9} {'RSS growth':>11} {'ratio':>6}")
-        for layout, path in files.items():
-            for dtype in args.dtype:
-                for kwargs in [{}, *(fp8_cases if dtype == "bfloat16" else [])]:
-                    r = measure_in_subprocess(path, dtype, kwargs=kwargs)
-                    mode = next(iter(kwargs), "-")
-                    print(f"{layout:<12} {dtype:<10} {mode:<11} {r['weights'] / 2**30:>7.2f} G "
-                          f"{(r['peak'] - r['before']) / 2**30:>9.2f} G {r['ratio']:>6.3f}")
-        if not fp8_cases:
-            print("fp8: load_dit takes no fp8 option on this branch; not measured")
+    res, fp8 = cases(args.double, args.single, args.dtype)
+    print(f"{'layout':<12} {'dtype':<10} {'mode':<11} {'weights':>9} {'RSS growth':>11} {'ratio':>6}")
+    for layout, dtype, mode, r in res:
+        print(f"{layout:<12} {dtype:<10} {mode:<11} {r['weights'] / 2**30:>7.2f} G "
+              f"{(r['peak'] - r['before']) / 2**30:>9.2f} G {r['ratio']:>6.3f}")
+    if not fp8:
+        print("fp8: load_dit takes no fp8 option on this branch; not measured")
 
 
 if __name__ == "__main__":
