@@ -31,7 +31,7 @@ from typing import Any
 
 from framepack_cli.engine.launch import Launched, cpu_processes_requested, launched, relaunch_on_cpus
 from framepack_cli.engine.progress import ProgressSink
-from framepack_cli.errors import FramepackError
+from framepack_cli.errors import FramepackError, Interrupted
 
 # Rank 0 waits at the end for the slowest rank's jobs; gloo's 30-minute default would fail a long batch.
 WAIT = datetime.timedelta(days=30)
@@ -180,6 +180,8 @@ class ProcessGroup:
                     raise
                 line = e.message.replace("\n", "; ") + (f"; {e.hint}" if e.hint else "")
                 failure = (e.exit_code, line)
+            except Interrupted:
+                raise  # Ctrl-C reached every rank: each says how far it got; the launcher ends the group
             except Exception as e:  # a bug on this rank: the others still report theirs
                 if self.done:
                     raise

@@ -83,3 +83,44 @@ def test_the_same_error_on_every_rank_is_said_once():
     with pytest.raises(RankError) as e:
         g.conclude(met, NullProgress())
     assert e.value.message == "--dit: x.safetensors does not exist" and e.value.exit_code == 2
+
+
+def solo_group(monkeypatch, rank=0):
+    """A group of 2 whose meetings are recorded (the other rank is played by the test)."""
+    g = ProcessGroup(Launched(world=2, rank=rank, local_rank=rank, local_world=2))
+    met = []
+    monkeypatch.setattr(g, "_start", lambda: None)
+    monkeypatch.setattr(g, "_stop", lambda: None)
+
+    def meet(failure=None, **data):
+        met.append(failure)
+        return [Outcome(0, "cpu", failure, data), Outcome(1, "cpu", failure, data)]
+
+    monkeypatch.setattr(g, "meet", meet)
+    return g, met
+
+
+def test_an_error_before_the_split_meets_the_other_ranks_and_is_said_once(monkeypatch):
+    from framepack_cli.engine.progress import NullProgress
+
+    def fn(opts, sink, group):
+        raise FramepackError("--vae: v.safetensors does not exist", hint="check the path")
+
+    g, met = solo_group(monkeypatch)
+    with pytest.raises(RankError) as e:
+        g.run(fn, SimpleNamespace(device="cpu", model_copy=lambda update: None), NullProgress())
+    assert met == [(2, "--vae: v.safetensors does not exist; check the path")]
+    assert e.value.message == "--vae: v.safetensors does not exist; check the path" and e.value.exit_code == 2
+
+
+def test_ctrl_c_is_not_turned_into_a_failure(monkeypatch):
+    from framepack_cli.engine.progress import NullProgress
+    from framepack_cli.errors import Interrupted
+
+    def fn(opts, sink, group):
+        raise Interrupted("Interrupted in section 1/2; nothing written")
+
+    g, met = solo_group(monkeypatch)
+    with pytest.raises(Interrupted):
+        g.run(fn, SimpleNamespace(device="cpu", model_copy=lambda update: None), NullProgress())
+    assert met == []
