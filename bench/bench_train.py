@@ -59,25 +59,44 @@ def run(toml: Path, out: Path, steps: int, extra: list[str]) -> tuple[float, flo
     return rate, rss_kb / 1024
 
 
+def results(steps: int, repeats: int, variants: dict[str, list[str]]) -> dict[str, tuple[float, float]]:
+    """variant -> (median steps/s, max peak RSS MB)."""
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        toml = dataset(tmp)
+        out: dict[str, tuple[float, float]] = {}
+        for name, extra in variants.items():
+            rates, rss = [], []
+            for i in range(repeats):
+                r, m = run(toml, tmp / f"out_{name}_{i}", steps, extra)
+                rates.append(r)
+                rss.append(m)
+            out[name] = (statistics.median(rates), max(rss))
+    return out
+
+
+def measure(quick: bool = False) -> list[dict]:
+    """Rows for bench/run.py: time per step and peak RSS of each variant relative to the plain run."""
+    variants = {k: v for k, v in VARIANTS.items() if not quick or k != "checkpointing+offload"}
+    res = results(5 if quick else 20, 1 if quick else 2, variants)
+    base_rate, base_rss = res["plain"]
+    rows = []
+    for name, (rate, rss) in res.items():
+        rows.append({"row": f"train step time: {name}", "ratio": base_rate / rate,
+                     "note": f"{rate:.2f} steps/s (tiny models, 64x48)"})
+        rows.append({"row": f"train peak RSS: {name}", "ratio": rss / base_rss, "note": f"{rss:.0f} MB"})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=2)
     a = ap.parse_args()
-    with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        toml = dataset(tmp)
-        results: dict[str, tuple[float, float]] = {}
-        for name, extra in VARIANTS.items():
-            rates, rss = [], []
-            for i in range(a.repeats):
-                r, m = run(toml, tmp / f"out_{name}_{i}", a.steps, extra)
-                rates.append(r)
-                rss.append(m)
-            results[name] = (statistics.median(rates), max(rss))
-    base_rate, base_rss = results["plain"]
+    res = results(a.steps, a.repeats, VARIANTS)
+    base_rate, base_rss = res["plain"]
     print(f"{'variant':<24}{'steps/s':>10}{'ratio':>8}{'peak RSS MB':>14}{'ratio':>8}")
-    for name, (rate, rss) in results.items():
+    for name, (rate, rss) in res.items():
         print(f"{name:<24}{rate:>10.2f}{rate / base_rate:>8.2f}{rss:>14.0f}{rss / base_rss:>8.2f}")
 
 

@@ -231,9 +231,18 @@ def run(opts, sink: ProgressSink) -> list[JobResult] | list[GenerateResult]:
     Before any model loads: the model files (headers), the attention kernel against the DiT's dtype, the input
     images, the sanity bounds and the memory each phase needs (`framepack_cli.engine.resources`).
     """
+    refuse_unbuilt(opts)
+    from framepack_cli.engine.processes import join_processes
+
+    group = join_processes(opts, sink)  # None in a plain run; under several processes, each runs some jobs
+    if group is not None:
+        return group.run(_run, opts, sink)
+    return _run(opts, sink)
+
+
+def _run(opts, sink: ProgressSink, group=None) -> list[JobResult] | list[GenerateResult]:
     from framepack_cli.engine.preflight import check_models, preflight
 
-    refuse_unbuilt(opts)
     budget = None
     if opts.blocks_to_swap == "auto" and (opts.latent_path or opts.save_merged_model):
         opts = opts.model_copy(update={"blocks_to_swap": 0})  # no DiT runs: nothing to plan
@@ -279,7 +288,7 @@ def run(opts, sink: ProgressSink) -> list[JobResult] | list[GenerateResult]:
         if precision.dit == torch.float16:
             sink.message(FP16_DIT_WARNING)
         if opts.from_file:
-            return run_batch(opts, device, precision, sink, budget)
+            return run_batch(opts, device, precision, sink, budget, group=group)
         if opts.interactive:
             return run_interactive(opts, device, precision, sink, budget=budget)
         results = run_jobs([make_job(opts)], Models(opts, device, precision, sink), sink, report_errors=False)
@@ -338,10 +347,12 @@ def _line_options(opts, line: str, where: str, budget: Budget | None = None):
     return line_opts
 
 
-def run_batch(opts, device, precision, sink: ProgressSink, budget: Budget | None = None) -> list[JobResult]:
-    """`--from_file`: one job per line; bad lines are reported and skipped; models load once."""
+def parse_batch(opts, sink: ProgressSink, budget: Budget | None = None, *,
+                quiet: bool = False) -> tuple[list, dict[str, FramepackError]]:
+    """`--from_file`'s jobs, one per line, and its bad lines (label -> error), each said as `Error: ...` lines
+    unless `quiet`. Every check of a line happens here, before any model loads."""
     path = Path(opts.from_file)
-    jobs, bad, short = [], [], False  # short: a line or job failed for lack of memory (exit 3)
+    jobs, bad = [], {}
     for no, raw in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -350,20 +361,36 @@ def run_batch(opts, device, precision, sink: ProgressSink, budget: Budget | None
         try:
             jobs.append(make_job(_line_options(opts, line, where, budget), label=where))
         except FramepackError as e:
-            bad.append(where)
-            short |= isinstance(e, ResourceError)
-            for msg in e.message.splitlines():
-                sink.message(f"Error: {msg}")
+            bad[where] = e
+            if not quiet:
+                for msg in e.message.splitlines():
+                    sink.message(f"Error: {msg}")
     if not jobs and not bad:
         raise FramepackError(f"--from_file: {path} holds no prompts (only empty lines and # comments)")
-    results = run_jobs(jobs, Models(jobs[0].opts if jobs else opts, device, precision, sink), sink) if jobs else []
-    short |= any(isinstance(r.exc, ResourceError) for r in results)
-    failed = bad + [r.label for r in results if r.error]
-    done = len(results) - sum(1 for r in results if r.error)
-    sink.message(f"Batch: {done} of {done + len(failed)} job(s) done")
+    return jobs, bad
+
+
+def batch_outcome(failed: list[str], done: int, short: bool, sink: ProgressSink, where: str = "") -> None:
+    """Say how many jobs were done; raise the one error line naming the failed jobs (exit 3 when `short`:
+    a job failed for lack of memory or disk)."""
+    sink.message(f"Batch: {done} of {done + len(failed)} job(s) done{where}")
     if failed:
         error = ResourceError if short else FramepackError
         raise error(f"--from_file: {len(failed)} of {done + len(failed)} job(s) failed: {', '.join(failed)}")
+
+
+def run_batch(opts, device, precision, sink: ProgressSink, budget: Budget | None = None,
+              group=None) -> list[JobResult]:
+    """`--from_file`: one job per line; bad lines are reported and skipped; models load once (per process:
+    under several processes `group` splits the jobs, `framepack_cli.engine.processes`)."""
+    if group is not None:
+        return group.run_batch(opts, device, precision, sink, budget)
+    jobs, bad = parse_batch(opts, sink, budget)
+    results = run_jobs(jobs, Models(jobs[0].opts if jobs else opts, device, precision, sink), sink) if jobs else []
+    short = any(isinstance(e, ResourceError) for e in bad.values())
+    short |= any(isinstance(r.exc, ResourceError) for r in results)
+    failed = list(bad) + [r.label for r in results if r.error]
+    batch_outcome(failed, len(results) - sum(1 for r in results if r.error), short, sink)
     return results
 
 

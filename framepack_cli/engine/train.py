@@ -205,7 +205,7 @@ def run(opts: TrainOptions, sink: ProgressSink | None = None) -> TrainResult | l
 
         return show_timesteps(opts, sink)
     refuse_unbuilt(opts)
-    from framepack_cli.engine.train_launch import cpu_processes_requested, relaunch_on_cpus
+    from framepack_cli.engine.launch import cpu_processes_requested, relaunch_on_cpus
 
     n = cpu_processes_requested()
     if n is not None:

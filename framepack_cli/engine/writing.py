@@ -81,6 +81,17 @@ def timestamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.localtime(t)) + f"-{int(t * 1000) % 1000:03d}"
 
 
+def output_suffixes(opts, one_frame: bool = False, save_latent_file: bool = True) -> list[str]:
+    """What each output of a job appends to its base name, per `--output_type`: `_latent.safetensors`, `.mp4`,
+    `""` (the PNG frames' folder) or `_000.png` (a one-frame image)."""
+    kind = opts.output_type
+    want_latent = save_latent_file and kind in ("latent", "both", "latent_images")
+    want_video = kind in ("video", "both") and not one_frame
+    want_images = kind in ("images", "latent_images") or (one_frame and kind in ("video", "both"))
+    return (["_latent.safetensors"] if want_latent else []) + ([".mp4"] if want_video else []) + (
+        ([""] if not one_frame else ["_000.png"]) if want_images else [])
+
+
 def write_outputs(opts, latent: torch.Tensor, seed: int, meta: dict[str, str] | None, *, vae, sink: ProgressSink,
                   base: str | None = None, one_frame: bool = False, save_latent_file: bool = True,
                   latent_source: str | None = None) -> list[Path]:
@@ -101,12 +112,9 @@ def write_outputs(opts, latent: torch.Tensor, seed: int, meta: dict[str, str] | 
     from framepack_cli.io.outputs import PngSequenceWriter, VideoWriter, save_latent, unique_base
 
     save_dir = Path(opts.save_path)
-    kind = opts.output_type
-    want_latent = save_latent_file and kind in ("latent", "both", "latent_images")
-    want_video = kind in ("video", "both") and not one_frame
-    want_images = kind in ("images", "latent_images") or (one_frame and kind in ("video", "both"))
-    suffixes = (["_latent.safetensors"] if want_latent else []) + ([".mp4"] if want_video else []) + (
-        ([""] if not one_frame else ["_000.png"]) if want_images else [])
+    suffixes = output_suffixes(opts, one_frame, save_latent_file)
+    want_latent, want_video = "_latent.safetensors" in suffixes, ".mp4" in suffixes
+    want_images = "" in suffixes or "_000.png" in suffixes
     base = unique_base(save_dir, opts.output_name or base or f"{timestamp()}_{seed}", suffixes)
     files: list[Path] = []
     saved_latent: Path | None = None

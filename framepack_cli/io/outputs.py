@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -99,7 +99,7 @@ def _as_cthw(pixels: torch.Tensor) -> torch.Tensor:
     return pixels
 
 
-def unique_base(save_dir: Path, base: str, suffixes: Sequence[str]) -> str:
+def unique_base(save_dir: Path, base: str, suffixes: Sequence[str], taken: Collection[str] = ()) -> str:
     """Pick an output base name that collides with nothing already in `save_dir`.
 
     One base names several outputs of the same run (`{base}.mp4`, `{base}_latent.safetensors`, the PNG
@@ -110,6 +110,7 @@ def unique_base(save_dir: Path, base: str, suffixes: Sequence[str]) -> str:
         save_dir: output directory.
         base: preferred name, e.g. `20250101-120000-123_42`.
         suffixes: what each output appends to the base, e.g. `[".mp4", "_latent.safetensors", ""]`.
+        taken: file names in `save_dir` promised to other jobs of the run, as good as existing ones.
 
     Returns:
         `base`, else the first free `base_1`, `base_2`, ...
@@ -118,7 +119,7 @@ def unique_base(save_dir: Path, base: str, suffixes: Sequence[str]) -> str:
     suffixes = list(suffixes) or [""]
     candidate, i = base, 0
     # lexists: a dangling symlink is still a name the user owns.
-    while any(os.path.lexists(save_dir / (candidate + s)) for s in suffixes):
+    while any((candidate + s) in taken or os.path.lexists(save_dir / (candidate + s)) for s in suffixes):
         i += 1
         candidate = f"{base}_{i}"
     return candidate
