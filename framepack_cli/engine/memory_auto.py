@@ -90,7 +90,8 @@ def apply_memory_plan(opts, found: dict, precision, device, sink, sections: int,
         size, request_of(opts, sections), free_vram=free_vram, total_ram=total_ram,
         dtype=str(precision.dit).removeprefix("torch."), vae=vae, vae_dtype=str(precision.vae).removeprefix("torch."),
         host_bytes=host_bytes, fixed=fixed, can_fp8=_built(opts, fp8_scaled=True),
-        max_swap=mp.MAX_SWAP if _built(opts, blocks_to_swap=1) else 0, given=tuple(given))
+        max_swap=mp.MAX_SWAP if _built(opts, blocks_to_swap=1) else 0, given=tuple(given),
+        pinned=bool(getattr(opts, "use_pinned_memory_for_block_swap", False)))
     if not plan.fits:
         if not given and mode == "auto":
             raise plan.error(str(device))
