@@ -40,14 +40,18 @@ def real_infos() -> dict:
 
 
 def write_fullwidth_dit(folder: Path, *, double: int = 1, single: int = 1, refiner: int = 1, shards: int = 1,
-                        dtype: str = "bfloat16") -> Path:
+                        dtype: str = "bfloat16", fp8: str | None = None) -> Path:
     """Write a full-width DiT with `double` dual-stream and `single` single-stream blocks into `folder`.
 
+    `fp8`: a pre-quantised file (Kijai / musubi style): the block Linears (`is_fp8_target`) as float8_e4m3fn,
+    with `scale_weight` block scales (out, in / 64, 1) in `dtype` for "fp8_scaled".
     Returns the file to pass as `--dit` (the first shard when `shards` > 1; shards are written one at a time,
     so the writer never holds more than one shard).
     """
     import torch
     from safetensors.torch import save_file
+
+    from framepack_cli.models.detect import is_fp8_target
 
     folder.mkdir(parents=True, exist_ok=True)
     shapes = {k: tuple(v.shape) for k, v in meta_model(num_layers=double, num_single_layers=single,
@@ -65,7 +69,15 @@ def write_fullwidth_dit(folder: Path, *, double: int = 1, single: int = 1, refin
     else:
         names = [f"diffusion_pytorch_model-{i:05d}-of-{shards:05d}.safetensors" for i in range(1, shards + 1)]
     for name, group in zip(names, groups, strict=True):
-        sd = {k: torch.zeros(shapes[k], dtype=tdtype) for k in group}
+        sd = {}
+        for k in group:
+            if fp8 is not None and is_fp8_target(k) and len(shapes[k]) == 2:
+                sd[k] = torch.zeros(shapes[k], dtype=torch.float8_e4m3fn)
+                if fp8 == "fp8_scaled":
+                    out, inp = shapes[k]
+                    sd[k[: -len("weight")] + "scale_weight"] = torch.ones((out, inp // 64, 1), dtype=tdtype)
+            else:
+                sd[k] = torch.zeros(shapes[k], dtype=tdtype)
         save_file(sd, str(folder / name))
         del sd
     return folder / names[0]
@@ -103,7 +115,7 @@ def peak_rss() -> int:
 
 def measure(path: str, dtype: str, kwargs: dict | None = None) -> dict:
     """Peak RSS (bytes) before and after `load_dit(path, dtype=dtype, **kwargs)`, in this process."""
-    import torch  # noqa: F401 - imported before the baseline is taken
+    import torch  # imported before the baseline is taken
 
     from framepack_cli.models.loading import read_header_infos, resolve_dit_files
     from framepack_cli.models.transformer import load_dit
@@ -112,15 +124,19 @@ def measure(path: str, dtype: str, kwargs: dict | None = None) -> dict:
     before = peak_rss()
     model = load_dit(path, dtype=dtype, **(kwargs or {}))
     for p in model.parameters():  # fault in every page (a memory-mapped model would be resident only on use)
-        p.detach().reshape(-1)[:: max(1, 4096 // p.element_size())].sum()
+        p.detach().reshape(-1).view(torch.uint8)[::4096].sum()  # bytes: also for fp8 tensors
     peak = peak_rss()
     assert not any(p.is_meta for p in model.parameters())
-    return {"before": before, "peak": peak, "weights": loaded_bytes(infos, dtype)}
+    held = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    largest = max(i.numel for i in infos.values()) * 4  # the largest tensor in float32 (quantising works in it)
+    return {"before": before, "peak": peak, "weights": loaded_bytes(infos, dtype), "model": held,
+            "largest_f32": largest}
 
 
 def measure_in_subprocess(path: Path, dtype: str, *, kwargs: dict | None = None, timeout: float = 600) -> dict:
     """`measure` in a fresh interpreter (so nothing this process holds counts); returns its numbers plus
-    `ratio` = (peak - before) / weights."""
+    `ratio` = (peak - before) / weights and `model_ratio` = (peak - before) / model (what the loaded model
+    holds: smaller than `weights` with fp8)."""
     import os
     import subprocess
 
@@ -133,6 +149,7 @@ def measure_in_subprocess(path: Path, dtype: str, *, kwargs: dict | None = None,
         raise RuntimeError(f"measuring {path} failed: {out.stderr[-2000:]}")
     res = json.loads(out.stdout.strip().splitlines()[-1])
     res["ratio"] = (res["peak"] - res["before"]) / res["weights"]
+    res["model_ratio"] = (res["peak"] - res["before"]) / res["model"]
     return res
 
 

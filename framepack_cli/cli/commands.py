@@ -76,6 +76,11 @@ COMMANDS: tuple[CommandSpec, ...] = (
         "Say what a weights file or directory is: DiT, VAE, text encoder, SigLIP or LoRA, its format and dtype.",
     ),
     CommandSpec(
+        ("doctor",), "framepack_cli.options.doctor:DoctorOptions", "framepack_cli.cli.reports:doctor",
+        "Say what this machine can run: torch/CUDA, GPUs and free memory, RAM, disk, attention kernels, video "
+        "codecs, the settings --memory auto would choose, and the models in --models_dir.",
+    ),
+    CommandSpec(
         ("cache", "latents"), "framepack_cli.options.cache:CacheLatentsOptions",
         "framepack_cli.engine.cache_latents:run_latents",
         "VAE-encode a dataset into FramePack latent caches (video sections, --f1, or --one_frame images).",

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from framepack_cli.cli.render import print_rows
+from framepack_cli.options.doctor import DoctorOptions
 from framepack_cli.options.inspect import InspectOptions
 from framepack_cli.options.lora import LoraInspectOptions
 
@@ -53,6 +54,18 @@ def _models_dir_rows(info: dict[str, Any]) -> dict[str, Any]:
         rows.append((cmd, "ready" if not c["missing"] else f"missing {', '.join(c['missing'])}: {c['fetch']}"))
     print_rows(rows)
     return info
+
+
+def doctor(opts: DoctorOptions) -> dict[str, Any]:
+    """`framepack doctor`: the machine report as `key  value` rows (or `--json`) on stdout."""
+    from framepack_cli.engine.doctor import collect, rows
+
+    facts = collect(opts.models_dir, opts.save_path)
+    if opts.json_output:
+        print(json.dumps(facts))
+    else:
+        print_rows(rows(facts))
+    return facts
 
 
 def _list(values: list[Any]) -> str:

@@ -260,8 +260,11 @@ def _run(opts, sink: ProgressSink, group=None) -> list[JobResult] | list[Generat
 
         # --memory auto (default on CUDA) / --blocks_to_swap auto: before the DiT loads, from the headers.
         host = model_sizes(found, precision, fp8_llm=opts.fp8_llm)
+        # --from_file: the models load once, so the plan is made for the file's largest job.
+        largest = batch_largest(opts) if opts.from_file and device.type == "cuda" else None
         opts = apply_memory_plan(opts, found, precision, device, sink, job_sections(opts),
-                                 host_bytes=sum(host.weights.get(m, 0) for m in resident if m != "dit"))
+                                 host_bytes=sum(host.weights.get(m, 0) for m in resident if m != "dit"),
+                                 largest=largest)
         swap = opts.blocks_to_swap if device.type == "cuda" else 0
         sizes = model_sizes(found, precision, fp8_llm=opts.fp8_llm, fp8_dit=opts.fp8 or opts.fp8_scaled,
                             blocks_to_swap=swap)
@@ -345,6 +348,25 @@ def _line_options(opts, line: str, where: str, budget: Budget | None = None):
     except FramepackError as e:
         raise type(e)("\n".join(f"{where}: {m}" for m in e.message.splitlines()), hint=e.hint) from None
     return line_opts
+
+
+def batch_largest(opts):
+    """(label, `memory_plan.Request`) of the `--from_file` job that needs the most memory (lines that do not
+    parse are left out: they are reported when the batch runs); None for a file without jobs."""
+    from framepack_cli.engine.memory_auto import largest_request
+
+    path = Path(opts.from_file)
+    jobs = []
+    for no, raw in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            line_opts = _line_options(opts, line, f"{path.name} line {no}")
+        except FramepackError:
+            continue
+        jobs.append((f"{path.name} line {no}", line_opts, job_sections(line_opts)))
+    return largest_request(jobs)
 
 
 def parse_batch(opts, sink: ProgressSink, budget: Budget | None = None, *,

@@ -36,14 +36,29 @@ def request_of(opts, sections: int) -> mp.Request:
                       bulk_decode=opts.bulk_decode)
 
 
+def largest_request(jobs: list[tuple[str, object, int]]) -> tuple[str, mp.Request] | None:
+    """The job that needs the most memory, as (its label, its `Request`): the most DiT tokens per section,
+    then the most decoded pixels per chunk, then the most sections. `jobs`: (label, options, sections)."""
+    best = None
+    for label, opts, sections in jobs:
+        req = request_of(opts, sections)
+        key = (req.tokens * req.batch, req.decode_frames * req.height * req.width, req.sections)
+        if best is None or key > best[0]:
+            best = (key, label, req)
+    return None if best is None else (best[1], best[2])
+
+
 def apply_memory_plan(opts, found: dict, precision, device, sink, sections: int, *, host_bytes: int = 0,
-                      free_vram: int | None = None, total_ram: int | None = None):
+                      free_vram: int | None = None, total_ram: int | None = None,
+                      largest: tuple[str, mp.Request] | None = None):
     """The options with the planner's choice applied (or as they are); says the choice in one line.
 
     Args:
         found: `preflight`'s headers (`{kind: (path, infos, prefix)}`), for the DiT's and the VAE's sizes.
         sections: the planned section count; host_bytes: models kept in CPU RAM while the DiT runs.
         free_vram / total_ram: injected numbers (None = asked from the device and /proc/meminfo).
+        largest: `--from_file`: (label, request) of the largest job (`largest_request`), planned for instead
+            of `opts` (the models load once for every job), and named in the line.
 
     Raises:
         ResourceError: nothing fits even with everything on (exit 3, with what would help).
@@ -86,15 +101,20 @@ def apply_memory_plan(opts, found: dict, precision, device, sink, sections: int,
             given.append(f"--blocks_to_swap {swap}")
         given += [f"--{f}" if getattr(opts, f) is True else f"--{f} {getattr(opts, f)}"
                   for f in VAE_FLAGS if f in fields and getattr(opts, f)]
+    req = request_of(opts, sections) if largest is None else largest[1]
     plan = mp.plan_memory(
-        size, request_of(opts, sections), free_vram=free_vram, total_ram=total_ram,
+        size, req, free_vram=free_vram, total_ram=total_ram,
         dtype=str(precision.dit).removeprefix("torch."), vae=vae, vae_dtype=str(precision.vae).removeprefix("torch."),
         host_bytes=host_bytes, fixed=fixed, can_fp8=_built(opts, fp8_scaled=True),
-        max_swap=mp.MAX_SWAP if _built(opts, blocks_to_swap=1) else 0, given=tuple(given))
+        max_swap=mp.MAX_SWAP if _built(opts, blocks_to_swap=1) else 0, given=tuple(given),
+        pinned=bool(getattr(opts, "use_pinned_memory_for_block_swap", False)))
     if not plan.fits:
         if not given and mode == "auto":
             raise plan.error(str(device))
         sink.message(f"Warning: {plan.error(str(device)).message} (running anyway with the flags as given)")
+    elif largest is not None:
+        sink.message(f"{plan.line[:-1]}; planned for the largest job, {largest[0]}: {req.height}x{req.width}, "
+                     f"{req.sections} section{'s' if req.sections != 1 else ''})")
     else:
         sink.message(plan.line)
     updates = plan.updates()

@@ -25,8 +25,13 @@ The estimate (bytes, `i` = bytes per element of the run's dtype, `d` of the VAE'
     VAE decode          VAE weights + frames * h' * w' * 128 channels * d * (5 plain, 3 with --vae_chunk_size)
                         + the decoded chunk 3 * frames * H * W * (d + 4)      h' x w' = H x W, or one tile
                         with tiling; frames = 4 * (latents of the decode chunk - 1) + 1
-    host RAM            with blocks swapped, the model is loaded in RAM and the swapped Linear weights stay
-                        there: DiT bytes + models parked in RAM + RAM_RESERVE 4 GiB <= total RAM
+    host RAM            with blocks swapped, the model is loaded in RAM and each swapped block's Linear weights
+                        move into one host buffer of its own (`dit_host_peak`): DiT bytes - swapped + host
+                        copies + one block (the copy in progress) + models parked in RAM + RAM_RESERVE 4 GiB
+                        <= total RAM. With --use_pinned_memory_for_block_swap each buffer comes from PyTorch's
+                        pinned-memory allocator, which rounds every request up to a power of two
+                        (`pinned_size`): the real bf16 dual block's 680 MB take 1 GiB, a single block's 283 MB
+                        512 MiB (at --blocks_to_swap 38: 41 GiB of pinned RAM for 24 GiB of weights)
 
 Choice, in order (the first that fits wins, so more VRAM never gives more swapping or fp8):
 
@@ -222,6 +227,36 @@ def dit_resident(size: DitSize, itemsize: int, fp8: str | None, swap: int) -> tu
     return size.nbytes(itemsize, fp8) - swapped + prefetch, swapped
 
 
+def pinned_size(nbytes: int) -> int:
+    """Bytes PyTorch's pinned (page-locked) host allocator takes for a request of `nbytes`: the next power of
+    two (its caching host allocator rounds every request up, `CachingHostAllocator`)."""
+    return 1 << (nbytes - 1).bit_length() if nbytes > 0 else 0
+
+
+def host_copies(size: DitSize, itemsize: int, fp8: str | None, swap: int, pinned: bool = False) -> int:
+    """RAM the swapped blocks' host copies take while the DiT runs: one buffer per swapped block holding its
+    Linear weights (`pinned`: each rounded up by `pinned_size`)."""
+    d, s = swap_split(swap, size.double, size.single)
+    db, sb = size.double_block.linear_bytes(itemsize, fp8), size.single_block.linear_bytes(itemsize, fp8)
+    if pinned:
+        db, sb = pinned_size(db), pinned_size(sb)
+    return d * db + s * sb
+
+
+def dit_host_peak(size: DitSize, itemsize: int, fp8: str | None, swap: int, pinned: bool = False) -> int:
+    """Peak RAM of loading a DiT with `swap` blocks swapped: the whole model is loaded into RAM, then block by
+    block the swapped Linear weights are copied into their host buffers (the loaded ones freed after each
+    block) before the rest moves to the GPU: model - swapped + host copies + the last block's weights (its
+    loaded copy and its buffer exist together). 0 without swap (the DiT streams to the GPU)."""
+    if swap <= 0:
+        return 0
+    d, s = swap_split(swap, size.double, size.single)
+    _, swapped = dit_resident(size, itemsize, fp8, swap)
+    last = (size.single_block.linear_bytes(itemsize, fp8) if s else size.double_block.linear_bytes(itemsize, fp8)
+            if d else 0)
+    return size.nbytes(itemsize, fp8) - swapped + host_copies(size, itemsize, fp8, swap, pinned) + last
+
+
 def activation_bytes(size: DitSize, req: Request, itemsize: int) -> int:
     return ACT_K * req.tokens * size.hidden * itemsize * req.batch
 
@@ -308,13 +343,15 @@ class MemoryPlan:
             f"{fmt(self.free)} free", hint=", ".join(helps))
 
 
-def _fits_ram(size: DitSize, itemsize: int, fp8: str | None, swap: int, total_ram: int | None, host: int) -> bool:
+def _fits_ram(size: DitSize, itemsize: int, fp8: str | None, swap: int, total_ram: int | None, host: int,
+              pinned: bool = False) -> bool:
     if total_ram is None or not swap:
         return True
-    return size.nbytes(itemsize, fp8) + host + RAM_RESERVE <= total_ram
+    return dit_host_peak(size, itemsize, fp8, swap, pinned) + host + RAM_RESERVE <= total_ram
 
 
-def _choose_dit(size, req, itemsize, free, total_ram, host, fixed: Fixed, can_fp8: bool, max_swap: int):
+def _choose_dit(size, req, itemsize, free, total_ram, host, fixed: Fixed, can_fp8: bool, max_swap: int,
+                pinned: bool = False):
     """(fp8, swap, need) of the first setting that fits, or None."""
     budget = usable(free)
     block_weights = size.double * size.double_block.linear + size.single * size.single_block.linear
@@ -329,7 +366,7 @@ def _choose_dit(size, req, itemsize, free, total_ram, host, fixed: Fixed, can_fp
             if (fp8 is None and fixed.fp8 is False and fixed.blocks_to_swap is None and can_fp8
                     and swapped > BF16_SWAP_SHARE * block_weights * itemsize):
                 break  # rule 1: past half the block weights, fp8_scaled is the better trade
-            if need <= budget and _fits_ram(size, itemsize, fp8, n, total_ram, host):
+            if need <= budget and _fits_ram(size, itemsize, fp8, n, total_ram, host, pinned):
                 return fp8, n, need
     return None
 
@@ -345,7 +382,8 @@ def _choose_vae(vae, req, vae_itemsize, free, fixed: Fixed):
 
 def plan_memory(size: DitSize, req: Request, *, free_vram: int, total_ram: int | None = None, dtype: str = "bfloat16",
                 vae: int = 0, vae_dtype: str = "float16", host_bytes: int = 0, fixed: Fixed | None = None,
-                can_fp8: bool = True, max_swap: int = MAX_SWAP, given: tuple[str, ...] = ()) -> MemoryPlan:
+                can_fp8: bool = True, max_swap: int = MAX_SWAP, given: tuple[str, ...] = (),
+                pinned: bool = False) -> MemoryPlan:
     """Choose fp8 / block swap / VAE settings that fit (see the module docstring for the estimate and order).
 
     Args:
@@ -354,10 +392,11 @@ def plan_memory(size: DitSize, req: Request, *, free_vram: int, total_ram: int |
         dtype / vae_dtype: the run's DiT and VAE dtypes; vae: the VAE's weight bytes in its dtype.
         fixed: settings the user gave; can_fp8 / max_swap: what this build can do (0 = no block swap).
         given: the user's flags, named in the line.
+        pinned: `--use_pinned_memory_for_block_swap` (the swapped blocks' host copies in pinned buffers).
     """
     fixed = fixed or Fixed()
     itemsize, vae_itemsize = _ITEMSIZE[dtype], _ITEMSIZE[vae_dtype]
-    dit = _choose_dit(size, req, itemsize, free_vram, total_ram, host_bytes, fixed, can_fp8, max_swap)
+    dit = _choose_dit(size, req, itemsize, free_vram, total_ram, host_bytes, fixed, can_fp8, max_swap, pinned)
     dec = _choose_vae(vae, req, vae_itemsize, free_vram, fixed)
     if dit is not None and dec is not None:
         (fp8, swap, need), (chunk, tile, vneed) = dit, dec
@@ -374,7 +413,7 @@ def plan_memory(size: DitSize, req: Request, *, free_vram: int, total_ram: int |
         sh, sw = max(16, int(h * scale) // 16 * 16), max(16, int(w * scale) // 16 * 16)
         small = Request(sh, sw, req.window, req.sections, req.one_frame, req.clean_images, req.batch,
                         req.bulk_decode)
-        if (_choose_dit(size, small, itemsize, free_vram, total_ram, host_bytes, fixed, can_fp8, max_swap)
+        if (_choose_dit(size, small, itemsize, free_vram, total_ram, host_bytes, fixed, can_fp8, max_swap, pinned)
                 and _choose_vae(vae, small, vae_itemsize, free_vram, fixed)):
             smaller = (sh, sw)
             break

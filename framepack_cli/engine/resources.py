@@ -20,7 +20,10 @@ Up-front checks (`check_request`), from the file headers and the settings, in mi
    a refused request cannot fit, and a GPU refusal is never skipped, not even by `--force`. CPU RAM must
    also hold what stays there during each phase: the VAE (parked during sampling), the models that
    `--interactive` keeps, the history latents of all sections and the decoded chunk in float32. On the CPU
-   every phase is in RAM. With `--force` the RAM need may use free swap too (RAM + swap is what the machine
+   every phase is in RAM. With `--blocks_to_swap` on a GPU the DiT is loaded into RAM first (a "loading the
+   DiT" phase: the model, its swapped blocks moving into their host buffers, which pinned memory rounds up to a
+   power of two: `memory_plan.dit_host_peak`), and the host copies stay in RAM while sampling. With `--force`
+   the RAM need may use free swap too (RAM + swap is what the machine
    has; past that the kernel kills the run without a message, so that is refused even with `--force`).
 """
 
@@ -369,14 +372,18 @@ def request_phases(opts, sizes: Sizes, precision, sections: int, *, cuda: bool) 
     decoded = pixels * vae_b
     host_frames = pixels * (1 + (4 if cuda or vae_b != 4 else 0))  # uint8 frames (+ the float32 copy)
     size = f"{h}x{wd}"
-    dit_w, dit_how, swapped = w.get("dit", 0), "", 0
+    dit_w, dit_how, swapped, load_peak = w.get("dit", 0), "", 0, 0
     fp8 = "fp8_scaled" if getattr(opts, "fp8_scaled", False) else "fp8" if getattr(opts, "fp8", False) else None
     swap = opts.blocks_to_swap if isinstance(getattr(opts, "blocks_to_swap", 0), int) else 0
+    pinned = bool(getattr(opts, "use_pinned_memory_for_block_swap", False))
     if sizes.dit is not None and (fp8 or swap):
-        from framepack_cli.engine.memory_plan import dit_resident
+        from framepack_cli.engine.memory_plan import dit_host_peak, dit_resident, host_copies
 
-        dit_w, swapped = dit_resident(sizes.dit, _itemsize(precision.dit), fp8, swap)
+        dit_w, _ = dit_resident(sizes.dit, _itemsize(precision.dit), fp8, swap)
         dit_how = " with " + " ".join(([f"--{fp8}"] if fp8 else []) + ([f"--blocks_to_swap {swap}"] if swap else []))
+        if swap and cuda:  # the swapped blocks' host copies stay in RAM; the whole DiT passes through it
+            swapped = host_copies(sizes.dit, _itemsize(precision.dit), fp8, swap, pinned)
+            load_peak = dit_host_peak(sizes.dit, _itemsize(precision.dit), fp8, swap, pinned)
     te = w.get("text_encoder1", 0) + w.get("text_encoder2", 0)
     many = "" if one_frame else ", fewer sections"
     bulk = "drop --bulk_decode, or " if opts.bulk_decode else ""
@@ -393,13 +400,21 @@ def request_phases(opts, sizes: Sizes, precision, sections: int, *, cuda: bool) 
               f"weights {fmt_bytes(dit_w)}{dit_how} + at least {fmt_bytes(dit_act)} activations for {tokens} "
               f"tokens per section at {size}", history + swapped,
               f"{fmt_bytes(history)} for the latents of {sections} {what}"
-              + (f" + {fmt_bytes(swapped)} of swapped DiT blocks" if swapped else ""),
+              + (f" + {fmt_bytes(swapped)} of swapped DiT blocks" + (" (pinned)" if pinned else "")
+                 if swapped else ""),
               fix=f"a smaller --video_size or --latent_window_size{many}"),
         Phase("VAE decode", ("vae",), w.get("vae", 0) + decoded,
               f"weights {fmt_bytes(w.get('vae', 0))} + {fmt_bytes(decoded)} for {frames} decoded frames at {size}",
               history // 2 + host_frames, f"{fmt_bytes(history // 2 + host_frames)} for the latents and frames",
               fix=f"{bulk}a smaller --video_size or --latent_window_size"),
     ]
+    if load_peak:  # with block swap the DiT loads into RAM before its resident part moves to the GPU
+        phases.insert(3, Phase(
+            "loading the DiT", ("dit",), dit_w, f"weights {fmt_bytes(dit_w)}{dit_how}", load_peak,
+            f"{fmt_bytes(load_peak)} for the DiT loaded in RAM, its swapped blocks copied into "
+            + ("pinned " if pinned else "") + "host buffers",
+            fix=", ".join((["drop --use_pinned_memory_for_block_swap (pinned buffers are rounded up to a power "
+                            "of two)"] if pinned else []) + ([] if fp8 else ["--fp8_scaled"]))))
     return [p for p in phases if all(m in w for m in p.models)]
 
 

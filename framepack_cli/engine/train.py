@@ -34,8 +34,6 @@ from framepack_cli.errors import FramepackError, Interrupted, NotBuiltError
 from framepack_cli.options.train import TrainOptions
 
 UNBUILT = {  # option -> what it needs; refused in one line until then
-    "block_swap_h2d_only": "--blocks_to_swap already copies host-to-device only; the evenly spaced streamed "
-                           "blocks and --block_swap_ring_size of the reference's variant are not built",
     "compile": "torch.compile comes with the speed work",
     "flash3": "FlashAttention 3 is not wired into framepack's DiT; --flash_attn or --sdpa work",
     "huggingface_repo_id": "uploading to the Hugging Face Hub is not built; upload the saved files with "
@@ -370,9 +368,11 @@ class Trainer:
         from framepack_cli.models import block_swap
 
         n = o.blocks_to_swap or 0
+        ring = o.block_swap_ring_size if o.block_swap_h2d_only else None
         swap = bool(n) and block_swap.swap_supported(self.device)
         if n and not swap:
-            self.say(block_swap.NO_CUDA_WARNING.format(n=n, device=self.device.type))
+            flags = f"{n} --block_swap_h2d_only" if ring else n
+            self.say(block_swap.NO_CUDA_WARNING.format(n=flags, device=self.device.type))
         self.say(f"Loading DiT {o.dit}")
         loras = _base_specs(o) or None
         # With block swap the DiT loads to the CPU; the swapper moves all but the swapped blocks' Linear
@@ -383,9 +383,10 @@ class Trainer:
         if n:
             block_swap.check_blocks_to_swap(n, len(dit.transformer_blocks), len(dit.single_transformer_blocks))
         if swap:
-            block_swap.enable_block_swap(dit, n, self.device, pinned=o.use_pinned_memory_for_block_swap)
+            block_swap.enable_block_swap(dit, n, self.device, pinned=o.use_pinned_memory_for_block_swap,
+                                         ring_size=ring)
             self.say(block_swap.describe(len(dit.transformer_blocks), len(dit.single_transformer_blocks), n,
-                                         o.use_pinned_memory_for_block_swap))
+                                         o.use_pinned_memory_for_block_swap, ring))
         for line in (getattr(dit, "lora_report", None) or []) + (getattr(dit, "fp8_report", None) or []):
             self.say(line)
         dit.requires_grad_(False)

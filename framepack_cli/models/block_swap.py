@@ -19,6 +19,15 @@ Two layers:
   training a LoRA on a frozen base), so nothing is ever copied back to the host. All stream/event calls sit
   behind a transfer object (`CudaTransfer`), so tests drive the same executor with a fake one on the CPU.
 
+`--block_swap_h2d_only` (training, the reference's `LoRAStreamOffloader`): the same counts per block list, but
+the streamed blocks are spread evenly over each list (`streamed_positions`: more resident compute between two
+copies), each list has its own ring of `--block_swap_ring_size` device slots (`ring_slots`; the k-th streamed
+block of a list always uses slot k mod ring), and a slot is only overwritten when the next block that needs it
+comes (`ring_schedule`): after a streamed block is used, the next user of its slot is copied in, so with a
+ring of 2 the copy of the next streamed block overlaps the current one, the last blocks of a forward are still
+on the device when its backward starts and the first ones when the next step begins (no copies at the
+turn-arounds). A ring of 1 uses the least memory and overlaps nothing.
+
 Why not diffusers 0.42's `enable_group_offload`: it offloads *every* block of every top-level ModuleList
 (no "N swapped, the rest resident"), moves the top-level modules back to the CPU after every forward, and
 its prefetch order is traced from the first forward only, so in a training backward (blocks needed again in
@@ -72,6 +81,34 @@ def swapped_positions(num_dual: int, num_single: int, n: int) -> frozenset[int]:
     dual, single = split_blocks(num_dual, num_single, n)
     total = num_dual + num_single
     return frozenset([*range(num_dual - dual, num_dual), *range(total - single, total)])
+
+
+def _spaced(count: int, s: int) -> list[int]:
+    """`s` indices spread evenly over `count` (the midpoints of s equal parts; distinct for s <= count)."""
+    return sorted({((2 * i + 1) * count) // (2 * s) for i in range(s)}) if s > 0 else []
+
+
+def streamed_positions(num_dual: int, num_single: int, n: int) -> frozenset[int]:
+    """`--block_swap_h2d_only`: positions of the streamed blocks, as many per list as `split_blocks` gives,
+    spread evenly over each list (the reference's placement, block (2i + 1) * L // (2S) of a list of L)."""
+    dual, single = split_blocks(num_dual, num_single, n)
+    return frozenset([*_spaced(num_dual, dual), *(num_dual + j for j in _spaced(num_single, single))])
+
+
+def ring_slots(num_dual: int, streamed: frozenset[int] | set[int], ring_size: int) -> dict[int, int]:
+    """Block position -> device slot for `--block_swap_ring_size ring_size`: each block list has its own ring
+    of min(ring_size, its streamed blocks) slots (the dual-stream list's first), and the k-th streamed block
+    of a list uses slot k mod ring."""
+    if ring_size < 1:
+        raise ValueError("--block_swap_ring_size must be at least 1")
+    out: dict[int, int] = {}
+    base = 0
+    for part in (sorted(b for b in streamed if b < num_dual), sorted(b for b in streamed if b >= num_dual)):
+        ring = min(ring_size, len(part))
+        for k, b in enumerate(part):
+            out[b] = base + k % ring
+        base += ring
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,6 +185,63 @@ def schedule(order: Sequence[int], swapped: frozenset[int] | set[int], slots: in
         events.append(Event("compute", b, p))
     settle([])
     return events
+
+
+def _next_user(order: Sequence[int], after: int, slot: int, slot_of: dict[int, int]) -> int:
+    """The next block (after use `after`, wrapping around into the next pass) that needs `slot`."""
+    n = len(order)
+    for k in range(1, n + 1):
+        b = order[(after + k) % n]
+        if slot_of.get(b) == slot:
+            return b
+    raise ValueError(f"no block uses slot {slot}")
+
+
+def ring_head(order: Sequence[int], slot_of: dict[int, int], resident: dict[int, int] | None = None) -> list[Event]:
+    """The events before the first use of a ring pass: each slot gets its first user of `order`, unless it
+    already holds it (`resident`: slot -> block, what the previous pass left)."""
+    resident = dict(resident or {})
+    events: list[Event] = []
+    first: dict[int, int] = {}
+    for b in order:
+        if b in slot_of and slot_of[b] not in first:
+            first[slot_of[b]] = b
+    for slot, b in first.items():
+        if resident.get(slot) == b:
+            continue
+        if slot in resident:
+            events.append(Event("evict", resident[slot]))
+        events.append(Event("prefetch", b, slot=slot))
+    return events
+
+
+def ring_schedule(order: Sequence[int], slot_of: dict[int, int],
+                  resident: dict[int, int] | None = None) -> tuple[list[Event], dict[int, int]]:
+    """`--block_swap_h2d_only`: the events that run `order` (block uses) with the blocks of `slot_of` streamed
+    through their fixed device slots, for a pass that is repeated (every training step runs the same order).
+
+    A slot keeps its block until the block's use is over and the next block that needs the slot is not the
+    same one; then that next user (looking past the end of `order` into the next pass) is copied in at once.
+    So a ring of two slots per list copies the next streamed block while the current one computes, keeps the
+    last blocks of a forward for the backward that follows, and loads the next pass's first blocks during
+    the end of this one. `resident` (slot -> block) is what the previous pass left; returns the events and
+    what this pass leaves."""
+    loaded: dict[int, int] = dict(resident or {})  # slot -> block
+    events = ring_head(order, slot_of, loaded)
+    for e in events:
+        if e.kind == "prefetch":
+            loaded[e.slot] = e.block
+    for p, b in enumerate(order):
+        events.append(Event("compute", b, p))
+        if b not in slot_of:
+            continue
+        slot = slot_of[b]
+        nxt = _next_user(order, p, slot, slot_of)
+        if nxt != b:
+            events.append(Event("evict", b))
+            events.append(Event("prefetch", nxt, slot=slot))
+            loaded[slot] = nxt
+    return events, loaded
 
 
 def steps_of(events: Sequence[Event]) -> tuple[list[Event], list[list[Event]]]:
@@ -270,15 +364,23 @@ class BlockSwapper:
     """
 
     def __init__(self, blocks: Sequence[nn.Module], swapped: frozenset[int], transfer: Any, *,
-                 pinned: bool = False) -> None:
+                 pinned: bool = False, slot_map: dict[int, int] | None = None) -> None:
         self.blocks = list(blocks)
         self.swapped = frozenset(swapped)
-        self.rank = {b: i for i, b in enumerate(sorted(self.swapped))}
         self.transfer = transfer
         self.pinned = pinned
         n = len(self.blocks)
-        self.plans = {"forward": steps_of(schedule(forward_order(n), self.swapped)),
-                      "training": steps_of(schedule(training_order(n), self.swapped))}
+        self.orders = {"forward": forward_order(n), "training": training_order(n)}
+        # slot_map given: `--block_swap_h2d_only`'s rings (`ring_schedule`, blocks stay until their slot is
+        # needed); else the plain schedule (`schedule`, every swapped block leaves after its use).
+        self.ring = slot_map is not None
+        if slot_map is None:
+            rank = {b: i for i, b in enumerate(sorted(self.swapped))}
+            slot_map = {b: rank[b] % SLOTS for b in self.swapped}
+            self.plans = {k: steps_of(schedule(o, self.swapped)) for k, o in self.orders.items()}
+        else:
+            self.plans = {k: steps_of(ring_schedule(o, slot_map)[0]) for k, o in self.orders.items()}
+        self.slot_map = dict(slot_map)
         self.weights: dict[int, list[torch.Tensor]] = {}
         self.offsets: dict[int, list[int]] = {}
         self.host: dict[int, torch.Tensor] = {}
@@ -299,7 +401,7 @@ class BlockSwapper:
         """Put swapped blocks' Linear weights into host buffers and everything else of `model` on `device`
         (the model comes from the CPU; no second full copy is made: one block at a time)."""
         keep: set[int] = set()
-        biggest = 0
+        size: dict[int, int] = {}  # slot -> bytes: the largest block using it
         for b in sorted(self.swapped):
             ws = swap_weights(self.blocks[b])
             offsets, total = _layout(ws)
@@ -310,22 +412,22 @@ class BlockSwapper:
                 w.data = self.transfer.offloaded(v)
                 keep.add(id(w))
             self.weights[b], self.offsets[b], self.host[b], self.host_views[b] = ws, offsets, flat, views
-            biggest = max(biggest, total)
+            size[self.slot_map[b]] = max(size.get(self.slot_map[b], 0), total)
         for t in (*model.parameters(), *model.buffers()):
             if id(t) not in keep and t.device != device:
                 t.data = t.data.to(device)
         if self.swapped:
-            self.slots = [self.transfer.device_buffer(biggest) for _ in range(SLOTS)]
-            self.slot_free = [None] * SLOTS
+            self.slots = [self.transfer.device_buffer(size.get(i, 0)) for i in range(max(size) + 1)]
+            self.slot_free = [None] * len(self.slots)
         self.slot_views: dict[tuple[int, int], list[torch.Tensor]] = {}
 
     # -- primitive moves -----------------------------------------------------------------------------
     def _prefetch(self, b: int) -> None:
         if b in self.slot_of:
             return
-        s = self.rank[b] % len(self.slots)
+        s = self.slot_map[b]
         for other, slot in list(self.slot_of.items()):
-            if slot == s:  # only off the planned order (a backward that skipped blocks): stay correct
+            if slot == s:  # plain mode: only off the planned order (a backward that skipped blocks)
                 self._evict(other)
         self.ready[b] = self.transfer.copy(self.slots[s][: _layout(self.weights[b])[1]], self.host[b],
                                            self.slot_free[s])
@@ -354,10 +456,15 @@ class BlockSwapper:
     # -- the loop's calls ----------------------------------------------------------------------------
     def begin(self, training: bool) -> None:
         """A forward starts (`training`: its backward will follow)."""
-        self.reset()
         self.mode = "training" if training else "forward"
         self.cursor = -1
-        self._run(self.plans[self.mode][0])
+        if self.ring:  # what the last pass left stays; only the slots that hold another block change
+            self.log.clear()
+            resident = {s: b for b, s in self.slot_of.items()}
+            self._run(ring_head(self.orders[self.mode], self.slot_map, resident))
+        else:
+            self.reset()
+            self._run(self.plans[self.mode][0])
 
     def enter(self, step: int) -> None:
         """Use number `step` of the current order is about to run: its block must be on the device."""
@@ -443,26 +550,38 @@ def check_blocks_to_swap(n: int, num_dual: int, num_single: int, flag: str = "--
 
 
 def enable_block_swap(model: nn.Module, n: int, device: torch.device, *, pinned: bool = False,
-                      transfer: Any = None) -> BlockSwapper:
+                      transfer: Any = None, ring_size: int | None = None) -> BlockSwapper:
     """Swap `n` blocks of a FramePack DiT (`transformer_blocks`, `single_transformer_blocks`) that sits on the
     CPU; everything else goes to `device`. The model's block loop then calls the swapper
-    (`model.block_swapper`). Returns the swapper."""
+    (`model.block_swapper`). `ring_size`: `--block_swap_h2d_only` with that many device slots per block
+    list (evenly spaced streamed blocks, kept until their slot is needed). Returns the swapper."""
     dual, single = list(model.transformer_blocks), list(model.single_transformer_blocks)
     check_blocks_to_swap(n, len(dual), len(single))
-    swapped = swapped_positions(len(dual), len(single), n)
+    slot_map = None
+    if ring_size is None:
+        swapped = swapped_positions(len(dual), len(single), n)
+    else:
+        swapped = streamed_positions(len(dual), len(single), n)
+        slot_map = ring_slots(len(dual), swapped, ring_size)
     if transfer is None:
         transfer = CudaTransfer(device)
-    sw = BlockSwapper([*dual, *single], swapped, transfer, pinned=pinned)
+    sw = BlockSwapper([*dual, *single], swapped, transfer, pinned=pinned, slot_map=slot_map)
     sw.setup(model, device)
     model.block_swapper = sw
     return sw
 
 
-def describe(num_dual: int, num_single: int, n: int, pinned: bool) -> str:
-    """The line a run prints when block swap is on."""
+def describe(num_dual: int, num_single: int, n: int, pinned: bool, ring_size: int | None = None) -> str:
+    """The line a run prints when block swap is on (`ring_size`: `--block_swap_h2d_only`)."""
     dual, single = split_blocks(num_dual, num_single, n)
-    return (f"Block swap: {dual} of {num_dual} dual-stream and {single} of {num_single} single-stream DiT blocks "
-            f"stay in {'pinned ' if pinned else ''}CPU memory and are copied to the GPU one block ahead")
+    where = f"stay in {'pinned ' if pinned else ''}CPU memory"
+    if ring_size is None:
+        return (f"Block swap: {dual} of {num_dual} dual-stream and {single} of {num_single} single-stream DiT "
+                f"blocks {where} and are copied to the GPU one block ahead")
+    rings = f"{min(ring_size, dual)} + {min(ring_size, single)}" if dual else f"{min(ring_size, single)}"
+    return (f"Block swap (host-to-device only): {dual} of {num_dual} dual-stream and {single} of {num_single} "
+            f"single-stream DiT blocks, evenly spaced, {where} and stream through {rings} GPU slots "
+            f"(--block_swap_ring_size {ring_size} per block list)")
 
 
 def _block_of(key: str) -> tuple[str, int] | None:

@@ -345,8 +345,9 @@ class TrainOptions(OptionsBase):
                                    panel=MEMORY, ge=0, le=MAX_BLOCKS_TO_SWAP)
     use_pinned_memory_for_block_swap: bool = F(False, "Page-locked host buffers for --blocks_to_swap (faster "
                                                "copies, uses that much non-pageable RAM).", panel=MEMORY)
-    block_swap_h2d_only: bool = F(False, "Block swap copies host-to-device only into a GPU ring buffer (needs "
-                                  "--blocks_to_swap and --gradient_checkpointing).", panel=MEMORY, unbuilt=True)
+    block_swap_h2d_only: bool = F(False, "Block swap with evenly spaced streamed blocks copied host-to-device "
+                                  "into a GPU ring buffer per block list, kept until their slot is needed (needs "
+                                  "--blocks_to_swap and --gradient_checkpointing).", panel=MEMORY)
     block_swap_ring_size: int = F(2, "Slots of the --block_swap_h2d_only ring buffer.", panel=MEMORY, ge=1)
     img_in_txt_in_offloading: bool = F(False, "HunyuanVideo only: no effect on FramePack (accepted for "
                                        "compatibility).", panel=MEMORY)

@@ -107,6 +107,34 @@ def test_train_with_block_swap(tmp_path, capsys, monkeypatch, checkpointing):
         assert all(torch.equal(got[k], want[k]) for k in want), run
 
 
+def test_train_with_h2d_only_block_swap(tmp_path, capsys, forced_swap, monkeypatch):
+    """--block_swap_h2d_only (with --gradient_checkpointing, as the reference requires): one warning line
+    without CUDA; with the swapper forced on it streams the evenly spaced blocks through the rings and the
+    LoRA equals the plain run's."""
+    toml = video_dataset(tmp_path, only="clip_b*")
+    extra = ["--max_train_steps", "2", "--gradient_checkpointing"]
+    h2d = ["--blocks_to_swap", "2", "--block_swap_h2d_only", "--block_swap_ring_size", "1"]
+    code, _, err = cli(train_args(toml, tmp_path / "plain", *extra), capsys)
+    assert code == 0, err
+    monkeypatch.setattr(block_swap, "swap_supported", lambda device: False)
+    code, _, err = cli(train_args(toml, tmp_path / "cpu", *extra, *h2d), capsys)
+    assert code == 0, err
+    assert [line for line in err.splitlines() if "block swap" in line.lower()] == [
+        "Warning: --blocks_to_swap 2 --block_swap_h2d_only: block swap needs a CUDA GPU; on cpu every block stays "
+        "in memory as usual (same results)"]
+    monkeypatch.setattr(block_swap, "swap_supported", lambda device: True)
+    code, _, err = cli(train_args(toml, tmp_path / "swap", *extra, *h2d), capsys)
+    assert code == 0, err
+    assert ("Block swap (host-to-device only): 1 of 2 dual-stream and 1 of 2 single-stream DiT blocks, evenly "
+            "spaced, stay in CPU memory and stream through 1 + 1 GPU slots (--block_swap_ring_size 1 per block "
+            "list)") in err.splitlines()
+    assert forced_swap and forced_swap[-1].copies > 0
+    want = load_file(str(tmp_path / "plain" / "lora.safetensors"))
+    for run in ("cpu", "swap"):
+        got = load_file(str(tmp_path / run / "lora.safetensors"))
+        assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want), run
+
+
 def test_one_frame_with_the_swapper_equals_the_plain_run(tmp_path, capsys, forced_swap):
     base = ["one-frame", *MODEL_ARGS, "--video_size", "48", "64", "--infer_steps", "2", "--image_path",
             INPUTS / "start.png", "--control_image_path", INPUTS / "start.png", "--prompt", "x", "--seed", "4",

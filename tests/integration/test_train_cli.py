@@ -330,17 +330,6 @@ def test_network_weights_of_another_architecture(tmp_path, capsys):
     assert "Traceback" not in err
 
 
-def test_not_built_memory_flags_are_refused(tmp_path, capsys):
-    toml = video_dataset(tmp_path, only="clip_b*")
-    code, _, err = cli(train_args(toml, tmp_path / "out", "--blocks_to_swap", "2", "--gradient_checkpointing",
-                                  "--block_swap_h2d_only"), capsys)
-    assert code == 2
-    assert err.strip().splitlines() == [
-        "Error: --block_swap_h2d_only: not built yet in framepack train (--blocks_to_swap already copies "
-        "host-to-device only; the evenly spaced streamed blocks and --block_swap_ring_size of the reference's "
-        "variant are not built); run without --block_swap_h2d_only"]
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Multi-process
 

@@ -17,8 +17,11 @@ from framepack_cli.models.block_swap import (
     enable_block_swap,
     forward_order,
     max_blocks_to_swap,
+    ring_schedule,
+    ring_slots,
     schedule,
     split_blocks,
+    streamed_positions,
     swapped_positions,
     training_order,
 )
@@ -121,6 +124,91 @@ def test_schedule_events_on_a_small_case():
     ev = [(e.kind[0], e.block) for e in schedule(forward_order(5), frozenset({2, 3, 4}))]
     assert ev == [("c", 0), ("p", 2), ("c", 1), ("p", 3), ("c", 2), ("e", 2), ("p", 4), ("c", 3), ("e", 3),
                   ("c", 4), ("e", 4)]
+
+
+# --------------------------------------------------------------------------------------------------
+# --block_swap_h2d_only: evenly spaced streamed blocks, a ring of slots per block list
+# --------------------------------------------------------------------------------------------------
+
+
+def test_streamed_blocks_are_spread_evenly():
+    # The reference's placement (2i + 1) * L // (2S) per list, with split_blocks' counts.
+    assert streamed_positions(20, 40, 20) == frozenset([*range(1, 20, 2),
+                                                        *(20 + (2 * i + 1) * 40 // 42 for i in range(21))])
+    assert sorted(streamed_positions(20, 40, 20))[10:13] == [20, 22, 24]
+    assert streamed_positions(4, 6, 4) == frozenset({1, 3, 4, 5, 7, 8, 9})
+    for nd, ns, n in [(20, 40, k) for k in range(39)] + [(4, 6, 4), (2, 2, 2), (3, 9, 5)]:
+        pos = streamed_positions(nd, ns, n)
+        assert (len([b for b in pos if b < nd]), len([b for b in pos if b >= nd])) == split_blocks(nd, ns, n)
+    assert ring_slots(4, frozenset({1, 3, 4, 5, 7, 8, 9}), 2) == {1: 0, 3: 1, 4: 2, 5: 3, 7: 2, 8: 3, 9: 2}
+    assert ring_slots(4, frozenset({1, 3, 4, 5, 7, 8, 9}), 1) == {1: 0, 3: 0, 4: 1, 5: 1, 7: 1, 8: 1, 9: 1}
+    assert ring_slots(20, frozenset({5, 30}), 3) == {5: 0, 30: 1}  # a ring never has more slots than blocks
+    with pytest.raises(ValueError):
+        ring_slots(4, frozenset({1}), 0)
+
+
+def check_ring(events, order, slot_of, resident=None):
+    """Replay a ring schedule: (copies, uses of a streamed block whose copy overlapped no other use)."""
+    loaded = dict(resident or {})  # slot -> block
+    issued: dict[int, int] = {}  # block -> uses done when its copy was issued
+    done = copies = stalls = 0
+    assert [e.block for e in events if e.kind == "compute"] == list(order)
+    for e in events:
+        if e.kind == "evict":
+            slot = slot_of[e.block]
+            assert loaded.get(slot) == e.block
+            del loaded[slot]
+        elif e.kind == "prefetch":
+            assert e.slot == slot_of[e.block] and e.slot not in loaded  # its own slot, emptied first
+            loaded[e.slot] = e.block
+            issued[e.block] = done
+            copies += 1
+        else:
+            if e.block in slot_of:
+                assert loaded.get(slot_of[e.block]) == e.block  # on the device when used
+                if e.block in issued and issued.pop(e.block) == e.step:
+                    stalls += 1  # copied right before its use: nothing computed meanwhile
+            done += 1
+    return copies, stalls, loaded
+
+
+@pytest.mark.parametrize(("nd", "ns", "n"), [(20, 40, k) for k in (1, 2, 10, 20, 36)] + [(4, 6, 4), (2, 2, 2)])
+@pytest.mark.parametrize("ring", [1, 2, 3])
+def test_ring_schedule(nd, ns, n, ring):
+    streamed = streamed_positions(nd, ns, n)
+    slot_of = ring_slots(nd, streamed, ring)
+    lists = [sum(1 for b in streamed if b < nd), sum(1 for b in streamed if b >= nd)]
+    rings = [min(ring, s) for s in lists]
+    total = nd + ns
+    # Steady-state copies per list: forward, every block but those alone in their slot (kept for the next
+    # pass); forward + backward, two fewer per slot than the plain swap (none at the turn-arounds).
+    for order, per_list in ((forward_order(total), lambda s, r: max(0, s - max(0, 2 * r - s))),
+                            (training_order(total), lambda s, r: 2 * (s - r))):
+        assert sorted(set(order)) == list(range(total)) and len(order) in (total, 2 * total)
+        events, left = ring_schedule(order, slot_of)  # cold start
+        copies, _, state = check_ring(events, order, slot_of)
+        assert state == left and copies == sum(rings) + sum(per_list(s, r) for s, r in zip(lists, rings, strict=True))
+        for _ in range(2):  # steady state: the next pass starts from what this one left
+            events, left2 = ring_schedule(order, slot_of, left)
+            copies, stalls, state = check_ring(events, order, slot_of, left)
+            assert state == left2 == left
+            # no copy at the turn-arounds
+            assert copies == sum(per_list(s, r) for s, r in zip(lists, rings, strict=True))
+            if ring >= 2:
+                assert stalls == 0  # every copy overlaps at least one other block's use
+
+
+def test_ring_schedule_events_on_a_small_case():
+    # Streamed blocks 1, 3, 5 of 6 in one list, ring 2: after block 1 is used block 5 takes its slot; the
+    # pass ends by bringing back block 1 for the next one.
+    order = forward_order(6)
+    slot_of = {1: 0, 3: 1, 5: 0}
+    ev, left = ring_schedule(order, slot_of)
+    assert [(e.kind[0], e.block) for e in ev] == [("p", 1), ("p", 3), ("c", 0), ("c", 1), ("e", 1), ("p", 5),
+                                                  ("c", 2), ("c", 3), ("c", 4), ("c", 5), ("e", 5), ("p", 1)]
+    assert left == {0: 1, 1: 3}
+    ev, _ = ring_schedule(order, slot_of, left)
+    assert [(e.kind[0], e.block) for e in ev][:2] == [("c", 0), ("c", 1)]
 
 
 def test_real_model_bytes_saved():
@@ -390,3 +478,61 @@ def test_cuda_transfer_orders_copies_with_events(tiny, monkeypatch):
     side_waits = [e[2] for e in log if e[0] == "wait_event" and e[1] == "side"]
     assert side_waits == [r[2] for r in released[:2]]
     assert sw.transfer._worker is not None
+
+
+@pytest.mark.parametrize("ring", [1, 2])
+def test_h2d_only_forward_and_checkpointed_backward_equal_the_unswapped_model(ring):
+    """--block_swap_h2d_only (rings, blocks kept until their slot is needed) gives the unswapped outputs and
+    gradients, in a forward-only pass and in checkpointed training steps, with the copies the schedule says."""
+    from framepack_cli.models.lora.training import create_network
+
+    model = _wide()
+    kwargs = _inputs()  # shortened text and image tokens: a fast test
+    kwargs.update(encoder_hidden_states=kwargs["encoder_hidden_states"][:, :16],
+                  encoder_attention_mask=kwargs["encoder_attention_mask"][:, :16],
+                  image_embeddings=kwargs["image_embeddings"][:, :16])
+    with torch.no_grad():
+        want = model(**kwargs)
+        m = copy.deepcopy(model)
+        fake = FakeTransfer()
+        sw = enable_block_swap(m, 4, torch.device("cpu"), transfer=fake, ring_size=ring)
+        assert sw.swapped == streamed_positions(4, 6, 4) and sw.ring
+        for _ in range(2):
+            assert torch.equal(m(**kwargs), want)
+    steady = ring_schedule(forward_order(10), sw.slot_map, ring_schedule(forward_order(10), sw.slot_map)[1])[0]
+    per_pass = sum(e.kind == "prefetch" for e in steady)
+    cold = sum(e.kind == "prefetch" for e in ring_schedule(forward_order(10), sw.slot_map)[0])
+    assert fake.copies == cold + per_pass
+    assert len(sw.slots) == len(set(sw.slot_map.values()))  # one ring per block list
+
+    def step(m):
+        m.enable_training_checkpointing(cpu_offload=False)
+        m.train()
+        torch.manual_seed(1)
+        net = create_network("networks.lora_framepack", m, dim=4, alpha=1.0, dropout=None, network_args={})
+        with torch.no_grad():
+            for p in net.parameters():
+                p.normal_(0, 0.1)
+        hidden = kwargs["hidden_states"].clone().requires_grad_(True)
+        out = []
+        for _ in range(2):
+            net.zero_grad(set_to_none=True)
+            hidden.grad = None
+            o = m(**{**kwargs, "hidden_states": hidden})
+            o.square().mean().backward()
+            out.append((o.detach(), hidden.grad.clone(), [p.grad.clone() for p in net.parameters()]))
+        return out
+
+    plain = step(copy.deepcopy(model))
+    m = copy.deepcopy(model)
+    fake = FakeTransfer()
+    sw = enable_block_swap(m, 4, torch.device("cpu"), transfer=fake, ring_size=ring)
+    got = step(m)
+    for (o1, h1, g1), (o2, h2, g2) in zip(plain, got, strict=True):
+        assert torch.equal(o1, o2) and torch.equal(h1, h2)
+        assert all(torch.equal(a, b) for a, b in zip(g1, g2, strict=True))
+    assert [e.step for e in sw.log if e.kind == "compute"] == list(range(20))
+    order = training_order(10)
+    cold, left = ring_schedule(order, sw.slot_map)
+    steady = ring_schedule(order, sw.slot_map, left)[0]
+    assert fake.copies == sum(e.kind == "prefetch" for e in cold + steady)

@@ -3,7 +3,9 @@
 A full-width synthetic DiT (3072 wide, 24 heads, one dual and one single block of the real structure, one
 refiner block; written as bf16 zeros into tmp at test time) is loaded by `load_dit` in a fresh process; the
 growth of its peak RSS (VmHWM) must stay within 1.15x the weights in the run's dtype, for a single file and for
-shards, loaded as bfloat16 (as stored) and as float32 (a cast while loading).
+shards, loaded as bfloat16 (as stored) and as float32 (a cast while loading), and with fp8: `--fp8` /
+`--fp8_scaled` converting the bf16 file while loading, and pre-quantised fp8 files (plain and scaled) loading
+as stored.
 """
 
 from __future__ import annotations
@@ -31,6 +33,35 @@ def test_peak_rss_while_loading_a_fullwidth_dit(checkpoints, layout, dtype):
     assert res["ratio"] <= LIMIT, (
         f"{layout} {dtype}: peak RSS grew by {(res['peak'] - res['before']) / 2**30:.2f} GiB for "
         f"{res['weights'] / 2**30:.2f} GiB of weights ({res['ratio']:.2f}x)")
+
+
+@pytest.fixture(scope="module")
+def prequantised(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fullwidth_fp8")
+    return {mode: write_fullwidth_dit(root / mode, fp8=mode) for mode in ("fp8", "fp8_scaled")}
+
+
+def _check_fp8(res, what):
+    grew = res["peak"] - res["before"]
+    assert res["ratio"] <= LIMIT, f"{what}: {grew / 2**30:.2f} GiB for {res['weights'] / 2**30:.2f} GiB of weights"
+    # Beyond the fp8 model itself only per-tensor work (a few float32 copies of one weight), never the model.
+    assert grew - res["model"] <= 3 * res["largest_f32"], (
+        f"{what}: {grew / 2**30:.2f} GiB for a model of {res['model'] / 2**30:.2f} GiB")
+
+
+@pytest.mark.parametrize("mode", ["fp8", "fp8_scaled"])
+def test_peak_rss_converting_to_fp8_while_loading(checkpoints, mode):
+    res = measure_in_subprocess(checkpoints["single"], "bfloat16", kwargs={"fp8": mode})
+    assert res["model"] < 0.85 * res["weights"]  # the block Linears really are fp8
+    _check_fp8(res, f"--{mode}")
+
+
+@pytest.mark.parametrize("mode", ["fp8", "fp8_scaled"])
+def test_peak_rss_loading_a_prequantised_fp8_file(prequantised, mode):
+    res = measure_in_subprocess(prequantised[mode], "bfloat16")
+    assert res["model"] < 0.85 * res["weights"]
+    _check_fp8(res, f"pre-quantised {mode}")
+    assert res["model_ratio"] <= 1.05  # loaded as stored: no upcast copy
 
 
 def test_streamed_load_casts_per_key_and_skips_unwanted_keys(tmp_path):

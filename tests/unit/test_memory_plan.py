@@ -260,9 +260,24 @@ def test_budget_counts_fp8_and_swap_weights(found):
     precision = precision_for(opts, dev)
     sizes = model_sizes({"dit": found["dit"]}, precision)
     plain = request_phases(opts, sizes, precision, 5, cuda=True)[0]
-    planned = request_phases(opts.model_copy(update={"fp8_scaled": True, "blocks_to_swap": 20}), sizes, precision,
-                             5, cuda=True)[0]
+    phases = request_phases(opts.model_copy(update={"fp8_scaled": True, "blocks_to_swap": 20}), sizes, precision,
+                            5, cuda=True)
+    assert [p.name for p in phases] == ["loading the DiT", "sampling"]  # swapped: the DiT loads into RAM first
+    planned = phases[1]
     assert plain.name == planned.name == "sampling"
     assert planned.device_bytes < plain.device_bytes - 10 * mp.GiB
     assert "with --fp8_scaled --blocks_to_swap 20" in planned.detail
     assert "of swapped DiT blocks" in planned.host_detail
+
+
+def test_ram_counts_pinned_host_copies(real):
+    """--use_pinned_memory_for_block_swap: pinned buffers are rounded up to a power of two, so the same swap
+    needs more RAM; with 40 GiB of RAM and --blocks_to_swap 38 given, bf16 fits pageable, pinned needs fp8."""
+    fixed = mp.Fixed(blocks_to_swap=38)
+    p = plan(real, 24, 640, 640, total_ram=40 * mp.GiB, fixed=fixed)
+    assert p.fits and p.fp8 is None and p.blocks_to_swap == 38
+    p = plan(real, 24, 640, 640, total_ram=40 * mp.GiB, fixed=fixed, pinned=True)
+    assert p.fits and p.fp8 == "fp8_scaled" and p.blocks_to_swap == 38
+    size, _ = real
+    assert mp.dit_host_peak(size, 2, None, 38, pinned=True) + mp.RAM_RESERVE > 40 * mp.GiB
+    assert mp.dit_host_peak(size, 2, "fp8_scaled", 38, pinned=True) + mp.RAM_RESERVE <= 40 * mp.GiB

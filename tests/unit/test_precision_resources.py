@@ -207,3 +207,49 @@ def test_ram_check_on_cpu_and_force_uses_swap(tmp_path):
     check_fit(phases, REAL, CPU, device_free=None, ram_free=20 * GiB, swap=16 * GiB, force=True)
     with pytest.raises(ResourceError):  # RAM + swap is all the machine has: refused even with --force
         check_fit(phases, REAL, CPU, device_free=None, ram_free=20 * GiB, swap=0, force=True)
+
+
+def test_ram_check_counts_the_host_copies_of_swapped_blocks(tmp_path):
+    """With --blocks_to_swap on a GPU the whole DiT passes through RAM and the swapped blocks' host copies stay
+    there; pinned buffers are rounded up to a power of two (real bf16 DiT: 24.0 GiB of weights, at
+    --blocks_to_swap 38 22.3 GiB swapped, 38.5 GiB pinned)."""
+    from framepack_cli.engine import memory_plan as mp
+    from tests.fullwidth_dit import real_infos
+
+    size = mp.dit_size(real_infos())
+    sizes = Sizes(REAL.weights, REAL.hidden, REAL.files, dit=size)
+    p = resolve_precision(CUDA)
+    assert mp.pinned_size(679_477_248) == 2**30 and mp.pinned_size(2**29) == 2**29 and mp.pinned_size(0) == 0
+    plain = mp.host_copies(size, 2, None, 38)
+    pinned = mp.host_copies(size, 2, None, 38, pinned=True)
+    assert plain == 19 * size.double_block.linear * 2 + 39 * size.single_block.linear * 2
+    assert pinned == 19 * 2**30 + 39 * 2**29 and pinned > 1.7 * plain
+    assert mp.dit_host_peak(size, 2, None, 38) == (size.nbytes(2) - plain + plain
+                                                   + size.single_block.linear * 2)
+    assert mp.dit_host_peak(size, 2, None, 0) == 0
+
+    def phases(**kw):
+        return request_phases(gen_opts(tmp_path, video_size=(640, 640), blocks_to_swap=38, **kw), sizes, p, 5,
+                              cuda=True)
+
+    names = [ph.name for ph in phases()]
+    assert names == ["VAE encode", "image encoder", "text encoders", "loading the DiT", "sampling", "VAE decode"]
+    load = {ph.name: ph for ph in phases()}["loading the DiT"]
+    assert load.host_bytes == mp.dit_host_peak(size, 2, None, 38)
+    sampling = {ph.name: ph for ph in phases(use_pinned_memory_for_block_swap=True)}["sampling"]
+    assert sampling.host_bytes > pinned and "of swapped DiT blocks (pinned)" in sampling.host_detail
+    ram_free = load.host_bytes + REAL.weights["vae"] + 512 * MiB + GiB  # enough without pinned memory
+    check_fit(phases(), sizes, CUDA, device_free=80 * GiB, ram_free=ram_free)
+    with pytest.raises(ResourceError) as e:
+        check_fit(phases(use_pinned_memory_for_block_swap=True), sizes, CUDA, device_free=80 * GiB,
+                  ram_free=ram_free)
+    assert e.value.exit_code == 3
+    assert str(e.value).startswith("not enough RAM for loading the DiT (DiT FramePackI2V_HY_bf16.safetensors): "
+                                   "needs about 41.4 GiB (")
+    assert "for the DiT loaded in RAM, its swapped blocks copied into pinned host buffers" in str(e.value)
+    assert str(e.value).endswith("(drop --use_pinned_memory_for_block_swap (pinned buffers are rounded up to a "
+                                 "power of two), --fp8_scaled, or free RAM (close other programs))")
+    # On the CPU block swap is off: nothing counted twice.
+    cpu = request_phases(gen_opts(tmp_path, video_size=(640, 640), blocks_to_swap=38), sizes, resolve_precision(CPU),
+                         5, cuda=False)
+    assert "loading the DiT" not in [ph.name for ph in cpu]
