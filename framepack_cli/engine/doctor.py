@@ -4,7 +4,9 @@ Facts, each from its own small function (tests replace the probes): torch / CUDA
 with its free memory, RAM, free disk under the output and model folders, the attention kernels and video codecs
 installed, the memory settings `--memory auto` would choose for a 640x640 video with the released DiT's and
 VAE's sizes (`engine/memory_plan.py`; on the CPU the RAM a run needs instead), and the model files found in the
-given folders (`models_found(folders)`, each file's kind from its header, `engine/inspect.py`).
+given folders (`models_found(folders)`, each file's kind from its header, `engine/inspect.py`), and what the
+model resolution finds where `framepack download` writes (`stored_models`: `--models_dir`, `$FRAMEPACK_HOME`, the
+Hugging Face cache; `models/store.py`) with, per command, what is missing and the command that fetches it.
 """
 
 from __future__ import annotations
@@ -147,7 +149,10 @@ def _candidates(folder: Path) -> list[Path]:
         shards = expand_shards(f)
         seen.update(shards)
         out.append(folder if len(shards) == len(files) and len(shards) > 1 else f)
-    out += sorted(x for x in folder.iterdir() if x.is_dir() and not x.name.startswith("."))
+    # hub-cache repositories (`models--owner--name`, what `framepack download` writes) are the store's: see
+    # `stored_models`
+    out += sorted(x for x in folder.iterdir()
+                  if x.is_dir() and not x.name.startswith(".") and not x.name.startswith("models--"))
     return out
 
 
@@ -232,14 +237,36 @@ def memory_settings(gpus: list[dict[str, Any]], ram: dict[str, int | None]) -> d
 # --------------------------------------------------------------------------------------------------------
 
 
+def stored_models(models_dirs: list[str] | None) -> dict[str, Any]:
+    """What a run without model flags would use: each catalog component found (path, where, repository) or None,
+    searched like every command does (the `--models_dir` folders, `$FRAMEPACK_HOME`, the HF cache; offline), and
+    per command the components still missing with the `framepack download` command that fetches them."""
+    from framepack_cli.models.store import find_component, store_places
+    from framepack_cli.plan.model_catalog import COMMAND_NEEDS, COMPONENTS, fetch_command
+
+    dirs = list(models_dirs or [])
+    places = [(Path(d).expanduser(), "--models_dir") for d in dirs[:-1]] + store_places(dirs[-1] if dirs else None)
+    found = {name: find_component(comp, places) for name, comp in COMPONENTS.items()}
+    components = {name: None if f is None else {"path": str(f.path), "place": f.place, "repo": f.repo}
+                  for name, f in found.items()}
+    commands = {}
+    for cmd, needs in COMMAND_NEEDS.items():
+        missing = [n for n in needs if found.get(n) is None]
+        commands[cmd] = {"missing": missing,
+                         "fetch": fetch_command(missing, dirs[-1] if dirs else None) if missing else None}
+    return {"places": [{"path": str(p), "label": label} for p, label in places], "components": components,
+            "commands": commands}
+
+
 def collect(models_dirs: list[str] | None, save_path: str) -> dict[str, Any]:
     folders = list(models_dirs or [])
     models = models_found(folders)
+    stored = stored_models(folders)
     gpus = gpu_devices()
     ram = ram_facts()
     disk = disk_facts({"output": save_path, **{f"models {d}": d for d in folders}})
     return {"torch": torch_facts(), "gpus": gpus, "ram": ram, "disk": disk, "attention": attention_kernels(),
-            "video": video_codecs(), "memory": memory_settings(gpus, ram), "models": models}
+            "video": video_codecs(), "memory": memory_settings(gpus, ram), "models": models, "stored": stored}
 
 
 def rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
@@ -263,8 +290,15 @@ def rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
     out.append(("video", f"PyAV {v['av'] or 'not installed'}, libx264 {'yes' if v['libx264'] else 'NO'}, "
                          f"ffmpeg program {v['ffmpeg'] or 'not found'}"))
     out.append((f"memory at {PLAN_SIZE[0]}x{PLAN_SIZE[1]}", facts["memory"]["line"]))
-    if not facts["models"]:
-        out.append(("models", "none found" if facts["disk"].keys() - {"output"} else "pass --models_dir DIR"))
+    stored = facts["stored"]
+    out.append(("models searched", ", ".join(f"{p['label']} {p['path']}" for p in stored["places"])))
+    for name, c in stored["components"].items():
+        out.append((f"  {name}", "not found" if c is None else f"{c['path']} ({c['place']}, {c['repo']})"))
+    for cmd, c in stored["commands"].items():
+        out.append((f"  ready: {cmd}", "yes" if not c["missing"] else
+                    f"no, missing {', '.join(c['missing'])}: {c['fetch']}"))
+    if not facts["models"] and facts["disk"].keys() - {"output"}:
+        out.append(("model files", "none found in the --models_dir folders"))
     folder = None
     for entry in facts["models"]:
         p = Path(entry["path"])

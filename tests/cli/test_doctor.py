@@ -16,7 +16,7 @@ from framepack_cli.engine import memory_plan as mp
 from tests.conftest import MODELS
 
 GiB = 2**30
-KEYS = {"torch", "gpus", "ram", "disk", "attention", "video", "memory", "models"}
+KEYS = {"torch", "gpus", "ram", "disk", "attention", "video", "memory", "models", "stored"}
 
 
 def cli(args, capsys):
@@ -103,3 +103,28 @@ def test_help_does_not_import_torch():
                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
     assert res.returncode == 0, res.stderr
     assert "--models_dir DIR" in res.stdout and "--json" in res.stdout
+
+
+def test_models_a_run_would_find_and_what_each_command_lacks(tmp_path, capsys):
+    """The resolver's view: a VAE downloaded into --models_dir (hub-cache layout) is found and used; the DiT is
+    missing, and the line for generate names the exact download command."""
+    from tests.unit.test_model_store import put
+
+    mine = tmp_path / "mine"
+    put(mine, "hunyuanvideo-community/HunyuanVideo",
+        {"vae/config.json": b"{}", "vae/diffusion_pytorch_model.safetensors": b"x"})
+    code, out, _ = cli(["doctor", "--json", "--models_dir", mine, "--save_path", tmp_path], capsys)
+    assert code == 0
+    stored = json.loads(out)["stored"]
+    assert stored["places"][0] == {"path": str(mine), "label": "--models_dir"}
+    vae = stored["components"]["vae"]
+    assert vae["place"] == "--models_dir" and vae["path"].endswith("vae/diffusion_pytorch_model.safetensors")
+    assert stored["components"]["dit"] is None
+    gen = stored["commands"]["generate / one-frame / kisekae"]
+    assert "vae" not in gen["missing"] and "dit" in gen["missing"]
+    assert gen["fetch"].startswith("framepack download") and f"--models_dir {mine}" in gen["fetch"]
+    assert json.loads(out)["models"] == []  # the hub-layout folder is not listed as a loose model file
+    code, out, _ = cli(["doctor", "--models_dir", mine, "--save_path", tmp_path], capsys)
+    assert code == 0
+    assert "  vae" in out and "(--models_dir, hunyuanvideo-community/HunyuanVideo)" in out
+    assert "ready: cache latents" in out
