@@ -11,7 +11,8 @@ import torch
 
 from framepack_cli import __version__
 from framepack_cli.engine.progress import ProgressSink
-from framepack_cli.plan.sections import decode_chunks, frames_per_section
+from framepack_cli.options.base import DECODE_MODES, decode_mode
+from framepack_cli.plan.sections import decode_chunks, frames_per_section, stream_chunks
 
 
 def sha256_file(path: str) -> str:
@@ -126,7 +127,7 @@ def write_outputs(opts, latent: torch.Tensor, seed: int, meta: dict[str, str] | 
                 where = save_dir / (f"{base}_000.png" if one_frame else base)  # the frame, or the frames' folder
                 writers.append(_Named(PngSequenceWriter(save_dir, base, metadata=meta, subdir=not one_frame), where))
             try:
-                decode_to(writers, vae, latent, opts.latent_window_size, bulk=opts.bulk_decode,
+                decode_to(writers, vae, latent, opts.latent_window_size, mode=decode_mode(opts),
                           per_frame=one_frame, sink=sink)
                 outs = [w.close() for w in writers]
             except BaseException:
@@ -220,16 +221,23 @@ def _write_error(exc: OSError, path: Path, opts, latent, meta, base: str, saved_
     return type(err)(err.message, hint=keep)
 
 
-def decode_to(sinks, load_vae, latent: torch.Tensor, window: int, *, bulk: bool = False, per_frame: bool = False,
+def decode_to(sinks, load_vae, latent: torch.Tensor, window: int, *, mode: str = "blend", per_frame: bool = False,
               sink: ProgressSink | None = None) -> None:
-    """Decode a CTHW latent and stream uint8 frames to `sinks` (progressive soft-append unless bulk).
+    """Decode a CTHW latent and stream uint8 frames to `sinks` as each chunk finishes.
 
-    `load_vae()` returns the VAE; it is called once the decode has begun (so loading it counts as decoding).
+    `mode` (`--decode`): "stream" decodes consecutive time chunks with no overlap, each latent once, carrying the
+    causal state across chunks (`vae_decode_stream`); "blend" is the reference's progressive decode of overlapping
+    chunks blended linearly; "bulk" decodes the whole latent in one pass. `load_vae()` returns the VAE; it is
+    called once the decode has begun (so loading it counts as decoding).
     """
+    from contextlib import closing
+
     from framepack_cli.engine.progress import NullProgress
     from framepack_cli.io.outputs import ProgressiveBlender, to_uint8
-    from framepack_cli.models.vae import vae_decode, vae_decode_per_frame
+    from framepack_cli.models.vae import vae_decode, vae_decode_per_frame, vae_decode_stream
 
+    if mode not in DECODE_MODES:
+        raise ValueError(f"decode mode must be one of {DECODE_MODES}, got {mode!r}")
     sink = sink or NullProgress()
     z = latent.unsqueeze(0)
     if per_frame:
@@ -242,7 +250,19 @@ def decode_to(sinks, load_vae, latent: torch.Tensor, window: int, *, bulk: bool 
             sink.advance()
         sink.end_items()
         return
-    chunks = [(0, z.shape[2])] if bulk else decode_chunks(z.shape[2], window)
+    if mode == "stream":
+        bounds = stream_chunks(z.shape[2], window)
+        sink.start_items(len(bounds), "decode")
+        vae = load_vae()
+        with closing(vae_decode_stream(vae, z, bounds)) as pieces:
+            for pixels in pieces:
+                frames = to_uint8(pixels[0].float().cpu())
+                for w in sinks:
+                    w.write(frames)
+                sink.advance()
+        sink.end_items()
+        return
+    chunks = [(0, z.shape[2])] if mode == "bulk" else decode_chunks(z.shape[2], window)
     blender = ProgressiveBlender(frames_per_section(window), sinks)
     sink.start_items(len(chunks), "decode")
     vae = load_vae()

@@ -117,3 +117,28 @@ def check_output_dir(value: str | None, flag: str) -> None:
             if not parent.is_dir():
                 raise ValueError(f"{flag}: cannot create {value}: {parent} is a file")
             break
+
+
+DECODE_MODES = ("stream", "blend", "bulk")
+DEFAULT_DECODE = "blend"
+"""`--decode` when neither it nor `--bulk_decode` is given (see bench/bench_decode.py for why)."""
+
+DECODE_HELP = (f"How the VAE decodes the latent: stream (time chunks without overlap, each latent once), blend (the "
+               f"reference's overlapping chunks, blended), bulk (all frames at once, most memory; = --bulk_decode). "
+               f"Default {DEFAULT_DECODE}.")
+
+
+def decode_mode(opts) -> str:
+    """The decode of a run: `--bulk_decode` (musubi's spelling of `--decode bulk`), else `--decode`, else the
+    default."""
+    if getattr(opts, "bulk_decode", False):
+        return "bulk"
+    return getattr(opts, "decode", None) or DEFAULT_DECODE
+
+
+def decode_conflict(decode: str | None, bulk_decode: bool) -> str | None:
+    """The error line for `--bulk_decode` given with another `--decode`, else None."""
+    if bulk_decode and decode not in (None, "bulk"):
+        return (f"--bulk_decode is --decode bulk, but --decode {decode} was given too; "
+                f"keep one of them (--decode {decode} or --bulk_decode)")
+    return None
