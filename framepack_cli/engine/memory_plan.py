@@ -267,6 +267,26 @@ def usable(free: int) -> int:
     return int(max(free - RESERVE, 0) * SAFETY)
 
 
+def stream_chunk_latents(total: int, window: int, height: int, width: int, vae_itemsize: int, free: int | None,
+                         *, chunk: int | None = None, tile: int | None = None) -> int:
+    """Latents of the first `--decode stream` chunk: the largest that the free GPU memory takes (fewer chunks, so
+    fewer GroupNorm seams; the whole latent decodes as bulk when it fits), never fewer than the blended decode's
+    `2W + 1`. `free`: bytes free on the GPU with the VAE loaded (None: not a GPU, the default chunk).
+
+    Per pixel frame a chunk needs `h' * w' * 128 * d * k + 3 * H * W * (d + 4)` (`vae_need`); the keys / values the
+    stream keeps are counted for the whole latent.
+    """
+    base = min(2 * window + 1, total)
+    if free is None or total <= base:
+        return base
+    th, tw = (min(height, tile), min(width, tile)) if tile else (height, width)
+    k = VAE_K_CHUNKED if chunk else VAE_K_PLAIN
+    per_frame = th * tw * VAE_CHANNELS * vae_itemsize * k + 3 * height * width * (vae_itemsize + 4)
+    kv = 2 * total * -(-height // 8) * -(-width // 8) * VAE_MID_CHANNELS * vae_itemsize
+    frames = (usable(free) - kv) // per_frame
+    return max(base, min(total, (frames - 1) // 4 + 1))
+
+
 @dataclass(frozen=True)
 class MemoryPlan:
     """The chosen settings, the estimates behind them and the line that says so."""

@@ -45,7 +45,7 @@ KiB, MiB, GiB = 2**10, 2**20, 2**30
 MARGIN = 512 * MiB  # CUDA context / allocator slack; also kept free in RAM
 
 CONTEXT_FRAMES = HISTORY_LEN  # history frames of a section (1x, 2x, 4x)
-BULK_FIX = "--decode stream instead of --bulk_decode / --decode bulk (same frames count, one chunk at a time)"
+BULK_FIX = "--decode stream instead of --bulk_decode / --decode bulk (the same frames, decoded a chunk at a time)"
 ACT_FACTOR = 5  # per token: the block's hidden state plus its 4x-wide MLP activation (a lower bound)
 
 

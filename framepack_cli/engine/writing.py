@@ -251,9 +251,9 @@ def decode_to(sinks, load_vae, latent: torch.Tensor, window: int, *, mode: str =
         sink.end_items()
         return
     if mode == "stream":
-        bounds = stream_chunks(z.shape[2], window)
-        sink.start_items(len(bounds), "decode")
         vae = load_vae()
+        bounds = stream_chunks(z.shape[2], window, _stream_chunk(vae, z, window))
+        sink.start_items(len(bounds), "decode")
         with closing(vae_decode_stream(vae, z, bounds)) as pieces:
             for pixels in pieces:
                 frames = to_uint8(pixels[0].float().cpu())
@@ -271,3 +271,17 @@ def decode_to(sinks, load_vae, latent: torch.Tensor, window: int, *, mode: str =
         sink.advance()
     blender.finish()
     sink.end_items()
+
+
+def _stream_chunk(vae, z: torch.Tensor, window: int) -> int:
+    """First-chunk latents of a streamed decode: from the free GPU memory now (the DiT is released by then), the
+    default `2W + 1` on the CPU (`memory_plan.stream_chunk_latents`)."""
+    from framepack_cli.engine.memory_plan import stream_chunk_latents
+
+    device = vae.device
+    free = None
+    if device.type == "cuda":
+        free_now, _ = torch.cuda.mem_get_info(device)
+        free = free_now + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return stream_chunk_latents(z.shape[2], window, z.shape[-2] * 8, z.shape[-1] * 8, vae.dtype.itemsize, free,
+                                chunk=vae.chunk_size, tile=vae.tile_sample_size)
