@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -98,7 +99,8 @@ def wide_vae(channels: tuple[int, ...], layers: int, seed: int = 0):
     return HunyuanVideoVAE(model=model, scaling_factor=HUNYUAN_VAE_SCALING_FACTOR)
 
 
-def measure_case(name: str, vae, latent: torch.Tensor, window: int, repeats: int) -> list[dict]:
+def measure_case(name: str, vae, latent: torch.Tensor, window: int, repeats: int, verbose: bool = False
+                 ) -> list[dict]:
     out: dict[str, tuple[torch.Tensor, float]] = {}
     for mode in MODES:  # warm-up (first calls allocate and pick kernels), not timed
         decode(vae, latent[:, : 2 * window + 3], window, mode)
@@ -117,10 +119,12 @@ def measure_case(name: str, vae, latent: torch.Tensor, window: int, repeats: int
         p = psnr(frames, bulk)
         rows.append({"row": f"decode {name}: {mode}", "ratio": t / base, "seconds": t, "psnr": p,
                      "note": f"{frames.shape[0]} frames, PSNR vs bulk {p:.1f} dB, {t:.2f} s"})
+        if verbose:
+            print(f"  {rows[-1]['row']}: {rows[-1]['ratio']:.2f}x, {rows[-1]['note']}", file=sys.stderr, flush=True)
     return rows
 
 
-def measure(quick: bool = False, *, tiny: bool = True, wide: bool = True) -> list[dict]:
+def measure(quick: bool = False, *, tiny: bool = True, wide: bool = True, verbose: bool = False) -> list[dict]:
     """Rows `{row, ratio (time / blend's time in the same case), note (PSNR vs bulk)}` for bench/run.py."""
     from safetensors.torch import load_file
 
@@ -133,17 +137,18 @@ def measure(quick: bool = False, *, tiny: bool = True, wide: bool = True) -> lis
         vae = load_vae(GOLDEN / "models" / "vae.safetensors")
         lat = load_file(str(GOLDEN / "e2e" / "vanilla_sections.safetensors"))["latent"]
         rows += measure_case(f"tiny golden, generated {lat.shape[1]} latents {lat.shape[2] * 8}x{lat.shape[3] * 8}",
-                             vae, lat, window, repeats)
+                             vae, lat, window, repeats, verbose)
         for sections in (4,) if quick else (4, 10):
             long = encode_long(vae, sections, window, 48, 64)
-            rows += measure_case(f"tiny golden, encoded {long.shape[1]} latents 48x64", vae, long, window, repeats)
+            rows += measure_case(f"tiny golden, encoded {long.shape[1]} latents 48x64", vae, long, window,
+                                 repeats, verbose)
     if wide:
         channels, size = ((64, 64, 128, 128), 32) if quick else ((64, 128, 256, 256), 32)
         vae = wide_vae(channels, layers=2)
         for sections in (3,) if quick else (4, 10):
             long = encode_long(vae, sections, window, size, size)
             rows += measure_case(f"wide synthetic {list(channels)}, {long.shape[1]} latents {size}x{size}", vae,
-                                 long, window, repeats)
+                                 long, window, repeats, verbose)
     return rows
 
 
@@ -155,7 +160,7 @@ def main() -> None:
     g.add_argument("--wide-only", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    rows = measure(a.quick, tiny=not a.wide_only, wide=not a.tiny_only)
+    rows = measure(a.quick, tiny=not a.wide_only, wide=not a.tiny_only, verbose=True)
     width = max(len(r["row"]) for r in rows)
     print(f"{'case / mode':<{width}}  time vs blend  note")
     for r in rows:

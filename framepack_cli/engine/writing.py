@@ -251,15 +251,15 @@ def decode_to(sinks, load_vae, latent: torch.Tensor, window: int, *, mode: str =
         sink.end_items()
         return
     if mode == "stream":
+        sink.start_items(z.shape[2], "decode")  # counted in latents: the chunk length is known once the VAE is loaded
         vae = load_vae()
         bounds = stream_chunks(z.shape[2], window, _stream_chunk(vae, z, window))
-        sink.start_items(len(bounds), "decode")
         with closing(vae_decode_stream(vae, z, bounds)) as pieces:
-            for pixels in pieces:
+            for (a, b), pixels in zip(bounds, pieces, strict=True):
                 frames = to_uint8(pixels[0].float().cpu())
                 for w in sinks:
                     w.write(frames)
-                sink.advance()
+                sink.advance(b - a)
         sink.end_items()
         return
     chunks = [(0, z.shape[2])] if mode == "bulk" else decode_chunks(z.shape[2], window)

@@ -538,12 +538,11 @@ def _chunked_class():
             if stream is not None and kt > 1:
                 state = stream.current
                 carry = state.conv.get(id(self))
-                joined = hidden_states if carry is None else torch.cat([carry, hidden_states], dim=2)
-                tail = joined[:, :, -(kt - 1):]
-                if tail.shape[2] < kt - 1:  # a first chunk shorter than the kernel: the sequence start, replicated
-                    tail = torch.cat([tail[:, :, :1].expand(-1, -1, kt - 1 - tail.shape[2], -1, -1), tail], dim=2)
+                tail = hidden_states[:, :, -(kt - 1):]
+                if tail.shape[2] < kt - 1:  # a chunk shorter than the kernel: the carried frames fill up the rest
+                    before = hidden_states[:, :, :1].expand(-1, -1, kt - 1, -1, -1) if carry is None else carry
+                    tail = torch.cat([before, tail], dim=2)[:, :, -(kt - 1):]
                 state.conv[id(self)] = tail.clone()  # clone: never keep the chunk alive
-                del joined
             width = hidden_states.shape[-1]
             if self.chunk_size is None or width < 1.5 * self.chunk_size:
                 return self.conv(self._padded(hidden_states, self.time_causal_padding, carry))

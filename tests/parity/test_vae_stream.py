@@ -103,3 +103,34 @@ def test_bad_bounds_refused(vae, latent):
     for bounds in ([], [(0, 3)], [(0, 3), (4, 6)], [(1, 6)], [(0, 0), (0, 6)]):
         with pytest.raises(ValueError, match="do not cover"):
             next(vae_decode_stream(vae, latent[:, :, :6], bounds))
+
+
+def test_decode_to_stream_writes_each_chunk_as_it_finishes(vae, latent):
+    from framepack_cli.engine.writing import decode_to
+
+    events: list = []
+
+    class Sink:
+        def start_items(self, total, label):
+            events.append(("start", total, label))
+
+        def advance(self, n=1):
+            events.append(("advance", n))
+
+        def end_items(self):
+            events.append(("end",))
+
+        def message(self, text):
+            pass
+
+    class Writer:
+        def write(self, frames):
+            events.append(("frames", frames.shape[0]))
+
+    def load():
+        events.append(("load",))
+        return vae
+
+    decode_to([Writer()], load, latent[0, :, :5], 1, mode="stream", sink=Sink())  # W = 1: chunks of 3, then 2
+    assert events == [("start", 5, "decode"), ("load",), ("frames", 9), ("advance", 3), ("frames", 8),
+                      ("advance", 2), ("end",)]
