@@ -33,7 +33,7 @@ def request_of(opts, sections: int) -> mp.Request:
     one_frame = opts.one_frame_inference is not None
     return mp.Request(h, w, opts.latent_window_size, sections, one_frame,
                       clean_images=max(len(opts.control_image_path or []), 1), batch=1,
-                      bulk_decode=opts.bulk_decode)
+                      bulk_decode=opts.bulk_decode, decode=getattr(opts, "decode", None))
 
 
 def largest_request(jobs: list[tuple[str, object, int]]) -> tuple[str, mp.Request] | None:

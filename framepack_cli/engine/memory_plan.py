@@ -24,7 +24,9 @@ The estimate (bytes, `i` = bytes per element of the run's dtype, `d` of the VAE'
                         = grid * (window + 2.75) + 1241 (one-frame: grid * (1 + clean images + 0.75) + 1241)
     VAE decode          VAE weights + frames * h' * w' * 128 channels * d * (5 plain, 3 with --vae_chunk_size)
                         + the decoded chunk 3 * frames * H * W * (d + 4)      h' x w' = H x W, or one tile
-                        with tiling; frames = 4 * (latents of the decode chunk - 1) + 1
+                        with tiling; frames = 4 * (latents of the decode chunk - 1) + 1 (2W + 1 latents with
+                        --decode stream / blend, all with bulk); stream adds the mid-block keys / values of
+                        every latent frame, 2 * latents * (H/8) * (W/8) * 512 * d
     host RAM            with blocks swapped, the model is loaded in RAM and each swapped block's Linear weights
                         move into one host buffer of its own (`dit_host_peak`): DiT bytes - swapped + host
                         copies + one block (the copy in progress) + models parked in RAM + RAM_RESERVE 4 GiB
@@ -54,6 +56,7 @@ import re
 from dataclasses import dataclass, field
 
 from framepack_cli.errors import ResourceError
+from framepack_cli.options.base import DEFAULT_DECODE
 
 KiB, MiB, GiB = 2**10, 2**20, 2**30
 RESERVE = 1 * GiB
@@ -64,6 +67,7 @@ CONTEXT_TOKENS = 729 + 512
 BF16_SWAP_SHARE = 0.5
 MAX_SWAP = 38
 VAE_CHANNELS = 128  # the decoder's last up block runs at full resolution with 128 channels
+VAE_MID_CHANNELS = 512  # the decoder's mid block (its attention's keys / values are kept by --decode stream)
 VAE_K_PLAIN, VAE_K_CHUNKED = 5, 3
 VAE_LADDER: tuple[tuple[int | None, int | None], ...] = ((None, None), (32, None), (32, 256), (32, 128), (32, 64))
 FP8_BLOCK = 64  # --fp8_scaled: one scale per 64 input channels
@@ -186,6 +190,7 @@ class Request:
     clean_images: int = 1  # one-frame: clean latents beside the noisy one (control images)
     batch: int = 1  # samples per DiT call
     bulk_decode: bool = False
+    decode: str | None = None  # --decode (stream / blend / bulk); None: the default (bulk with bulk_decode)
 
     @property
     def tokens(self) -> int:
@@ -194,9 +199,25 @@ class Request:
         return int(grid * frames) + CONTEXT_TOKENS
 
     @property
+    def bulk(self) -> bool:
+        """The whole latent is decoded in one pass (`--bulk_decode` / `--decode bulk`)."""
+        return self.bulk_decode or self.decode == "bulk"
+
+    @property
+    def stream_kv_elements(self) -> int:
+        """Elements the streamed decode keeps across chunks: the mid-block attention's keys and values of every
+        latent frame (`VAE_MID_CHANNELS` wide, at latent resolution); 0 for the other decodes."""
+        mode = "bulk" if self.bulk else self.decode or DEFAULT_DECODE
+        if self.one_frame or mode != "stream":
+            return 0
+        total = self.sections * self.window + 1
+        return 2 * total * -(-self.height // 8) * -(-self.width // 8) * VAE_MID_CHANNELS
+
+    @property
     def decode_frames(self) -> int:
         total = 1 if self.one_frame else self.sections * self.window + 1
-        chunk = 1 if self.one_frame else total if self.bulk_decode else min(2 * self.window + 1, total)
+        # stream and blend decode at most 2W + 1 latents at a time (plan.sections.stream_chunks / decode_chunks)
+        chunk = 1 if self.one_frame else total if self.bulk else min(2 * self.window + 1, total)
         return 4 * (chunk - 1) + 1
 
 
@@ -273,11 +294,32 @@ def vae_need(vae: int, req: Request, vae_itemsize: int, chunk: int | None, tile:
     th, tw = (min(h, tile), min(w, tile)) if tile else (h, w)
     k = VAE_K_CHUNKED if chunk else VAE_K_PLAIN
     f = req.decode_frames
-    return vae + f * th * tw * VAE_CHANNELS * vae_itemsize * k + 3 * f * h * w * (vae_itemsize + 4)
+    return (vae + f * th * tw * VAE_CHANNELS * vae_itemsize * k + 3 * f * h * w * (vae_itemsize + 4)
+            + req.stream_kv_elements * vae_itemsize)
 
 
 def usable(free: int) -> int:
     return int(max(free - RESERVE, 0) * SAFETY)
+
+
+def stream_chunk_latents(total: int, window: int, height: int, width: int, vae_itemsize: int, free: int | None,
+                         *, chunk: int | None = None, tile: int | None = None) -> int:
+    """Latents of the first `--decode stream` chunk: the largest that the free GPU memory takes (fewer chunks, so
+    fewer GroupNorm seams; the whole latent decodes as bulk when it fits), never fewer than the blended decode's
+    `2W + 1`. `free`: bytes free on the GPU with the VAE loaded (None: not a GPU, the default chunk).
+
+    Per pixel frame a chunk needs `h' * w' * 128 * d * k + 3 * H * W * (d + 4)` (`vae_need`); the keys / values the
+    stream keeps are counted for the whole latent.
+    """
+    base = min(2 * window + 1, total)
+    if free is None or total <= base:
+        return base
+    th, tw = (min(height, tile), min(width, tile)) if tile else (height, width)
+    k = VAE_K_CHUNKED if chunk else VAE_K_PLAIN
+    per_frame = th * tw * VAE_CHANNELS * vae_itemsize * k + 3 * height * width * (vae_itemsize + 4)
+    kv = 2 * total * -(-height // 8) * -(-width // 8) * VAE_MID_CHANNELS * vae_itemsize
+    frames = (usable(free) - kv) // per_frame
+    return max(base, min(total, (frames - 1) // 4 + 1))
 
 
 @dataclass(frozen=True)
@@ -334,8 +376,8 @@ class MemoryPlan:
             helps.append("a smaller --video_size")
         if req and not req.one_frame and what == "sampling":
             helps.append("a smaller --latent_window_size")
-        if req and req.bulk_decode and what == "VAE decode":
-            helps.insert(0, "drop --bulk_decode")
+        if req and req.bulk and what == "VAE decode":
+            helps.insert(0, "--decode stream instead of --bulk_decode / --decode bulk")
         helps.append("free GPU memory (other processes) or a larger GPU")
         return ResourceError(
             f"not enough GPU memory{size}: even with {self.settings()}, {what} needs about {fmt(need)} "
@@ -412,7 +454,7 @@ def plan_memory(size: DitSize, req: Request, *, free_vram: int, total_ram: int |
     for scale in [x / 20 for x in range(19, 3, -1)]:
         sh, sw = max(16, int(h * scale) // 16 * 16), max(16, int(w * scale) // 16 * 16)
         small = Request(sh, sw, req.window, req.sections, req.one_frame, req.clean_images, req.batch,
-                        req.bulk_decode)
+                        req.bulk_decode, req.decode)
         if (_choose_dit(size, small, itemsize, free_vram, total_ram, host_bytes, fixed, can_fp8, max_swap, pinned)
                 and _choose_vae(vae, small, vae_itemsize, free_vram, fixed)):
             smaller = (sh, sw)

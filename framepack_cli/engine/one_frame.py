@@ -56,7 +56,7 @@ class OneFrameJob:
             self._notes.append(f"--one_frame_auto_resize: {height}x{width} from {self.controls[0]}")
         ignored = [flag for flag, given in (
             ("--end_image_path", opts.end_image_path), ("--f1", opts.f1), ("--video_sections", opts.video_sections),
-            ("--latent_paddings", opts.latent_paddings), ("--bulk_decode", opts.bulk_decode),
+            ("--latent_paddings", opts.latent_paddings), ("--bulk_decode", opts.bulk_decode), ("--decode", opts.decode),
             ("--video_seconds", "video_seconds" in opts.model_fields_set)) if given]
         if ignored:
             self._notes.append(f"Warning: {', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} ignored in "

@@ -12,7 +12,7 @@ Up-front checks (`check_request`), from the file headers and the settings, in mi
        image encoder   SigLIP weights
        text encoders   LLaMA (fp8 linears with --fp8_llm) + CLIP-L weights
        sampling        DiT weights (proj_out in float32) + activations of one section
-       VAE decode      VAE weights + the decoded pixels of one decode chunk (all frames with --bulk_decode)
+       VAE decode      VAE weights + the decoded pixels of one decode chunk (all frames with --decode bulk)
 
    Weights are the tensors' element counts from the headers times the size of the dtype each model runs in
    (`framepack_cli.engine.precision`), not the file's dtype. Activations are *lower bounds* (the hidden
@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from framepack_cli.errors import FramepackError, ResourceError
+from framepack_cli.options.base import decode_mode
 from framepack_cli.options.generate import MAX_SECTIONS, MAX_SIDE, MAX_STEPS, MAX_WINDOW
 from framepack_cli.plan.sections import HISTORY_LEN, LATENT_CHANNELS
 
@@ -47,6 +48,7 @@ KiB, MiB, GiB = 2**10, 2**20, 2**30
 MARGIN = 512 * MiB  # CUDA context / allocator slack; also kept free in RAM
 
 CONTEXT_FRAMES = HISTORY_LEN  # history frames of a section (1x, 2x, 4x)
+BULK_FIX = "--decode stream instead of --bulk_decode / --decode bulk (the same frames, decoded a chunk at a time)"
 ACT_FACTOR = 5  # per token: the block's hidden state plus its 4x-wide MLP activation (a lower bound)
 
 
@@ -204,8 +206,8 @@ def advice(phase: str, device, opts=None) -> str:
     if phase == "vae":
         return f"{vae}, or {free}"
     if phase == "decode":
-        bulk = opts is not None and getattr(opts, "bulk_decode", False)
-        return ("drop --bulk_decode, " if bulk else "") + f"{vae}, or {free}"
+        bulk = opts is not None and decode_mode(opts) == "bulk"
+        return (BULK_FIX + ", " if bulk else "") + f"{vae}, or {free}"
     return free
 
 
@@ -362,7 +364,7 @@ def request_phases(opts, sizes: Sizes, precision, sections: int, *, cuda: bool) 
     history = LATENT_CHANNELS * (total_latents + CONTEXT_FRAMES) * lh * lw * 4 * 2  # history + final copy
     if one_frame:
         chunk = 1
-    elif opts.bulk_decode:
+    elif decode_mode(opts) == "bulk":
         chunk = total_latents
     else:
         chunk = min(2 * window + 1, total_latents)
@@ -386,7 +388,7 @@ def request_phases(opts, sizes: Sizes, precision, sections: int, *, cuda: bool) 
             load_peak = dit_host_peak(sizes.dit, _itemsize(precision.dit), fp8, swap, pinned)
     te = w.get("text_encoder1", 0) + w.get("text_encoder2", 0)
     many = "" if one_frame else ", fewer sections"
-    bulk = "drop --bulk_decode, or " if opts.bulk_decode else ""
+    bulk = BULK_FIX + ", or " if decode_mode(opts) == "bulk" else ""
     what = "sections" if sections != 1 else "section"
     phases = [
         Phase("VAE encode", ("vae",), w.get("vae", 0) + 131 * h * wd * vae_b,

@@ -66,7 +66,7 @@ class TrainingSampler:
 
     Args:
         opts: the validated `TrainOptions` (`sample_prompts`, model paths, `f1`, `one_frame`, `latent_window_size`,
-            `bulk_decode`, the VAE tiling/chunk options, `output_dir`, `output_name`, `dtype`).
+            `bulk_decode` / `decode`, the VAE tiling/chunk options, `output_dir`, `output_name`, `dtype`).
         device: the training device.
         sink: progress and warnings (stderr) and `Wrote <path>` results (stdout).
     """
@@ -173,6 +173,7 @@ class TrainingSampler:
             "guidance_scale": 1.0 if p.cfg_scale is None else p.cfg_scale, "dtype": o.dtype,
             "vae_tiling": o.vae_tiling, "vae_chunk_size": o.vae_chunk_size,
             "vae_spatial_tile_sample_min_size": o.vae_spatial_tile_sample_min_size, "bulk_decode": o.bulk_decode,
+            "decode": o.decode,
             "save_path": str(self.sample_dir), "output_type": "video", "fps": SAMPLE_FPS,
         }
         if o.one_frame:

@@ -11,7 +11,8 @@ import torch
 
 from framepack_cli import __version__
 from framepack_cli.engine.progress import ProgressSink
-from framepack_cli.plan.sections import decode_chunks, frames_per_section
+from framepack_cli.options.base import DECODE_MODES, decode_mode
+from framepack_cli.plan.sections import decode_chunks, frames_per_section, stream_chunks
 
 
 def sha256_file(path: str) -> str:
@@ -134,7 +135,7 @@ def write_outputs(opts, latent: torch.Tensor, seed: int, meta: dict[str, str] | 
                 where = save_dir / (f"{base}_000.png" if one_frame else base)  # the frame, or the frames' folder
                 writers.append(_Named(PngSequenceWriter(save_dir, base, metadata=meta, subdir=not one_frame), where))
             try:
-                decode_to(writers, vae, latent, opts.latent_window_size, bulk=opts.bulk_decode,
+                decode_to(writers, vae, latent, opts.latent_window_size, mode=decode_mode(opts),
                           per_frame=one_frame, sink=sink)
                 outs = [w.close() for w in writers]
             except BaseException:
@@ -228,16 +229,23 @@ def _write_error(exc: OSError, path: Path, opts, latent, meta, base: str, saved_
     return type(err)(err.message, hint=keep)
 
 
-def decode_to(sinks, load_vae, latent: torch.Tensor, window: int, *, bulk: bool = False, per_frame: bool = False,
+def decode_to(sinks, load_vae, latent: torch.Tensor, window: int, *, mode: str = "blend", per_frame: bool = False,
               sink: ProgressSink | None = None) -> None:
-    """Decode a CTHW latent and stream uint8 frames to `sinks` (progressive soft-append unless bulk).
+    """Decode a CTHW latent and stream uint8 frames to `sinks` as each chunk finishes.
 
-    `load_vae()` returns the VAE; it is called once the decode has begun (so loading it counts as decoding).
+    `mode` (`--decode`): "stream" decodes consecutive time chunks with no overlap, each latent once, carrying the
+    causal state across chunks (`vae_decode_stream`); "blend" is the reference's progressive decode of overlapping
+    chunks blended linearly; "bulk" decodes the whole latent in one pass. `load_vae()` returns the VAE; it is
+    called once the decode has begun (so loading it counts as decoding).
     """
+    from contextlib import closing
+
     from framepack_cli.engine.progress import NullProgress
     from framepack_cli.io.outputs import ProgressiveBlender, to_uint8
-    from framepack_cli.models.vae import vae_decode, vae_decode_per_frame
+    from framepack_cli.models.vae import vae_decode, vae_decode_per_frame, vae_decode_stream
 
+    if mode not in DECODE_MODES:
+        raise ValueError(f"decode mode must be one of {DECODE_MODES}, got {mode!r}")
     sink = sink or NullProgress()
     z = latent.unsqueeze(0)
     if per_frame:
@@ -250,7 +258,19 @@ def decode_to(sinks, load_vae, latent: torch.Tensor, window: int, *, bulk: bool 
             sink.advance()
         sink.end_items()
         return
-    chunks = [(0, z.shape[2])] if bulk else decode_chunks(z.shape[2], window)
+    if mode == "stream":
+        sink.start_items(z.shape[2], "decode")  # counted in latents: the chunk length is known once the VAE is loaded
+        vae = load_vae()
+        bounds = stream_chunks(z.shape[2], window, _stream_chunk(vae, z, window))
+        with closing(vae_decode_stream(vae, z, bounds)) as pieces:
+            for (a, b), pixels in zip(bounds, pieces, strict=True):
+                frames = to_uint8(pixels[0].float().cpu())
+                for w in sinks:
+                    w.write(frames)
+                sink.advance(b - a)
+        sink.end_items()
+        return
+    chunks = [(0, z.shape[2])] if mode == "bulk" else decode_chunks(z.shape[2], window)
     blender = ProgressiveBlender(frames_per_section(window), sinks)
     sink.start_items(len(chunks), "decode")
     vae = load_vae()
@@ -259,3 +279,17 @@ def decode_to(sinks, load_vae, latent: torch.Tensor, window: int, *, bulk: bool 
         sink.advance()
     blender.finish()
     sink.end_items()
+
+
+def _stream_chunk(vae, z: torch.Tensor, window: int) -> int:
+    """First-chunk latents of a streamed decode: from the free GPU memory now (the DiT is released by then), the
+    default `2W + 1` on the CPU (`memory_plan.stream_chunk_latents`)."""
+    from framepack_cli.engine.memory_plan import stream_chunk_latents
+
+    device = vae.device
+    free = None
+    if device.type == "cuda":
+        free_now, _ = torch.cuda.mem_get_info(device)
+        free = free_now + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return stream_chunk_latents(z.shape[2], window, z.shape[-2] * 8, z.shape[-1] * 8, vae.dtype.itemsize, free,
+                                chunk=vae.chunk_size, tile=vae.tile_sample_size)

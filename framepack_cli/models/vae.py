@@ -10,7 +10,10 @@ module adds on top, all without changing a single key:
 * `--vae_spatial_tile_sample_min_size` / `--vae_tiling`: the reference's spatial tiling, reproduced with the
   reference's own tile / stride / blend arithmetic (diffusers' tiling uses different rounding for tile
   sizes that are not multiples of 32, so we run our own loop);
-* a frame-causal mid-block attention that never builds the (T*h*w)^2 mask the stock block materialises.
+* a frame-causal mid-block attention that never builds the (T*h*w)^2 mask the stock block materialises;
+* `--decode stream`: a decode in time chunks with no overlap, each causal convolution carrying its last
+  `kernel_t - 1` input frames and the mid-block attention its keys / values into the next chunk
+  (`vae_decode_stream`).
 
 Tensor conventions: pixels `[B, 3, T, H, W]` in [-1, 1]; latents `[B, 16, (T-1)//4+1, H/8, W/8]`, scaled by
 `scaling_factor` (0.476986 for HunyuanVideo) as the DiT sees them.
@@ -419,13 +422,14 @@ def _decode_unscaled(vae: HunyuanVideoVAE, z: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
-def _tiled(x: torch.Tensor, fn, tile_in: int, tile_out: int, *, out_size) -> torch.Tensor:
+def _tiled(x: torch.Tensor, fn, tile_in: int, tile_out: int, *, out_size, keyed: bool = False) -> torch.Tensor:
     """Run `fn` on overlapping square tiles of `x` and blend the results, exactly like the reference.
 
     Input tiles of `tile_in` start every `int(tile_in * 0.75)` (input units); each output tile (nominally
     `tile_out`) is blended linearly with the already-blended tile above and then the one to the left over
     `int(tile_out * 0.25)` rows/columns, and its first `tile_out - blend` rows/columns are kept.
     `out_size` maps an input height/width to the output one (the final crop; a no-op for valid tiles).
+    `keyed`: `fn(tile, (i, j))` is told the tile's position (a time-chunked decode keeps one state per tile).
     """
     import torch
 
@@ -439,7 +443,8 @@ def _tiled(x: torch.Tensor, fn, tile_in: int, tile_out: int, *, out_size) -> tor
     for i in range(0, height, stride):
         row: list[torch.Tensor] = []
         for j in range(0, width, stride):
-            tile = fn(x[..., i : i + tile_in, j : j + tile_in])
+            piece = x[..., i : i + tile_in, j : j + tile_in]
+            tile = fn(piece, (i, j)) if keyed else fn(piece)
             # The reference blends in place, so the neighbours it reads are already blended themselves.
             if i > 0:
                 tile = _blend(above[len(row)], tile, blend, dim=-2)
@@ -517,18 +522,30 @@ def _chunked_class():
     from diffusers.models.autoencoders.autoencoder_kl_hunyuan_video import HunyuanVideoCausalConv3d
 
     class WidthChunkedCausalConv3d(HunyuanVideoCausalConv3d):
-        """`HunyuanVideoCausalConv3d` computed in width chunks (see `set_vae_chunk_size`)."""
+        """`HunyuanVideoCausalConv3d` computed in width chunks (see `set_vae_chunk_size`) and/or in time chunks
+        (`vae_decode_stream`: `_stream` set, the previous chunk's last `kernel_t - 1` input frames stand in for
+        the causal padding). `chunk_size` None: no width chunking."""
 
-        chunk_size: int
+        chunk_size: int | None
         chunked_calls: int
 
         def forward(self, hidden_states):
             import torch
-            import torch.nn.functional as F
 
+            stream = getattr(self, "_stream", None)
+            carry = None
+            kt = self.conv.kernel_size[0]
+            if stream is not None and kt > 1:
+                state = stream.current
+                carry = state.conv.get(id(self))
+                tail = hidden_states[:, :, -(kt - 1):]
+                if tail.shape[2] < kt - 1:  # a chunk shorter than the kernel: the carried frames fill up the rest
+                    before = hidden_states[:, :, :1].expand(-1, -1, kt - 1, -1, -1) if carry is None else carry
+                    tail = torch.cat([before, tail], dim=2)[:, :, -(kt - 1):]
+                state.conv[id(self)] = tail.clone()  # clone: never keep the chunk alive
             width = hidden_states.shape[-1]
-            if width < 1.5 * self.chunk_size:
-                return super().forward(hidden_states)
+            if self.chunk_size is None or width < 1.5 * self.chunk_size:
+                return self.conv(self._padded(hidden_states, self.time_causal_padding, carry))
             self.chunked_calls += 1
             conv = self.conv
             kernel_w, stride_w = conv.kernel_size[2], conv.stride[2]
@@ -542,11 +559,22 @@ def _chunked_class():
                 # Input columns (unpadded coordinates) that output columns o0..o1-1 read.
                 start = o0 * stride_w - pad_left
                 stop = (o1 - 1) * stride_w + kernel_w - pad_left
-                piece = hidden_states[..., max(start, 0) : min(stop, width)]
+                cols = slice(max(start, 0), min(stop, width))
                 # Replicate-padding only the chunks at the borders reproduces the full tensor's padding.
                 pad = (max(-start, 0), max(stop - width, 0), *other_pad)
-                pieces.append(conv(F.pad(piece, pad, mode=self.pad_mode)))
+                piece_carry = None if carry is None else carry[..., cols]
+                pieces.append(conv(self._padded(hidden_states[..., cols], pad, piece_carry)))
             return torch.cat(pieces, dim=-1)
+
+        def _padded(self, x, pad, carry):
+            """`x` padded by `pad` (replicate); with `carry`, its frames replace the causal time padding."""
+            import torch.nn.functional as F
+
+            out = F.pad(x, pad, mode=self.pad_mode)
+            if carry is not None:
+                # One allocation of the padded size (as the plain path), then the front frames overwritten.
+                out[:, :, : carry.shape[2]] = F.pad(carry, (*pad[:4], 0, 0), mode=self.pad_mode)
+            return out
 
     return WidthChunkedCausalConv3d
 
@@ -575,18 +603,25 @@ def _mid_block_class():
         """
 
         def forward(self, hidden_states):
+            stream = getattr(self, "_stream", None)
             hidden_states = self.resnets[0](hidden_states)
             for attn, resnet in zip(self.attentions, self.resnets[1:], strict=True):
                 if attn is not None:
-                    hidden_states = _frame_causal_attention(attn, hidden_states)
+                    kv = None if stream is None else stream.current.kv
+                    hidden_states = _frame_causal_attention(attn, hidden_states, kv)
                 hidden_states = resnet(hidden_states)
             return hidden_states
 
     return FrameCausalMidBlock
 
 
-def _frame_causal_attention(attn, x: torch.Tensor) -> torch.Tensor:
-    """diffusers' `Attention` (group norm, q/k/v, SDPA, out proj, residual) with a frame-causal pattern."""
+def _frame_causal_attention(attn, x: torch.Tensor, kv: dict | None = None) -> torch.Tensor:
+    """diffusers' `Attention` (group norm, q/k/v, SDPA, out proj, residual) with a frame-causal pattern.
+
+    `kv` (time-chunked decode): a dict keeping this layer's keys / values of every earlier chunk's frames under
+    `id(attn)`; they are prepended, so a chunk's frames attend to all frames before them as in one pass, and this
+    chunk's are added for the next one.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -600,13 +635,147 @@ def _frame_causal_attention(attn, x: torch.Tensor) -> torch.Tensor:
         return y.view(b, t * hw, heads, -1).transpose(1, 2)
 
     q, k, v = split(attn.to_q(normed)), split(attn.to_k(normed)), split(attn.to_v(normed))
+    before = 0
+    if kv is not None:
+        prev = kv.get(id(attn))
+        if prev is not None:
+            k, v = torch.cat([prev[0], k], dim=2), torch.cat([prev[1], v], dim=2)
+            before = prev[0].shape[2]
+        kv[id(attn)] = (k, v)
     out = torch.empty_like(q)
     for f in range(t):
         end = (f + 1) * hw
-        out[:, :, f * hw : end] = F.scaled_dot_product_attention(q[:, :, f * hw : end], k[:, :, :end], v[:, :, :end])
+        out[:, :, f * hw : end] = F.scaled_dot_product_attention(
+            q[:, :, f * hw : end], k[:, :, : before + end], v[:, :, : before + end])
     out = out.transpose(1, 2).reshape(b, t * hw, -1)
     out = attn.to_out[1](attn.to_out[0](out))
     if attn.residual_connection:
         out = out + tokens
     out = out / attn.rescale_output_factor
     return out.view(b, t, h, w, c).permute(0, 4, 1, 2, 3)
+
+
+# --------------------------------------------------------------------------------------------------
+# Decode in time chunks without overlap (--decode stream)
+# --------------------------------------------------------------------------------------------------
+
+
+class _StreamState:
+    """What one decoder pass hands to the next chunk: each causal conv's last `kernel_t - 1` input frames, each
+    mid-block attention's keys / values, and whether the sequence start (first frame not upsampled) is done."""
+
+    def __init__(self) -> None:
+        self.conv: dict[int, torch.Tensor] = {}
+        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.started = False
+
+
+class _StreamSwitch:
+    """The state the streaming modules read now (one per spatial tile with tiling)."""
+
+    def __init__(self) -> None:
+        self.states: dict[object, _StreamState] = {}
+        self.current = _StreamState()
+
+    def select(self, key: object) -> _StreamState:
+        self.current = self.states.setdefault(key, _StreamState())
+        return self.current
+
+
+def vae_decode_stream(vae: HunyuanVideoVAE, latents: torch.Tensor, bounds: list[tuple[int, int]]):
+    """Decode scaled latents chunk by chunk in time, with no overlap, yielding each chunk's pixels in order.
+
+    The decoder is causal in time: every causal convolution pads its input at the front with `kernel_t - 1`
+    replicas of the first frame, the time upsamplers leave the first frame alone and double the rest, and the
+    mid-block attention lets a frame see only the frames up to it. So for the chunks after the first, each
+    convolution takes the previous chunk's last `kernel_t - 1` input frames instead of the padding, every frame
+    is upsampled, and the attention attends over the keys / values of all earlier frames too. Each frame then
+    sees exactly what the whole-sequence decode shows it; only GroupNorm statistics are per chunk (as in any
+    chunked decode). One chunk covering the whole latent is bit-identical to `vae_decode`.
+
+    Args:
+        vae: the loaded VAE (its modules are switched for the duration of the call, then restored).
+        latents: `[B, C_latent, T, h, w]`, scaled.
+        bounds: consecutive latent slices `(a, b)` covering `[0, T)` in order (`plan.sections.stream_chunks`).
+
+    Yields:
+        Pixels `[B, 3, F, 8h, 8w]` in the VAE's dtype: `4(b-1)+1` frames for the first chunk, `4(b-a)` for the
+        others, `4(T-1)+1` in all.
+    """
+    import torch
+
+    z = _as_5d(latents, "latents")
+    if not bounds or bounds[0][0] != 0 or bounds[-1][1] != z.shape[2] or any(
+            b0[1] != b1[0] for b0, b1 in zip(bounds, bounds[1:], strict=False)) or any(a >= b for a, b in bounds):
+        raise ValueError(f"bounds {bounds} do not cover the {z.shape[2]} latent frames in order")
+    m = vae.model
+    n, ratio = vae.tile_sample_size, m.spatial_compression_ratio
+    switch = _StreamSwitch()
+
+    def decode(t: torch.Tensor, key: object = None) -> torch.Tensor:
+        state = switch.select(key)
+        out = m.decoder(m.post_quant_conv(t))
+        state.started = True
+        return out
+
+    with _streaming(m.decoder, switch), torch.no_grad():
+        for a, b in bounds:
+            part = z[:, :, a:b].to(device=vae.device, dtype=vae.dtype) / vae.scaling_factor
+            if n is not None and (part.shape[-2] > n // ratio or part.shape[-1] > n // ratio):
+                yield _tiled(part, decode, n // ratio, n, out_size=lambda s: s * ratio, keyed=True)
+            else:
+                yield decode(part)
+
+
+class _streaming:
+    """Context: the decoder's causal convs, time upsamplers and mid block read `switch` (classes restored after)."""
+
+    def __init__(self, decoder, switch: _StreamSwitch) -> None:
+        self.decoder, self.switch = decoder, switch
+        self.saved: list[tuple[object, type]] = []
+
+    def __enter__(self):
+        from diffusers.models.autoencoders.autoencoder_kl_hunyuan_video import (
+            HunyuanVideoCausalConv3d,
+            HunyuanVideoUpsampleCausal3D,
+        )
+
+        for module in self.decoder.modules():
+            cls = type(module)
+            if isinstance(module, HunyuanVideoCausalConv3d):
+                if cls is HunyuanVideoCausalConv3d:
+                    module.__class__ = _chunked_class()
+                    module.chunk_size, module.chunked_calls = None, 0
+            elif isinstance(module, HunyuanVideoUpsampleCausal3D):
+                module.__class__ = _upsample_class()
+            elif module is self.decoder.mid_block:
+                pass
+            else:
+                continue
+            self.saved.append((module, cls))
+            module._stream = self.switch
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for module, cls in self.saved:
+            module.__class__ = cls
+            del module._stream
+
+
+@functools.cache
+def _upsample_class():
+    from diffusers.models.autoencoders.autoencoder_kl_hunyuan_video import HunyuanVideoUpsampleCausal3D
+
+    class StreamingUpsampleCausal3D(HunyuanVideoUpsampleCausal3D):
+        """Upsampler of a time-chunked decode: after the sequence's first chunk every frame is upsampled (only
+        the sequence's very first frame is kept single)."""
+
+        def forward(self, hidden_states):
+            import torch.nn.functional as F
+
+            if not self._stream.current.started:
+                return super().forward(hidden_states)
+            up = F.interpolate(hidden_states.contiguous(), scale_factor=self.upsample_factor, mode="nearest")
+            return self.conv(up)
+
+    return StreamingUpsampleCausal3D

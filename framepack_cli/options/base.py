@@ -117,3 +117,31 @@ def check_output_dir(value: str | None, flag: str) -> None:
             if not parent.is_dir():
                 raise ValueError(f"{flag}: cannot create {value}: {parent} is a file")
             break
+
+
+DECODE_MODES = ("stream", "blend", "bulk")
+DEFAULT_DECODE = "blend"
+"""`--decode` when neither it nor `--bulk_decode` is given. Stream is closer to bulk than blend in every case
+bench/bench_decode.py measures, but at the default 5 s length (4 sections, 37 latents) its VAE time is 0.59x blend's
+in decoded frames and 0.68-0.73x measured on the wide synthetic VAE, over the 0.6x that a new default needs; on long
+videos (10 sections) it is 0.45-0.50x. Blend also keeps the reference's frames by default."""
+
+DECODE_HELP = (f"How the VAE decodes the latent: stream (time chunks without overlap, each latent once), blend (the "
+               f"reference's overlapping chunks, blended), bulk (all frames at once, most memory; = --bulk_decode). "
+               f"Default {DEFAULT_DECODE}.")
+
+
+def decode_mode(opts) -> str:
+    """The decode of a run: `--bulk_decode` (musubi's spelling of `--decode bulk`), else `--decode`, else the
+    default."""
+    if getattr(opts, "bulk_decode", False):
+        return "bulk"
+    return getattr(opts, "decode", None) or DEFAULT_DECODE
+
+
+def decode_conflict(decode: str | None, bulk_decode: bool) -> str | None:
+    """The error line for `--bulk_decode` given with another `--decode`, else None."""
+    if bulk_decode and decode not in (None, "bulk"):
+        return (f"--bulk_decode is --decode bulk, but --decode {decode} was given too; "
+                f"keep one of them (--decode {decode} or --bulk_decode)")
+    return None

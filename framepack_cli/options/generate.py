@@ -12,12 +12,14 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from framepack_cli.options.base import (
+    DECODE_HELP,
     OptionsBase,
     check_file,
     check_files,
     check_output_dir,
     check_regexes,
     cli,
+    decode_conflict,
     lora_count_errors,
 )
 from framepack_cli.options.sections import parse_section_values
@@ -248,7 +250,9 @@ class GenerateOptions(OptionsBase):
                                    panel=VAE, ge=1)
     vae_spatial_tile_sample_min_size: int | None = F(None, "VAE tile size in pixels (turns tiling on).", panel=VAE,
                                                      ge=8)
-    bulk_decode: bool = F(False, "Decode all frames at once (faster, more memory).", panel=VAE)
+    bulk_decode: bool = F(False, "Decode all frames at once (faster, more memory); same as --decode bulk.",
+                          panel=VAE)
+    decode: Literal["stream", "blend", "bulk"] | None = F(None, DECODE_HELP, panel=VAE)
 
     # --- output
     save_path: str = F(..., "Output directory.", panel=OUTPUT)
@@ -379,6 +383,8 @@ def _cross_checks(o: GenerateOptions) -> list[str]:
     if o.output_name is not None and (not o.output_name.strip() or any(c in o.output_name for c in "/\\")):
         errs.append(f"--output_name: {o.output_name!r} must be a plain file name (no folders); "
                     "use --save_path for the folder")
+    if (conflict := decode_conflict(o.decode, o.bulk_decode)) is not None:
+        errs.append(conflict)
     if o.latent_path and o.output_type == "latent":
         errs.append("--output_type latent with --latent_path: nothing to do (the latents are already saved); "
                     "use video, images or both")

@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import field_validator, model_validator
 
-from framepack_cli.options.base import OptionsBase, check_file, check_files
+from framepack_cli.options.base import DECODE_HELP, OptionsBase, check_file, check_files, decode_conflict
 from framepack_cli.options.cache import DTYPES, check_dataset_config, check_vae_dtype
 from framepack_cli.options.generate import FOUND, F, models_dir_field
 
@@ -396,7 +396,9 @@ class TrainOptions(OptionsBase):
                         "caches).", panel=SAMPLING)
     latent_window_size: int = F(9, "Latent window of sample generation (must match the caches).", panel=SAMPLING,
                                 ge=1)
-    bulk_decode: bool = F(False, "Decode all sample frames at once (faster, more memory).", panel=SAMPLING)
+    bulk_decode: bool = F(False, "Decode all sample frames at once (faster, more memory); same as --decode bulk.",
+                          panel=SAMPLING)
+    decode: Literal["stream", "blend", "bulk"] | None = F(None, "Samples: " + DECODE_HELP, panel=SAMPLING)
     vae_tiling: bool = F(False, "Spatial VAE tiling for samples.", panel=SAMPLING)
     vae_chunk_size: int | None = F(None, "Chunk the VAE's causal convolutions along width for samples.",
                                    panel=SAMPLING, ge=1)
@@ -572,6 +574,9 @@ def _cross_checks(o: TrainOptions) -> list[str]:
 
     if o.full_bf16 and o.mixed_precision not in (None, "bf16"):
         errs.append(f"--full_bf16 needs --mixed_precision bf16 (got {o.mixed_precision})")
+
+    if (conflict := decode_conflict(o.decode, o.bulk_decode)) is not None:
+        errs.append(conflict)
 
     # memory
     if o.fp8_scaled and not o.fp8_base:

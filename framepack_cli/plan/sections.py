@@ -146,3 +146,25 @@ def decode_chunks(num_latents: int, window: int) -> list[tuple[int, int]]:
         chunks.append((start, min(start + 2 * window, num_latents)))
         start += window
     return [c for c in chunks if c[1] > c[0]]
+
+
+def stream_chunks(num_latents: int, window: int, chunk: int | None = None) -> list[tuple[int, int]]:
+    """Latent slices of the time-chunked decode (`--decode stream`): consecutive, no overlap, in time order.
+
+    The first holds `chunk` latents, the others `chunk - 1`, so every chunk decodes to at most `4 (chunk - 1) + 1`
+    pixel frames: by default `chunk = 2W + 1`, the largest chunk of the blended decode (`decode_chunks`), so the
+    peak memory of one chunk is the same while each latent is decoded once.
+
+    Args:
+        num_latents: latent frames to decode (>= 1).
+        window: `--latent_window_size`.
+        chunk: latents of the first chunk (>= 2; default `2W + 1`); a chunk >= `num_latents` decodes all at once.
+    """
+    chunk = 2 * window + 1 if chunk is None else chunk
+    if chunk < 2:
+        raise ValueError(f"stream chunk must hold at least 2 latents, got {chunk}")
+    bounds = [(0, min(chunk, num_latents))]
+    while bounds[-1][1] < num_latents:
+        a = bounds[-1][1]
+        bounds.append((a, min(a + chunk - 1, num_latents)))
+    return bounds

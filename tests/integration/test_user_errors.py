@@ -128,9 +128,9 @@ def test_kisekae_start_reference_conflict(tmp_path, capsys):
 def test_ignored_settings_are_said(tmp_path, capsys):
     code, out = cli(["one-frame", *MODEL_ARGS, "--video_size", "32", "32", "--infer_steps", "1", "--image_path",
                      INPUTS / "start.png", "--control_image_path", INPUTS / "start.png", "--prompt", "x", "--f1",
-                     "--bulk_decode", "--save_path", tmp_path], capsys)
+                     "--bulk_decode", "--decode", "bulk", "--save_path", tmp_path], capsys)
     assert code == 0, out
-    assert "Warning: --f1, --bulk_decode are ignored in one-frame mode" in out
+    assert "Warning: --f1, --bulk_decode, --decode are ignored in one-frame mode" in out
     code, out = cli(["generate", *MODEL_ARGS, *SMALL, "--negative_prompt", "ugly", "--save_path", tmp_path,
                      "--output_type", "latent"], capsys)
     assert "Warning: --negative_prompt has no effect with --guidance_scale 1 (real CFG off)" in out
