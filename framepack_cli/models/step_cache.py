@@ -145,7 +145,8 @@ class StepCacheSettings:
         first = max(int(self.mag_retention * steps), 1)
         return (f"MagCache: {len(self.mag_ratios)} ratios" + (f" resampled to {steps} steps" if
                 len(self.mag_ratios) != steps else "") + f", threshold {self.mag_threshold:g}, at most "
-                f"{self.mag_k} skips in a row, steps 0-{first - 1} and {steps - 1} always computed")
+                f"{self.mag_k} skips in a row, " + (f"steps 0-{first - 1}" if first > 1 else "step 0")
+                + f" and {steps - 1} always computed")
 
 
 def settings_from_options(opts: Any) -> StepCacheSettings | None:
