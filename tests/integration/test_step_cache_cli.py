@@ -3,6 +3,7 @@ inline MagCache keys per batch job, calibration writes ratios a later run reads,
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -89,6 +90,9 @@ def test_calibration_writes_ratios_that_a_later_run_reads(tmp_path, capsys):
     assert ("MagCache: 3 ratios, threshold 10, at most 6 skips in a row, step 0 and 2 always computed"
             in err.splitlines())
     assert "MagCache: 1 of 3 steps skipped" in err.splitlines()
+    _, meta = load_latent(tmp_path / "use_latent.safetensors")
+    assert json.loads(meta["framepack"])["magcache"] == {"mag_ratios": str(path), "threshold": 10.0, "k": 6,
+                                                         "retention_ratio": 0.0}
 
 
 @pytest.mark.parametrize("extra, message", [
