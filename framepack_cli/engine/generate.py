@@ -26,6 +26,7 @@ from framepack_cli.engine.pipeline import Conditioning, JobResult, run_jobs
 from framepack_cli.engine.precision import FP16_DIT_WARNING, precision_for
 from framepack_cli.engine.progress import ProgressSink
 from framepack_cli.engine.resources import Budget, advice, model_sizes, oom_guard
+from framepack_cli.engine.step_caching import JobStepCache
 from framepack_cli.engine.writing import run_metadata, write_outputs
 from framepack_cli.errors import FramepackError, NotBuiltError, ResourceError
 from framepack_cli.models.text_encoders import positive_prompt
@@ -58,10 +59,7 @@ class GenerateResult:
 
 def refuse_unbuilt(opts) -> None:
     """Options whose machinery is not built yet are refused, never silently ignored."""
-    unbuilt = {
-        "compile": "--compile",
-        "magcache_mag_ratios": "--magcache_mag_ratios", "magcache_calibration": "--magcache_calibration",
-    }
+    unbuilt = {"compile": "--compile"}
     given = [flag for name, flag in unbuilt.items() if getattr(opts, name)]
     if given:
         raise NotBuiltError(
@@ -153,6 +151,8 @@ class VideoJob:
                 history[:, :, 0:1] = cond.latents[o.end_image_path]
         total = 1 if o.f1 else 0
         negative = to_device(cond.negative, device, dtype) if cond.negative is not None else None
+        caches = JobStepCache(o, self.seed)
+        caches.start(sink)
         sink.start_sections(self.n)
         for s in self.plan:
             sink.start_section(s.loop, self.n, f"section {s.index + 1}/{self.n}")
@@ -175,7 +175,7 @@ class VideoJob:
                 dit, positive=to_device(cond.texts[self.section_prompt[s.index]], device, dtype), negative=negative,
                 image_embeddings=cond.embeddings[self.section_image[s.index]], guidance_scale=o.guidance_scale,
                 guidance_rescale=o.guidance_rescale, embedded_cfg_scale=o.embedded_cfg_scale, context=context,
-                dtype=dtype, device=device,
+                dtype=dtype, device=device, step_cache=(step_cache := caches.section()),
             )
             noise = torch.randn((1, LATENT_CHANNELS, latent_frames, lh, lw), generator=generator, dtype=torch.float32)
             with oom_guard(f"sampling section {s.index + 1}/{self.n} at {height}x{width}", device,
@@ -190,6 +190,8 @@ class VideoJob:
                 history = torch.cat([out, history], dim=2)
             total += out.shape[2]
             sink.end_section()
+            caches.end_section(step_cache, sink, f"section {s.index + 1}/{self.n}")
+        caches.finish(sink)
         final = history[:, :, -total:] if o.f1 else history[:, :, :total]
         return final[0].contiguous()  # CTHW, as the reference saves it
 
@@ -233,6 +235,9 @@ def run(opts, sink: ProgressSink) -> list[JobResult] | list[GenerateResult]:
     """
     refuse_unbuilt(opts)
     from framepack_cli.engine.processes import join_processes
+    from framepack_cli.models.step_cache import settings_from_options
+
+    settings_from_options(opts)  # bad ratios / both caches: one line, before anything loads
 
     group = join_processes(opts, sink)  # None in a plain run; under several processes, each runs some jobs
     if group is not None:

@@ -17,6 +17,7 @@ from framepack_cli.engine.input_notes import BLACK_SIGLIP, image_notes
 from framepack_cli.engine.pipeline import Conditioning
 from framepack_cli.engine.progress import ProgressSink
 from framepack_cli.engine.resources import advice, oom_guard
+from framepack_cli.engine.step_caching import JobStepCache
 from framepack_cli.engine.writing import run_metadata
 from framepack_cli.models.text_encoders import positive_prompt
 from framepack_cli.options.sections import parse_section_values
@@ -134,6 +135,8 @@ class OneFrameJob:
         lh, lw = height // 8, width // 8
         sink.message(f"Seed {self.seed}, one frame at index {lay.latent_index}, clean latents at "
                      f"{list(lay.clean_indices)}, {height}x{width}, {o.infer_steps} steps")
+        caches = JobStepCache(o, self.seed)
+        caches.start(sink)
         context = {
             "latent_indices": torch.tensor([[lay.latent_index]]),
             "clean_latents": self.clean_latents(cond), "clean_latent_indices": torch.tensor([lay.clean_indices]),
@@ -147,7 +150,7 @@ class OneFrameJob:
             negative=to_device(cond.negative, device, dtype) if cond.negative is not None else None,
             image_embeddings=cond.embeddings[self.image0], guidance_scale=o.guidance_scale,
             guidance_rescale=o.guidance_rescale, embedded_cfg_scale=o.embedded_cfg_scale, context=context,
-            dtype=dtype, device=device,
+            dtype=dtype, device=device, step_cache=(step_cache := caches.section()),
         )
         generator = torch.Generator("cpu").manual_seed(self.seed)
         noise = torch.randn((1, LATENT_CHANNELS, 1, lh, lw), generator=generator, dtype=torch.float32)
@@ -158,4 +161,6 @@ class OneFrameJob:
             out = sample_unipc(model_fn, noise.to(device), sigmas,
                                callback=lambda d: sink.step(d["i"] + 1, o.infer_steps)).float().cpu()
         sink.end_section()
+        caches.end_section(step_cache, sink, "one frame")
+        caches.finish(sink)
         return out[0].contiguous()

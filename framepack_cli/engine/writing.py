@@ -60,6 +60,11 @@ def run_metadata(opts, seed: int, latent: torch.Tensor, extra: dict | None = Non
     }
     if not one_frame:
         settings["video_sections"] = opts.video_sections
+    if getattr(opts, "teacache_thresh", None) is not None:  # a step cache changes the output: say which
+        settings["teacache_thresh"] = opts.teacache_thresh
+    elif getattr(opts, "magcache_mag_ratios", None) is not None:
+        settings["magcache"] = {k: getattr(opts, "magcache_" + k) for k in ("mag_ratios", "threshold", "k",
+                                                                              "retention_ratio")}
     settings.update(extra or {})
     meta["framepack"] = json.dumps(settings, sort_keys=True)
     return meta

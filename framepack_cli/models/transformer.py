@@ -99,6 +99,7 @@ _INT_KEYS = {
 
 if TYPE_CHECKING:
     from framepack_cli.models.lora import LoraSpec
+    from framepack_cli.models.step_cache import ForwardCache
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -439,19 +440,38 @@ class FramePackTransformer(HunyuanVideoFramepackTransformer3DModel):
         latent_indices: torch.Tensor | None,
         history: list[tuple[str, torch.Tensor | None, torch.Tensor | None]],
         spatial_scale: torch.Tensor,
+        cache: ForwardCache | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         b, _, t, h, w = hidden_states.shape
-        p, pt = self.config.patch_size, self.config.patch_size_t
-        hp, wp = h // p, w // p
-        dev, dtype = hidden_states.device, self.x_embedder.proj.weight.dtype
-        axes, theta = tuple(self.config.rope_axes_dim), float(self.config.rope_theta)
+        pt = self.config.patch_size_t
+        tokens = self._ckpt(self.x_embedder, hidden_states.to(self.x_embedder.proj.weight.dtype))
+        args = (b, t // pt, (h, w), hidden_states.device, latent_indices, history, spatial_scale)
+        if cache is None:
+            clean, rope = self._embed_history(*args)
+        else:
+            # The history tokens and every RoPE table are the same on each step of a section: once per section,
+            # keyed by the input tensors (identity) and the RoPE scale (rope scaling switches at a timestep).
+            refs = (latent_indices, *(x for _, latents, indices in history for x in (latents, indices)))
+            scale = None if self.rope_scaling_timestep_threshold is None else tuple(spatial_scale.tolist())
+            key = ("image_stream", b, t, h, w, scale, tuple(id(r) for r in refs))
+            clean, rope = cache.memo(key, refs, lambda: self._embed_history(*args))
+        return (tokens if clean is None else torch.cat([clean, tokens], dim=1)), rope
 
+    def _embed_history(
+        self, b: int, tn: int, hw: tuple[int, int], dev: torch.device, latent_indices: torch.Tensor | None,
+        history: list[tuple[str, torch.Tensor | None, torch.Tensor | None]], spatial_scale: torch.Tensor,
+    ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]:
+        """The clean-history tokens `[4x | 2x | 1x]` (None without history) and the RoPE of the whole image stream
+        `[4x | 2x | 1x | noisy]`: everything of the image stream but the noisy tokens themselves."""
+        dtype = self.x_embedder.proj.weight.dtype
+        axes, theta = tuple(self.config.rope_axes_dim), float(self.config.rope_theta)
+        h, w = hw
+        hp, wp = h // self.config.patch_size, w // self.config.patch_size
         if latent_indices is None:
-            latent_indices = torch.arange(t // pt, device=dev)
-        idx = _batch_indices(latent_indices, b, t // pt, "latent_indices", dev)
-        tokens = self._ckpt(self.x_embedder, hidden_states.to(dtype))
+            latent_indices = torch.arange(tn, device=dev)
+        idx = _batch_indices(latent_indices, b, tn, "latent_indices", dev)
         cos, sin = rope_grid(idx, hp, wp, spatial_scale, axes, theta)
-        groups = [(tokens, cos, sin)]
+        groups = [(None, cos, sin)]
 
         embedder = self.clean_x_embedder
         convs = {
@@ -477,9 +497,9 @@ class FramePackTransformer(HunyuanVideoFramepackTransformer3DModel):
 
         # The reference prepends 1x, then 2x, then 4x: final order [4x | 2x | 1x | noisy].
         groups.reverse()
-        tokens = torch.cat([g[0] for g in groups], dim=1)
+        clean = [g[0] for g in groups[:-1]]
         rope = (torch.cat([g[1] for g in groups], dim=1), torch.cat([g[2] for g in groups], dim=1))
-        return tokens, rope
+        return (torch.cat(clean, dim=1) if clean else None), rope
 
     def _conditioning(
         self, timestep: torch.Tensor, pooled_projections: torch.Tensor, guidance: torch.Tensor | None
@@ -499,13 +519,19 @@ class FramePackTransformer(HunyuanVideoFramepackTransformer3DModel):
         timestep: torch.Tensor,
         image_embeddings: torch.Tensor | None,
         n_img: int,
+        cache: ForwardCache | None = None,
     ) -> tuple[torch.Tensor, tuple[int, ...] | None]:
         b = encoder_hidden_states.shape[0]
+        # The token refiner takes the timestep: not step-invariant, computed every call.
         text = self._ckpt(self.context_embedder, encoder_hidden_states, timestep, encoder_attention_mask)
         mask = encoder_attention_mask.bool()
         if image_embeddings is not None:
             # SigLIP tokens go first: with right-padded text every valid context token is then a prefix.
-            img = self._ckpt(self.image_projection, image_embeddings.to(text.dtype))
+            def project() -> torch.Tensor:
+                return self._ckpt(self.image_projection, image_embeddings.to(text.dtype))
+
+            img = project() if cache is None else cache.memo(
+                ("image_projection", id(image_embeddings), text.dtype), (image_embeddings,), project)
             text = torch.cat([img, text], dim=1)
             mask = torch.cat([mask.new_ones(b, img.shape[1]), mask], dim=1)
         valid = mask.sum(dim=1)
@@ -587,6 +613,7 @@ class FramePackTransformer(HunyuanVideoFramepackTransformer3DModel):
         clean_latents_4x: torch.Tensor | None = None,
         clean_latent_4x_indices: torch.Tensor | None = None,
         image_embeddings: torch.Tensor | None = None,
+        cache: ForwardCache | None = None,
     ) -> torch.Tensor:
         """Predict the flow velocity (≈ noise − x0) of the noisy latents.
 
@@ -606,6 +633,9 @@ class FramePackTransformer(HunyuanVideoFramepackTransformer3DModel):
             clean_latents_4x: 4x history [B, 16, T4, h, w] or None.
             clean_latent_4x_indices: its frame positions.
             image_embeddings: SigLIP last_hidden_state [B, 729, image_proj_dim] (None = no image tokens).
+            cache: one section's caches (`framepack_cli.models.step_cache`, used only without gradients): the
+                step-invariant work (history tokens, RoPE tables, image projection) is computed once per section,
+                and a step cache may skip the block stack.
 
         Returns:
             Velocity [B, 16, T, h, w] in float32.
@@ -618,6 +648,8 @@ class FramePackTransformer(HunyuanVideoFramepackTransformer3DModel):
         if encoder_attention_mask is None:
             encoder_attention_mask = torch.ones(encoder_hidden_states.shape[:2], dtype=torch.bool, device=dev)
 
+        if torch.is_grad_enabled():
+            cache = None  # training: every tensor keeps its graph
         tokens, rope = self._embed_image_stream(
             hidden_states,
             latent_indices,
@@ -627,13 +659,25 @@ class FramePackTransformer(HunyuanVideoFramepackTransformer3DModel):
                 ("4x", clean_latents_4x, clean_latent_4x_indices),
             ],
             self._spatial_rope_scale(timestep),
+            cache,
         )
         temb = self._ckpt(self._conditioning, timestep, pooled_projections.to(dtype), guidance)
         context, seq_lens = self._embed_context(
-            encoder_hidden_states.to(dtype), encoder_attention_mask, timestep, image_embeddings, tokens.shape[1]
+            encoder_hidden_states.to(dtype), encoder_attention_mask, timestep, image_embeddings, tokens.shape[1], cache
         )
-        tokens, _ = self._run_blocks(tokens, context, temb, seq_lens, rope)
+        step_cache = cache.section.step_cache if cache is not None else None
+        if step_cache is None:
+            tokens, _ = self._run_blocks(tokens, context, temb, seq_lens, rope)
+        else:
+            tokens = step_cache.run(cache.branch, tokens,
+                                    lambda x: self._run_blocks(x, context, temb, seq_lens, rope)[0],
+                                    lambda: self._first_modulation(tokens, temb))
         return self._output_head(tokens, temb, hidden_states.shape)
+
+    def _first_modulation(self, tokens: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """The first block's modulated image-stream input (TeaCache's signal)."""
+        block = self.transformer_blocks[0] if len(self.transformer_blocks) else self.single_transformer_blocks[0]
+        return block.norm1(tokens, emb=temb)[0] if hasattr(block, "norm1") else block.norm(tokens, emb=temb)[0]
 
 
 # --------------------------------------------------------------------------------------------------
