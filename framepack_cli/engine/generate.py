@@ -59,7 +59,6 @@ class GenerateResult:
 def refuse_unbuilt(opts) -> None:
     """Options whose machinery is not built yet are refused, never silently ignored."""
     unbuilt = {
-        "compile": "--compile",
         "magcache_mag_ratios": "--magcache_mag_ratios", "magcache_calibration": "--magcache_calibration",
     }
     given = [flag for name, flag in unbuilt.items() if getattr(opts, name)]
@@ -68,6 +67,16 @@ def refuse_unbuilt(opts) -> None:
             f"{', '.join(given)}: not built yet in framepack {__version__}; run without "
             f"{'it' if len(given) == 1 else 'them'} (see CHANGELOG.md)"
         )
+
+
+def _resolve_attention(opts, device, precision, sink: ProgressSink):
+    """`--attn_mode auto` becomes the kernel it picks (one line says which); explicit modes stay as given."""
+    from framepack_cli.engine.preflight import check_attention
+
+    mode, note = check_attention(opts.attn_mode, precision.dit, device)
+    if note is not None:
+        sink.message(note)
+    return opts if mode == opts.attn_mode else opts.model_copy(update={"attn_mode": mode})
 
 
 def section_values(text: str | None, n: int, flag: str) -> dict[int, str] | None:
@@ -245,6 +254,7 @@ def run(opts, sink: ProgressSink) -> list[JobResult] | list[GenerateResult]:
         device = resolve_device(opts.device)
         precision = precision_for(opts, device)
         found = preflight(opts, device, precision)
+        opts = _resolve_attention(opts, device, precision, sink)
         keep = interactive_keep(opts) if opts.interactive else frozenset()
         resident = resident_models(keep)
         from framepack_cli.engine.memory_auto import apply_memory_plan

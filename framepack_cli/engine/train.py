@@ -37,12 +37,11 @@ UNBUILT = {  # option -> what it needs; refused in one line until then
     "block_swap_h2d_only": "--blocks_to_swap already copies host-to-device only; the evenly spaced streamed "
                            "blocks and --block_swap_ring_size of the reference's variant are not built",
     "compile": "torch.compile comes with the speed work",
-    "flash3": "FlashAttention 3 is not wired into framepack's DiT; --flash_attn or --sdpa work",
     "huggingface_repo_id": "uploading to the Hugging Face Hub is not built; upload the saved files with "
                            "`huggingface-cli upload`",
     "resume_from_huggingface": "resuming from the Hub is not built; download the state folder first",
 }
-ATTENTION_MODES = {"sdpa": "sdpa", "flash_attn": "flash", "xformers": "xformers", None: "sdpa"}
+ATTENTION_MODES = {"sdpa": "sdpa", "flash_attn": "flash", "xformers": "xformers", "flash3": "flash3", None: "sdpa"}
 SAVE_DTYPES = {None: "float32", "float": "float32", "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 LOG_EVERY_FRACTION = 20  # a plain progress line every 1/20 of the run when stderr is not a terminal
 
@@ -241,7 +240,10 @@ class Trainer:
 
         o = self.opts
         attn = ATTENTION_MODES[o.attention]
-        resolve_attention(attn)  # a missing kernel package: one line, before anything loads
+        try:  # a missing kernel package: one line, before anything loads
+            resolve_attention(attn, alternative="--sdpa")
+        except FramepackError as e:
+            raise FramepackError(f"--{o.attention}: {e.message}", hint=e.hint) from None
         log_with = _check_logger(o)
         cuda = torch.cuda.is_available()
         mp = _mixed_precision(o, cuda, self.sink)
@@ -379,7 +381,7 @@ class Trainer:
         # weights to the GPU (before the LoRA modules are created, which then follow their Linear's device).
         fp8 = ("fp8_scaled" if o.fp8_scaled else "fp8") if o.fp8_base else None
         dit = load_dit(o.dit, device="cpu" if swap else self.device, dtype=self.dit_dtype,
-                       attn_mode=ATTENTION_MODES[o.attention], loras=loras, fp8=fp8)
+                       attn_mode=ATTENTION_MODES[o.attention], split_attn=o.split_attn, loras=loras, fp8=fp8)
         if n:
             block_swap.check_blocks_to_swap(n, len(dit.transformer_blocks), len(dit.single_transformer_blocks))
         if swap:

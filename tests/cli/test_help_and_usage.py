@@ -183,9 +183,9 @@ def test_not_built_marks_match_what_the_engine_refuses(command, capsys, monkeypa
             refused.append("--" + name)
     marked = [f for f, text in entries.items() if text.endswith("[not built yet: refused]")]
     assert sorted(refused) == sorted(marked)
-    assert {"--compile", "--magcache_mag_ratios", "--magcache_calibration"} <= set(marked)
-    assert not {"--fp8", "--fp8_scaled", "--fp8_fast", "--blocks_to_swap", "--use_pinned_memory_for_block_swap"} \
-        & set(marked)
+    assert {"--magcache_mag_ratios", "--magcache_calibration"} <= set(marked)
+    assert not {"--fp8", "--fp8_scaled", "--fp8_fast", "--blocks_to_swap", "--use_pinned_memory_for_block_swap",
+                "--compile", "--split_attn"} & set(marked)
 
 
 def test_cache_debug_mode_is_refused_as_marked(tmp_path, capsys):
@@ -220,7 +220,8 @@ def test_train_not_built_marks_match_what_the_engine_refuses(capsys, monkeypatch
     marked = [f for f, text in entries.items() if text.endswith("[not built yet: refused]")]
     assert sorted(refused) == sorted(marked)
     assert {"--compile", "--block_swap_h2d_only"} <= set(marked)
-    assert not {"--fp8_base", "--fp8_scaled", "--blocks_to_swap", "--use_pinned_memory_for_block_swap"} & set(marked)
+    assert not {"--flash3", "--fp8_base", "--fp8_scaled", "--blocks_to_swap",
+                "--use_pinned_memory_for_block_swap"} & set(marked)
 
 
 @pytest.mark.parametrize("args", [["download"], ["download", "dit2"], ["download", "--dir"]])
@@ -305,7 +306,8 @@ def test_help_exits_0_on_stdout(args, capsys):
     (["--video_seconds", "0"], "--video_seconds: '0' is too small; expected a value > 0"),
     (["--guidance_scale", "x"], "--guidance_scale: 'x' is not a number"),
     (["--output_type", "vid"], "--output_type: 'vid' is not one of video, images, latent, both, latent_images"),
-    (["--attn_mode", "foo"], "--attn_mode: 'foo' is not one of torch, sdpa, flash, sageattn, xformers"),
+    (["--attn_mode", "foo"], "--attn_mode: 'foo' is not one of auto, torch, sdpa, flash, flash3, sageattn, sage, "
+     "xformers"),
     (["--lora_weight", M / "lora_tiny.safetensors", "--lora_multiplier", "0.5", "x"],
      "--lora_multiplier: 'x' is not a number"),
     (["--video_size", "48", "abc"], "--video_size: two numbers: H W (got '48 abc')"),
