@@ -69,16 +69,6 @@ def refuse_unbuilt(opts) -> None:
         )
 
 
-def _resolve_attention(opts, device, precision, sink: ProgressSink):
-    """`--attn_mode auto` becomes the kernel it picks (one line says which); explicit modes stay as given."""
-    from framepack_cli.engine.preflight import check_attention
-
-    mode, note = check_attention(opts.attn_mode, precision.dit, device)
-    if note is not None:
-        sink.message(note)
-    return opts if mode == opts.attn_mode else opts.model_copy(update={"attn_mode": mode})
-
-
 def section_values(text: str | None, n: int, flag: str) -> dict[int, str] | None:
     """Per-section values; the pipe form must have exactly one entry per section."""
     if text is None:
@@ -254,7 +244,6 @@ def run(opts, sink: ProgressSink) -> list[JobResult] | list[GenerateResult]:
         device = resolve_device(opts.device)
         precision = precision_for(opts, device)
         found = preflight(opts, device, precision)
-        opts = _resolve_attention(opts, device, precision, sink)
         keep = interactive_keep(opts) if opts.interactive else frozenset()
         resident = resident_models(keep)
         from framepack_cli.engine.memory_auto import apply_memory_plan

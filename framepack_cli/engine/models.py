@@ -125,11 +125,17 @@ class Models:
                 from framepack_cli.models.block_swap import NO_CUDA_WARNING
 
                 self.sink.message(NO_CUDA_WARNING.format(n=n, device=self.device.type))
+            from framepack_cli.engine.preflight import check_attention
+
+            # --attn_mode auto: the kernel for this device and dtype, said in one line (preflight checked it).
+            attn_mode, note = check_attention(o.attn_mode, self.precision.dit, self.device)
+            if note is not None:
+                self.sink.message(note)
             with self._guard("DiT", (o.dit,), "dit"):
                 # With block swap the DiT loads to the CPU; the swapper then moves all but the swapped
                 # blocks' Linear weights to the GPU.
                 dit = load_dit(o.dit, device="cpu" if swap else self.device, dtype=self.precision.dit,
-                               attn_mode=o.attn_mode, split_attn=getattr(o, "split_attn", False),
+                               attn_mode=attn_mode, split_attn=getattr(o, "split_attn", False),
                                rope_scaling_timestep_threshold=o.rope_scaling_timestep_threshold,
                                rope_scaling_factor=o.rope_scaling_factor, fp8=fp8, fp8_fast=o.fp8_fast, **kwargs)
                 if swap:

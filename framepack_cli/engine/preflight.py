@@ -146,7 +146,13 @@ def check_attention(attn_mode: str, dtype=None, device=None) -> tuple[str, str |
     try:
         return choose_attention(attn_mode, dtype or torch.float32, torch.device(device or "cpu"))
     except FramepackError as e:
-        raise FramepackError(f"--attn_mode: {e.message}", hint=e.hint) from None
+        raise FramepackError(flag_message(e.message, attn_mode, f"--attn_mode {attn_mode}"), hint=e.hint) from None
+
+
+def flag_message(message: str, attn_mode: str, flag: str) -> str:
+    """`attention mode 'x' needs ...` as `--attn_mode x needs ...` (the flag the user typed)."""
+    own = f"attention mode {attn_mode!r}"
+    return message.replace(own, flag, 1) if message.startswith(own) else f"{flag}: {message}"
 
 
 def job_images(opts) -> list[str | None]:

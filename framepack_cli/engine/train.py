@@ -243,7 +243,9 @@ class Trainer:
         try:  # a missing kernel package: one line, before anything loads
             resolve_attention(attn, alternative="--sdpa")
         except FramepackError as e:
-            raise FramepackError(f"--{o.attention}: {e.message}", hint=e.hint) from None
+            from framepack_cli.engine.preflight import flag_message
+
+            raise FramepackError(flag_message(e.message, attn, f"--{o.attention}"), hint=e.hint) from None
         log_with = _check_logger(o)
         cuda = torch.cuda.is_available()
         mp = _mixed_precision(o, cuda, self.sink)
