@@ -184,8 +184,9 @@ class GenerateOptions(OptionsBase):
 
     # --- speed and memory
     dtype: DTYPE = F(
-        "auto", "DiT dtype: auto = bfloat16 on CUDA (as trained and as the reference), float32 on CPU. float16 "
-        "works but warns: the model was trained in bfloat16.", panel=PERF)
+        "auto", "DiT dtype: auto = bfloat16 on CUDA (as trained and as the reference), float32 on CPU. bfloat16 "
+        "also runs on CPU (half the DiT's RAM; the embedded guidance is then rounded to bfloat16 as on CUDA, "
+        "10000 -> 9984). float16 works but warns: the model was trained in bfloat16.", panel=PERF)
     vae_dtype: DTYPE = F("auto", "VAE dtype: auto = float16 on CUDA (as the reference), float32 on CPU.", panel=PERF)
     text_encoder_dtype: DTYPE = F(
         "auto", "LLaMA and CLIP-L dtype: auto = float16 on CUDA (as the reference), float32 on CPU.", panel=PERF)
