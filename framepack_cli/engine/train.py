@@ -36,7 +36,6 @@ from framepack_cli.options.train import TrainOptions
 UNBUILT = {  # option -> what it needs; refused in one line until then
     "block_swap_h2d_only": "--blocks_to_swap already copies host-to-device only; the evenly spaced streamed "
                            "blocks and --block_swap_ring_size of the reference's variant are not built",
-    "compile": "torch.compile comes with the speed work",
     "huggingface_repo_id": "uploading to the Hugging Face Hub is not built; upload the saved files with "
                            "`huggingface-cli upload`",
     "resume_from_huggingface": "resuming from the Hub is not built; download the state folder first",
@@ -54,7 +53,8 @@ def refuse_unbuilt(opts: TrainOptions) -> None:
                                 hint=f"run without --{name}")
     if opts.dynamo_backend != "NO":
         raise NotBuiltError(f"--dynamo_backend {opts.dynamo_backend}: not built yet in framepack train "
-                            "(torch.compile comes with the speed work)", hint="run without --dynamo_backend")
+                            "(accelerate's whole-model TorchDynamo plugin; --compile compiles each DiT block)",
+                            hint="use --compile instead")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -410,6 +410,14 @@ class Trainer:
         if state is not None:
             net.load_state_dict({k: v.to(self.device) for k, v in state.network.items()})
         self.network = net
+        if o.compile:
+            from framepack_cli.models.compile import CompileSettings, compile_blocks
+
+            # After the LoRA modules hook their Linears (the hooks are compiled with the blocks); with block swap
+            # the Linear forwards stay eager, as in the reference.
+            settings = CompileSettings.from_options(o)
+            if compile_blocks(dit, settings, self.say, device=self.device, exclude_linear=swap) is not None:
+                self.say(settings.describe())
         groups = net.param_groups(o.learning_rate)
         self.params = [p for g in groups for p in g["params"]]
         self.choice = make_optimizer(o, groups, device=self.device, warn=self.say)

@@ -125,14 +125,16 @@ class CompiledBlocks:
         self.warn = warn
         self.failed: str | None = None
         self._errors = _compiler_errors()
-        self._patched: list[nn.Module] = []
+        # (module, its own instance `forward` before ours, e.g. a LoRA module's hook, or None): restored as found
+        self._patched: list[tuple[nn.Module, Any]] = []
         if settings.cache_size_limit is not None:
             torch._dynamo.config.cache_size_limit = settings.cache_size_limit
         for block in self.blocks:
             for m in block.modules():
                 if isinstance(m, nn.Linear) and (exclude_linear or getattr(m, "fast", False)):
+                    self._patched.append((m, m.__dict__.get("forward")))
                     m.forward = torch._dynamo.disable(m.forward)
-                    self._patched.append(m)
+            self._patched.append((block, block.__dict__.get("forward")))
             block.forward = self._wrap(block)
 
     def _wrap(self, block: nn.Module) -> Callable[..., Any]:
@@ -160,11 +162,13 @@ class CompiledBlocks:
         self.restore()
 
     def restore(self) -> None:
-        """The blocks' and Linears' own forwards again (nothing compiled stays reachable)."""
-        for block in self.blocks:
-            block.__dict__.pop("forward", None)
-        for m in self._patched:
-            m.__dict__.pop("forward", None)
+        """The blocks' and Linears' forwards as they were before (nothing compiled stays reachable; a LoRA
+        module's hook on a Linear stays)."""
+        for m, before in reversed(self._patched):
+            if before is None:
+                m.__dict__.pop("forward", None)
+            else:
+                m.forward = before
         self._patched = []
 
 

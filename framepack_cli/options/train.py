@@ -213,7 +213,8 @@ class TrainOptions(OptionsBase):
     split_attn: bool = F(False, "Attend each sample of a batch separately (less attention memory, same result). "
                          "Not needed for batches above 1: framepack's DiT always attends samples with different "
                          "text lengths separately.", panel=ATTENTION)
-    compile: bool = F(False, "torch.compile every DiT block.", panel=ATTENTION, unbuilt=True)
+    compile: bool = F(False, "torch.compile every DiT block (with the LoRA modules). Without a working compiler: "
+                      "one warning, then the plain (eager) blocks.", panel=ATTENTION)
     compile_backend: str = F("inductor", "torch.compile backend.", panel=ATTENTION)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = F(
         "default", "torch.compile mode.", panel=ATTENTION)
