@@ -124,3 +124,27 @@ def test_settings_from_options_and_describe():
 def _reset_dynamo():
     yield
     torch._dynamo.reset()
+
+
+@torch.no_grad()
+def test_compiled_with_block_swap_and_with_fp8_scaled_equal_their_eager_runs():
+    from framepack_cli.models.block_swap import enable_block_swap
+    from tests.unit.test_block_swap import FakeTransfer
+
+    kwargs = _inputs()
+    plain = load_dit(MODELS / "dit_single.safetensors")
+    want = plain(**kwargs)
+    swapped = load_dit(MODELS / "dit_single.safetensors")
+    enable_block_swap(swapped, 2, torch.device("cpu"), transfer=FakeTransfer())  # evicted weights read NaN
+    torch._dynamo.reset()
+    lines: list[str] = []
+    compile_blocks(swapped, CompileSettings(backend="eager"), lines.append, device="cpu")  # Linears stay eager
+    n_linear = sum(isinstance(m, torch.nn.Linear) for b in swapped.transformer_blocks for m in b.modules())
+    assert _forwards_overridden(swapped) > n_linear  # the swapper's model: Linear forwards excluded
+    assert torch.equal(swapped(**kwargs), want) and lines == []
+
+    fp8 = load_dit(MODELS / "dit_single.safetensors", fp8="fp8_scaled")
+    want_fp8 = fp8(**kwargs)
+    compile_blocks(fp8, CompileSettings(backend="eager"), lines.append)  # dequantising Linears compiled too
+    torch.testing.assert_close(fp8(**kwargs), want_fp8, atol=ATOL, rtol=RTOL)
+    assert lines == []
