@@ -33,7 +33,6 @@ CONFIG = {
     "qk_norm": "rms_norm", "guidance_embeds": True, "text_embed_dim": 256, "pooled_projection_dim": 128,
     "rope_theta": 256.0, "rope_axes_dim": [16, 56, 56], "image_proj_dim": 144,
 }
-SIZES = {"256²": 256, "640²": 640}
 
 
 def _write_model(folder: Path) -> Path:
@@ -95,7 +94,8 @@ def _cases(device, compile_rows: bool) -> list[tuple[str, dict, int]]:
     return cases
 
 
-def measure(quick: bool = False, device: str | None = None, compile_rows: bool | None = None) -> list[dict]:
+def measure(quick: bool = False, device: str | None = None, compile_rows: bool | None = None,
+            sizes: tuple[int, ...] = (256, 640), only: tuple[str, ...] | None = None) -> list[dict]:
     """The rows (see the module docstring). Every model is loaded first and the timed calls are interleaved
     (one call of each case per round, median over the rounds), so a machine whose load drifts (shared CPUs)
     skews every row alike. `compile_rows` None: on, except `quick` on a CPU (compiling takes minutes there)."""
@@ -116,6 +116,8 @@ def measure(quick: bool = False, device: str | None = None, compile_rows: bool |
         batches = {}
         warnings: list[str] = []
         for name, opts, batch in _cases(dev, compile_rows):
+            if only is not None and name != "sdpa float32" and not name.startswith(only):
+                continue
             opts = dict(opts)
             do_compile = opts.pop("compile", False)
             model = load_dit(path, device=dev, **opts)
@@ -125,7 +127,7 @@ def measure(quick: bool = False, device: str | None = None, compile_rows: bool |
                     rows.append({"row": f"attention {name}", "ratio": float("nan"), "note": warnings[-1]})
                     continue
             models[name], batches[name] = model, batch
-        for size, px in SIZES.items():
+        for size, px in ((f"{px}²", px) for px in sizes):
             inputs = {b: _inputs(px, quick, b, dev) for b in set(batches.values())}
             times: dict[str, list[float]] = {name: [] for name in models}
             with torch.no_grad():
@@ -159,12 +161,17 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1 noisy frame, 3 rounds, no compile rows on a CPU")
     ap.add_argument("--device", default=None)
     ap.add_argument("--no-compile", action="store_true", help="skip the --compile rows (minutes on a CPU)")
+    ap.add_argument("--compile", action="store_true", help="the --compile rows also with --quick on a CPU")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 640], help="video sides in pixels")
+    ap.add_argument("--only", nargs="+", default=None, help="rows starting with these names (and the baseline)")
     args = ap.parse_args()
     import platform
 
     print(f"machine: {platform.processor() or platform.machine()}, device {args.device or 'auto'}")
     print(f"{'row':<52} {'ratio':>6}  note")
-    for r in measure(args.quick, args.device, False if args.no_compile else None):
+    compile_rows = False if args.no_compile else True if args.compile else None
+    for r in measure(args.quick, args.device, compile_rows, tuple(args.sizes),
+                     tuple(args.only) if args.only else None):
         print(f"{r['row']:<52} {r['ratio']:>6.2f}  {r['note']}")
 
 

@@ -34,3 +34,21 @@ def test_dynamo_backend_is_refused_in_one_line(tmp_path, capsys):
     assert err.strip().splitlines() == [
         "Error: --dynamo_backend INDUCTOR: not built yet in framepack train (accelerate's whole-model TorchDynamo "
         "plugin; --compile compiles each DiT block); use --compile instead"]
+
+
+@pytest.mark.parametrize("flag, module, line", [
+    ("--flash3", "flash_attn_interface", "Error: --flash3 needs FlashAttention 3 (the `flash_attn_interface` package), "
+     "which cannot be imported: No module named 'flash_attn_interface'; build it from the hopper/ folder of "
+     "github.com/Dao-AILab/flash-attention, or use --sdpa"),
+    ("--xformers", "xformers", "Error: --xformers needs xformers (the `xformers` package), which cannot be imported: "
+     "No module named 'xformers'; pip install xformers, or use --sdpa"),
+])
+def test_a_missing_training_kernel_is_one_line(tmp_path, capsys, flag, module, line):
+    import importlib.util
+
+    if importlib.util.find_spec(module) is not None:
+        pytest.skip(f"{module} is installed here")
+    toml = video_dataset(tmp_path, only="clip_b*")
+    code, out, err = cli(train_args(toml, tmp_path / "out", "--max_train_steps", "1", flag), capsys)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [line]
