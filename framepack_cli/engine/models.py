@@ -125,11 +125,18 @@ class Models:
                 from framepack_cli.models.block_swap import NO_CUDA_WARNING
 
                 self.sink.message(NO_CUDA_WARNING.format(n=n, device=self.device.type))
+            from framepack_cli.engine.preflight import check_attention
+
+            # --attn_mode auto: the kernel for this device and dtype, said in one line (preflight checked it).
+            attn_mode, note = check_attention(o.attn_mode, self.precision.dit, self.device)
+            if note is not None:
+                self.sink.message(note)
             with self._guard("DiT", (o.dit,), "dit"):
                 # With block swap the DiT loads to the CPU; the swapper then moves all but the swapped
                 # blocks' Linear weights to the GPU.
                 dit = load_dit(o.dit, device="cpu" if swap else self.device, dtype=self.precision.dit,
-                               attn_mode=o.attn_mode, rope_scaling_timestep_threshold=o.rope_scaling_timestep_threshold,
+                               attn_mode=attn_mode, split_attn=getattr(o, "split_attn", False),
+                               rope_scaling_timestep_threshold=o.rope_scaling_timestep_threshold,
                                rope_scaling_factor=o.rope_scaling_factor, fp8=fp8, fp8_fast=o.fp8_fast, **kwargs)
                 if swap:
                     block_swap.enable_block_swap(dit, n, self.device, pinned=o.use_pinned_memory_for_block_swap)
@@ -141,6 +148,12 @@ class Models:
                 from framepack_cli.models.fp8 import enable_fp8_fast
 
                 enable_fp8_fast(dit, self.device, self.sink.message)
+            if getattr(o, "compile", False):
+                from framepack_cli.models.compile import CompileSettings, compile_blocks
+
+                settings = CompileSettings.from_options(o)
+                if compile_blocks(dit, settings, self.sink.message, device=self.device) is not None:
+                    self.sink.message(settings.describe())
             self._loaded["dit"] = dit
         return self._on_device("dit")
 

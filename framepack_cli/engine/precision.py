@@ -10,9 +10,10 @@ each take auto / float32 / bfloat16 / float16; `auto` reads `AUTO`:
 | text_encoder  | float16  | float32   | LLaMA and CLIP-L load in float16 (inference and `cache text`)          |
 | image_encoder | float16  | float32   | SigLIP loads in float16 (inference and `cache latents`)                |
 
-Off CUDA every model runs in float32: bf16/fp16 matmuls on CPUs are slow or missing, and float32 is what the
-CPU parity tests compare against. The DiT's `proj_out` stays float32 whatever `--dtype` says (the reference's
-high-quality output projection).
+Off CUDA every model runs in float32 by default: bf16/fp16 matmuls on many CPUs are slow, and float32 is what
+the CPU parity tests compare against. `--dtype bfloat16` on the CPU works end to end (half the DiT's RAM; tested
+against float32 in tests/integration/test_attention_cli.py). The DiT's `proj_out` stays float32 whatever
+`--dtype` says (the reference's high-quality output projection).
 """
 
 from __future__ import annotations

@@ -117,7 +117,8 @@ def check_images(paths: list[str | None]) -> None:
 
 
 # Kernels that take only half-precision inputs (flash-attn and SageAttention refuse float32 tensors).
-HALF_ONLY_ATTENTION = {"flash": "FlashAttention", "sageattn": "SageAttention"}
+HALF_ONLY_ATTENTION = {"flash": "FlashAttention", "flash3": "FlashAttention 3", "sageattn": "SageAttention",
+                       "sage": "SageAttention"}
 
 
 def check_attention_dtype(attn_mode: str, dtype, source: str) -> None:
@@ -132,13 +133,26 @@ def check_attention_dtype(attn_mode: str, dtype, source: str) -> None:
                              f"in float32 ({source}); use --attn_mode sdpa, or --dtype bfloat16 on a GPU")
 
 
-def check_attention(attn_mode: str) -> None:
-    from framepack_cli.models.transformer import resolve_attention
+def check_attention(attn_mode: str, dtype=None, device=None) -> tuple[str, str | None]:
+    """The kernel the run uses (`auto` resolved for `dtype` on `device`) and the line saying so (auto only).
+
+    Raises:
+        FramepackError: `--attn_mode: ...`, the kernel's package is missing or cannot run here.
+    """
+    import torch
+
+    from framepack_cli.models.attention import choose_attention
 
     try:
-        resolve_attention(attn_mode)
+        return choose_attention(attn_mode, dtype or torch.float32, torch.device(device or "cpu"))
     except FramepackError as e:
-        raise FramepackError(f"--attn_mode: {e.message}", hint=e.hint) from None
+        raise FramepackError(flag_message(e.message, attn_mode, f"--attn_mode {attn_mode}"), hint=e.hint) from None
+
+
+def flag_message(message: str, attn_mode: str, flag: str) -> str:
+    """`attention mode 'x' needs ...` as `--attn_mode x needs ...` (the flag the user typed)."""
+    own = f"attention mode {attn_mode!r}"
+    return message.replace(own, flag, 1) if message.startswith(own) else f"{flag}: {message}"
 
 
 def job_images(opts) -> list[str | None]:
@@ -163,6 +177,6 @@ def preflight(opts, device, precision) -> dict[str, tuple[str, dict[str, TensorI
 
     found = check_models(opts)
     check_attention_dtype(opts.attn_mode, precision.dit, dtype_source(opts, "dit", device))
-    check_attention(opts.attn_mode)
+    check_attention(opts.attn_mode, precision.dit, device)
     check_images(job_images(opts))
     return found

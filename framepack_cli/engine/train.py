@@ -34,13 +34,11 @@ from framepack_cli.errors import FramepackError, Interrupted, NotBuiltError
 from framepack_cli.options.train import TrainOptions
 
 UNBUILT = {  # option -> what it needs; refused in one line until then
-    "compile": "torch.compile comes with the speed work",
-    "flash3": "FlashAttention 3 is not wired into framepack's DiT; --flash_attn or --sdpa work",
     "huggingface_repo_id": "uploading to the Hugging Face Hub is not built; upload the saved files with "
                            "`huggingface-cli upload`",
     "resume_from_huggingface": "resuming from the Hub is not built; download the state folder first",
 }
-ATTENTION_MODES = {"sdpa": "sdpa", "flash_attn": "flash", "xformers": "xformers", None: "sdpa"}
+ATTENTION_MODES = {"sdpa": "sdpa", "flash_attn": "flash", "xformers": "xformers", "flash3": "flash3", None: "sdpa"}
 SAVE_DTYPES = {None: "float32", "float": "float32", "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 LOG_EVERY_FRACTION = 20  # a plain progress line every 1/20 of the run when stderr is not a terminal
 
@@ -53,7 +51,8 @@ def refuse_unbuilt(opts: TrainOptions) -> None:
                                 hint=f"run without --{name}")
     if opts.dynamo_backend != "NO":
         raise NotBuiltError(f"--dynamo_backend {opts.dynamo_backend}: not built yet in framepack train "
-                            "(torch.compile comes with the speed work)", hint="run without --dynamo_backend")
+                            "(accelerate's whole-model TorchDynamo plugin; --compile compiles each DiT block)",
+                            hint="use --compile instead")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -239,7 +238,12 @@ class Trainer:
 
         o = self.opts
         attn = ATTENTION_MODES[o.attention]
-        resolve_attention(attn)  # a missing kernel package: one line, before anything loads
+        try:  # a missing kernel package: one line, before anything loads
+            resolve_attention(attn, alternative="--sdpa")
+        except FramepackError as e:
+            from framepack_cli.engine.preflight import flag_message
+
+            raise FramepackError(flag_message(e.message, attn, f"--{o.attention}"), hint=e.hint) from None
         log_with = _check_logger(o)
         cuda = torch.cuda.is_available()
         mp = _mixed_precision(o, cuda, self.sink)
@@ -379,7 +383,7 @@ class Trainer:
         # weights to the GPU (before the LoRA modules are created, which then follow their Linear's device).
         fp8 = ("fp8_scaled" if o.fp8_scaled else "fp8") if o.fp8_base else None
         dit = load_dit(o.dit, device="cpu" if swap else self.device, dtype=self.dit_dtype,
-                       attn_mode=ATTENTION_MODES[o.attention], loras=loras, fp8=fp8)
+                       attn_mode=ATTENTION_MODES[o.attention], split_attn=o.split_attn, loras=loras, fp8=fp8)
         if n:
             block_swap.check_blocks_to_swap(n, len(dit.transformer_blocks), len(dit.single_transformer_blocks))
         if swap:
@@ -407,6 +411,14 @@ class Trainer:
         if state is not None:
             net.load_state_dict({k: v.to(self.device) for k, v in state.network.items()})
         self.network = net
+        if o.compile:
+            from framepack_cli.models.compile import CompileSettings, compile_blocks
+
+            # After the LoRA modules hook their Linears (the hooks are compiled with the blocks); with block swap
+            # the Linear forwards stay eager, as in the reference.
+            settings = CompileSettings.from_options(o)
+            if compile_blocks(dit, settings, self.say, device=self.device, exclude_linear=swap) is not None:
+                self.say(settings.describe())
         groups = net.param_groups(o.learning_rate)
         self.params = [p for g in groups for p in g["params"]]
         self.choice = make_optimizer(o, groups, device=self.device, warn=self.say)

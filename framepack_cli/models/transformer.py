@@ -32,6 +32,14 @@ from diffusers.models.transformers.transformer_hunyuan_video_framepack import (
 )
 
 from framepack_cli.errors import FramepackError, ModelFormatError
+from framepack_cli.models.attention import (  # noqa: F401 - ATTN_MODES / resolve_attention are re-exported
+    ATTN_MODES,
+    AttentionFn,
+    _sdpa,
+    canonical,
+    choose_attention,
+    resolve_attention,
+)
 from framepack_cli.models.block_swap import mark
 from framepack_cli.models.detect import expect_kind
 from framepack_cli.models.dtypes import torch_dtype
@@ -48,14 +56,6 @@ from framepack_cli.models.loading import (
 HEAD_DIM = 128
 ROPE_AXES_DIM = (16, 56, 56)
 ROPE_THETA = 256.0
-
-ATTN_MODES = ("sdpa", "torch", "flash", "sageattn", "xformers")
-# attn_mode -> (import name, pip package name)
-_ATTN_PACKAGES = {
-    "flash": ("flash_attn", "flash-attn"),
-    "sageattn": ("sageattention", "sageattention"),
-    "xformers": ("xformers", "xformers"),
-}
 
 # Key prefixes that wrap the bare diffusers names in other distributions (ComfyUI, pipeline dumps).
 _KNOWN_PREFIXES = ("", "model.diffusion_model.", "diffusion_model.", "transformer.")
@@ -101,67 +101,27 @@ if TYPE_CHECKING:
     from framepack_cli.models.lora import LoraSpec
     from framepack_cli.models.step_cache import ForwardCache
 
-AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
 # --------------------------------------------------------------------------------------------------
 # Attention kernels
 # --------------------------------------------------------------------------------------------------
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    # SDPA wants [B, heads, S, D]; everything else here is [B, S, heads, D].
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    return out.transpose(1, 2)
-
-
-def resolve_attention(attn_mode: str) -> AttentionFn:
-    """Return the dense attention function for `attn_mode`, taking `[B, S, heads, head_dim]` q/k/v.
-
-    Args:
-        attn_mode: one of `ATTN_MODES`. "sdpa" and "torch" are both PyTorch's scaled_dot_product_attention.
-
-    Raises:
-        FramepackError: unknown mode, or the package the mode needs cannot be imported.
-    """
-    if attn_mode in ("sdpa", "torch"):
-        return _sdpa
-    if attn_mode not in _ATTN_PACKAGES:
-        raise FramepackError(f"unknown attention mode {attn_mode!r}", hint=f"use one of: {', '.join(ATTN_MODES)}")
-    module, pip_name = _ATTN_PACKAGES[attn_mode]
-    try:
-        # Broken CUDA builds of these packages fail with OSError/RuntimeError rather than ImportError.
-        if attn_mode == "flash":
-            from flash_attn import flash_attn_func
-
-            return lambda q, k, v: flash_attn_func(q, k, v)
-        if attn_mode == "sageattn":
-            from sageattention import sageattn
-
-            return lambda q, k, v: sageattn(q, k, v, tensor_layout="NHD")
-        from xformers.ops import memory_efficient_attention
-
-        return lambda q, k, v: memory_efficient_attention(q, k, v)
-    except (ImportError, OSError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FramepackError(
-            f"attention mode {attn_mode!r} needs the `{module}` package, which cannot be imported ({first})",
-            hint=f"pip install {pip_name}, or use --attn_mode sdpa",
-        ) from None
-
-
 def _attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_lens: tuple[int, ...] | None, fn: AttentionFn
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_lens: tuple[int, ...] | None, fn: AttentionFn,
+    split: bool = False,
 ) -> torch.Tensor:
     """Dense attention, or per-sample attention over each sample's valid prefix.
 
     With `seq_lens`, sample i attends only within its first `seq_lens[i]` tokens (image stream + its valid
     context) and its remaining rows are zero, exactly the reference's split attention. Looping instead of
     masking keeps every kernel usable (flash/sage have no masks) and keeps each sample bit-compatible with
-    its batch-1 call.
+    its batch-1 call. `split` (`--split_attn`) attends each sample separately also when all are the same
+    length (a batch of one sample's worth of attention memory at a time, as the reference's split_attn).
     """
     if seq_lens is None:
-        return fn(q, k, v)
+        if not split or q.shape[0] == 1:
+            return fn(q, k, v)
+        seq_lens = (q.shape[1],) * q.shape[0]
     total = q.shape[1]
     outs = []
     for i, n in enumerate(seq_lens):
@@ -198,10 +158,12 @@ class FramePackAttnProcessor:
 
     Args:
         attention_fn: dense kernel from `resolve_attention`.
+        split: attend each sample of a batch separately (`--split_attn`, see `_attend`).
     """
 
-    def __init__(self, attention_fn: AttentionFn) -> None:
+    def __init__(self, attention_fn: AttentionFn, split: bool = False) -> None:
         self.attention_fn = attention_fn
+        self.split = split
 
     def __call__(
         self,
@@ -238,7 +200,7 @@ class FramePackAttnProcessor:
                 ck = attn.norm_added_k(ck)
             q, k, v = torch.cat([q, cq], 1), torch.cat([k, ck], 1), torch.cat([v, cv], 1)
 
-        out = _attend(q, k, v, attention_mask, self.attention_fn).flatten(2, 3).to(q.dtype)
+        out = _attend(q, k, v, attention_mask, self.attention_fn, self.split).flatten(2, 3).to(q.dtype)
         img, ctx = out[:, :n_img], out[:, n_img:]
         if getattr(attn, "to_out", None) is not None:
             img = attn.to_out[1](attn.to_out[0](img))
@@ -387,13 +349,26 @@ class FramePackTransformer(HunyuanVideoFramepackTransformer3DModel):
         self.set_attn_mode(attn_mode)
 
     def set_attn_mode(self, attn_mode: str) -> None:
-        """Switch the attention kernel of all dual/single-stream blocks.
+        """Switch the attention kernel of all dual/single-stream blocks (`auto`: see `choose_attention`, for the
+        model's current device and dtype).
 
         Raises:
             FramepackError: unknown mode or missing package (names the package to install).
         """
+        if canonical(attn_mode) == "auto":
+            attn_mode, _ = choose_attention(attn_mode, self.x_embedder.proj.weight.dtype,
+                                            self.x_embedder.proj.weight.device)
         self._attn_processor.attention_fn = resolve_attention(attn_mode)
         self.attn_mode = attn_mode
+
+    @property
+    def split_attn(self) -> bool:
+        """`--split_attn`: every batch attends sample by sample (same result, less attention memory)."""
+        return self._attn_processor.split
+
+    @split_attn.setter
+    def split_attn(self, value: bool) -> None:
+        self._attn_processor.split = bool(value)
 
     # -- training: activation checkpointing ----------------------------------------------------------
 
@@ -799,6 +774,7 @@ def load_dit(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str = torch.float32,
     attn_mode: str = "sdpa",
+    split_attn: bool = False,
     flag: str = "--dit",
     rope_scaling_timestep_threshold: float | None = None,
     rope_scaling_factor: float = 0.5,
@@ -820,7 +796,8 @@ def load_dit(
         path: what the user passed for `flag`.
         device: where the weights are loaded (streamed tensor by tensor: RAM holds one tensor at a time).
         dtype: weight dtype (bf16 / fp16 / fp32, torch dtype or name). `proj_out` stays float32.
-        attn_mode: attention kernel, see `resolve_attention`.
+        attn_mode: attention kernel, see `resolve_attention` (`auto`: `choose_attention` for `device`, `dtype`).
+        split_attn: attend each sample of a batch separately (`--split_attn`).
         flag: CLI flag named in error messages.
         rope_scaling_timestep_threshold: see `FramePackTransformer`.
         rope_scaling_factor: see `FramePackTransformer`.
@@ -848,6 +825,8 @@ def load_dit(
     dtype = torch_dtype(dtype)
     if fp8 not in (None, *fp8mod.MODES):
         raise FramepackError(f"fp8 mode {fp8!r} is unknown (fp8 or fp8_scaled)")
+    if canonical(attn_mode) == "auto":
+        attn_mode, _ = choose_attention(attn_mode, dtype, torch.device(device))
     resolve_attention(attn_mode)  # fail before reading gigabytes
     files = resolve_dit_files(path)
     shown = path if path.is_file() else files[0]
@@ -1010,6 +989,7 @@ def load_dit(
     del state
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         raise ModelFormatError(f"{flag}: {shown}: some model tensors were not loaded")
+    model.split_attn = split_attn
     model.requires_grad_(False)
     model.eval()
     model.config_source = source

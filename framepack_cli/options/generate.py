@@ -195,8 +195,9 @@ class GenerateOptions(OptionsBase):
 
     # --- speed and memory
     dtype: DTYPE = F(
-        "auto", "DiT dtype: auto = bfloat16 on CUDA (as trained and as the reference), float32 on CPU. float16 "
-        "works but warns: the model was trained in bfloat16.", panel=PERF)
+        "auto", "DiT dtype: auto = bfloat16 on CUDA (as trained and as the reference), float32 on CPU. bfloat16 "
+        "also runs on CPU (half the DiT's RAM; the embedded guidance is then rounded to bfloat16 as on CUDA, "
+        "10000 -> 9984). float16 works but warns: the model was trained in bfloat16.", panel=PERF)
     vae_dtype: DTYPE = F("auto", "VAE dtype: auto = float16 on CUDA (as the reference), float32 on CPU.", panel=PERF)
     text_encoder_dtype: DTYPE = F(
         "auto", "LLaMA and CLIP-L dtype: auto = float16 on CUDA (as the reference), float32 on CPU.", panel=PERF)
@@ -207,8 +208,13 @@ class GenerateOptions(OptionsBase):
         f"{MAX_WINDOW}, a --video_size side above {MAX_SIDE}, more than {MAX_STEPS} --infer_steps) and past the "
         "CPU RAM estimate. The GPU memory check always applies.", panel=PERF)
     device: str | None = F(None, "Device (default: cuda if available, else cpu).", panel=PERF)
-    attn_mode: Literal["torch", "sdpa", "flash", "sageattn", "xformers"] = F(
-        "torch", "Attention kernel (torch and sdpa are the same).", panel=PERF)
+    attn_mode: Literal["auto", "torch", "sdpa", "flash", "flash3", "sageattn", "sage", "xformers"] = F(
+        "auto", "Attention kernel. auto = the fastest installed one that runs the DiT's dtype on this device "
+        "(flash3 on Hopper, then sageattn, flash, xformers; sdpa on CPU or with a float32 DiT), said in one line. "
+        "torch and sdpa are PyTorch's SDPA (the reference's default, torch); sage = sageattn; flash3 = "
+        "FlashAttention 3.", panel=PERF)
+    split_attn: bool = F(False, "Attend each sample of a batch separately (less attention memory with batches; "
+                         "same result).", panel=PERF)
     fp8: bool = F(False, "Store the DiT's block Linears in fp8 (float8_e4m3fn, plain cast; about 9 GB less with "
                   "the real model), computed in the run's dtype.", panel=PERF)
     fp8_scaled: bool = F(False, "Block-scaled fp8 DiT weights (scales per 64 inputs, chosen at load after the LoRA "
@@ -226,14 +232,16 @@ class GenerateOptions(OptionsBase):
         "Default: auto on CUDA, none on CPU.", panel=PERF)
     use_pinned_memory_for_block_swap: bool = F(False, "Page-locked host buffers for --blocks_to_swap (faster "
                                                "copies, uses that much non-pageable RAM).", panel=PERF)
-    compile: bool = F(False, "torch.compile the DiT blocks.", panel=PERF, unbuilt=True)
-    compile_backend: str = F("inductor", "torch.compile backend (--compile, not built yet).", panel=PERF)
+    compile: bool = F(False, "torch.compile each DiT block (dynamic shapes across sections). Without a working "
+                      "compiler: one warning, then the plain (eager) blocks.", panel=PERF)
+    compile_backend: str = F("inductor", "torch.compile backend (with --compile).", panel=PERF)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = F(
-        "default", "torch.compile mode (--compile, not built yet).", panel=PERF)
+        "default", "torch.compile mode (with --compile).", panel=PERF)
     compile_dynamic: Literal["true", "false", "auto"] | None = F(
-        None, "torch.compile dynamic shapes (--compile, not built yet).", panel=PERF)
-    compile_fullgraph: bool = F(False, "torch.compile fullgraph (--compile, not built yet).", panel=PERF)
-    compile_cache_size_limit: int | None = F(None, "torch._dynamo cache size limit (--compile, not built yet).",
+        None, "torch.compile dynamic shapes (with --compile; default auto: static first, dynamic when a shape "
+        "changes).", panel=PERF)
+    compile_fullgraph: bool = F(False, "torch.compile fullgraph (with --compile).", panel=PERF)
+    compile_cache_size_limit: int | None = F(None, "torch._dynamo cache size limit (with --compile).",
                                              panel=PERF, ge=1)
     teacache_thresh: float | None = F(
         None, "TeaCache (FramePack's): skip the DiT blocks on steps whose input changed little since the last "

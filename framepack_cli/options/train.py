@@ -211,11 +211,12 @@ class TrainOptions(OptionsBase):
     sage_attn: bool = F(False, "SageAttention: refused for training (no backward pass), as in the reference; "
                         "accepted for inference only.", panel=ATTENTION)
     xformers: bool = F(False, "xformers memory-efficient attention.", panel=ATTENTION)
-    flash3: bool = F(False, "FlashAttention 3.", panel=ATTENTION, unbuilt=True)
-    split_attn: bool = F(False, "Attend each sample separately. Accepted for compatibility: framepack's DiT "
-                         "always attends samples with different text lengths separately, so batches above 1 "
-                         "work without it.", panel=ATTENTION)
-    compile: bool = F(False, "torch.compile every DiT block.", panel=ATTENTION, unbuilt=True)
+    flash3: bool = F(False, "FlashAttention 3 (Hopper GPUs; the `flash_attn_interface` package).", panel=ATTENTION)
+    split_attn: bool = F(False, "Attend each sample of a batch separately (less attention memory, same result). "
+                         "Not needed for batches above 1: framepack's DiT always attends samples with different "
+                         "text lengths separately.", panel=ATTENTION)
+    compile: bool = F(False, "torch.compile every DiT block (with the LoRA modules). Without a working compiler: "
+                      "one warning, then the plain (eager) blocks.", panel=ATTENTION)
     compile_backend: str = F("inductor", "torch.compile backend.", panel=ATTENTION)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = F(
         "default", "torch.compile mode.", panel=ATTENTION)

@@ -183,9 +183,10 @@ def test_not_built_marks_match_what_the_engine_refuses(command, capsys, monkeypa
             refused.append("--" + name)
     marked = [f for f, text in entries.items() if text.endswith("[not built yet: refused]")]
     assert sorted(refused) == sorted(marked)
-    assert {"--compile"} <= set(marked)
+    assert marked == []  # every generate option is built
     assert not {"--fp8", "--fp8_scaled", "--fp8_fast", "--blocks_to_swap", "--use_pinned_memory_for_block_swap",
-                "--magcache_mag_ratios", "--magcache_calibration", "--teacache_thresh"} & set(marked)
+                "--magcache_mag_ratios", "--magcache_calibration", "--teacache_thresh", "--compile",
+                "--split_attn"} & set(marked)
 
 
 def test_cache_debug_mode_is_refused_as_marked(tmp_path, capsys):
@@ -220,9 +221,9 @@ def test_train_not_built_marks_match_what_the_engine_refuses(capsys, monkeypatch
             refused.append("--" + name)
     marked = [f for f, text in entries.items() if text.endswith("[not built yet: refused]")]
     assert sorted(refused) == sorted(marked)
-    assert {"--compile"} <= set(marked)
-    assert not {"--fp8_base", "--fp8_scaled", "--blocks_to_swap", "--use_pinned_memory_for_block_swap",
-                "--block_swap_h2d_only", "--block_swap_ring_size"} & set(marked)
+    assert {"--dynamo_backend"} <= set(marked)
+    assert not {"--compile", "--flash3", "--fp8_base", "--fp8_scaled", "--blocks_to_swap",
+                "--use_pinned_memory_for_block_swap", "--block_swap_h2d_only", "--block_swap_ring_size"} & set(marked)
 
 
 def test_download_is_built_and_documented(capsys):
@@ -302,7 +303,8 @@ def test_help_exits_0_on_stdout(args, capsys):
     (["--video_seconds", "0"], "--video_seconds: '0' is too small; expected a value > 0"),
     (["--guidance_scale", "x"], "--guidance_scale: 'x' is not a number"),
     (["--output_type", "vid"], "--output_type: 'vid' is not one of video, images, latent, both, latent_images"),
-    (["--attn_mode", "foo"], "--attn_mode: 'foo' is not one of torch, sdpa, flash, sageattn, xformers"),
+    (["--attn_mode", "foo"], "--attn_mode: 'foo' is not one of auto, torch, sdpa, flash, flash3, sageattn, sage, "
+     "xformers"),
     (["--lora_weight", M / "lora_tiny.safetensors", "--lora_multiplier", "0.5", "x"],
      "--lora_multiplier: 'x' is not a number"),
     (["--video_size", "48", "abc"], "--video_size: two numbers: H W (got '48 abc')"),
