@@ -65,7 +65,7 @@ def canonical(mode: str) -> str:
     return ALIASES.get(mode, mode)
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     # SDPA wants [B, heads, S, D]; everything else here is [B, S, heads, D].
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
@@ -117,7 +117,7 @@ def resolve_attention(attn_mode: str, alternative: str = "--attn_mode sdpa, or a
     """
     mode = canonical(attn_mode)
     if mode == "sdpa":
-        return _sdpa
+        return sdpa_attention
     if mode == "auto":
         raise FramepackError("attention mode 'auto' must be resolved for a device and dtype first "
                              "(framepack_cli.models.attention.choose_attention)")

@@ -35,10 +35,10 @@ from framepack_cli.errors import FramepackError, ModelFormatError
 from framepack_cli.models.attention import (  # noqa: F401 - ATTN_MODES / resolve_attention are re-exported
     ATTN_MODES,
     AttentionFn,
-    _sdpa,
     canonical,
     choose_attention,
     resolve_attention,
+    sdpa_attention,
 )
 from framepack_cli.models.block_swap import mark
 from framepack_cli.models.detect import expect_kind
@@ -343,7 +343,7 @@ class FramePackTransformer(HunyuanVideoFramepackTransformer3DModel):
         self.training_checkpointing = False
         self.checkpointing_cpu_offload = False
         self.block_swapper = None  # `framepack_cli.models.block_swap.enable_block_swap` sets it
-        self._attn_processor = FramePackAttnProcessor(_sdpa)
+        self._attn_processor = FramePackAttnProcessor(sdpa_attention)
         for block in (*self.transformer_blocks, *self.single_transformer_blocks):
             block.attn.processor = self._attn_processor
         self.set_attn_mode(attn_mode)
