@@ -85,7 +85,7 @@ def _typer_param(name: str, field: FieldInfo) -> tuple[Any, Any]:
         kwargs["metavar"] = metavar(field)
     if tp is bool:
         annotation: Any = bool
-    elif get_origin(tp) in (list, tuple):
+    elif get_origin(tp) in (list, tuple) or meta.get("variadic"):  # `--seed 1 2 3` on an `int | list[int]` field
         annotation = Optional[list[str]]  # tuples arrive as one value per flag, see `expand_variadic`
     else:
         annotation = Optional[str]
