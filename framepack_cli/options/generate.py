@@ -282,6 +282,10 @@ class GenerateOptions(OptionsBase):
     output_name: str | None = F(None, "Base name of the outputs (default: timestamp_seed).", panel=OUTPUT)
     crf: int = F(16, "H.264 quality (0 best - 51 worst).", panel=OUTPUT, ge=0, le=51)
     no_metadata: bool = F(False, "Do not store the settings in the outputs.", panel=OUTPUT)
+    settings_from: str | None = F(
+        None, "Re-create the run that wrote this output (.mp4, .png, PNG folder or _latent.safetensors): its "
+        "prompts, seed, sizes, steps, LoRAs and images (checked unchanged by sha256); options given here win.",
+        panel=OUTPUT, metavar="OUTPUT")
     latent_path: list[str] | None = F(None, "Decode these saved latent files instead of generating.",
                                       variadic=True, panel=OUTPUT)
     verbose: bool = F(False, "More detail (e.g. LoRA keys that matched nothing).", panel=OUTPUT)
