@@ -101,9 +101,9 @@ def test_command_line_wins_then_file_then_defaults(tmp_path, start, capsys):
     assert settings["options"]["end_image_path"] == str(INPUTS / "end.png")
 
 
-def _fake_output(tmp_path, options, hashes, name="x_latent.safetensors"):
+def _fake_output(tmp_path, options, hashes, name="x_latent.safetensors", command="generate"):
     path = tmp_path / name
-    settings = {"framepack_version": "0.1.0", "seed": 5, "command": "generate", "options": options,
+    settings = {"framepack_version": "0.1.0", "seed": 5, "command": command, "options": options,
                 "image_sha256": hashes}
     save_file({"latent": torch.zeros(16, 1, 4, 6)}, str(path), metadata={"seeds": "5",
                                                                          "framepack": json.dumps(settings)})
@@ -161,3 +161,13 @@ def test_stored_options_and_command_line(tmp_path):
     one = validate(OneFrameOptions, {**models, "prompt": "x", "save_path": str(tmp_path)})
     assert stored_options(one)["one_frame_inference"] == "default"  # re-created as one-frame by `generate` too
     assert "--one_frame_inference" not in command_line("one-frame", stored_options(one))
+
+
+def test_kisekae_output_needs_kisekae(tmp_path, capsys):
+    options = {"prompt": "x", "start": str(INPUTS / "start.png"), "reference": str(INPUTS / "ref_rgba.png"),
+               "save_path": str(tmp_path / "o")}
+    out_file = _fake_output(tmp_path, options, {}, command="kisekae")
+    code, out = cli(["generate", "--settings_from", out_file], capsys)
+    assert code == 2
+    assert out.err.strip() == (f"Error: --settings_from: {out_file} was made by `framepack kisekae` (options "
+                               f"--reference, --start); run `framepack kisekae --settings_from {out_file}`")
