@@ -85,7 +85,7 @@ def _typer_param(name: str, field: FieldInfo) -> tuple[Any, Any]:
         kwargs["metavar"] = metavar(field)
     if tp is bool:
         annotation: Any = bool
-    elif get_origin(tp) in (list, tuple):
+    elif get_origin(tp) in (list, tuple) or meta.get("variadic"):  # `--seed 1 2 3` on an `int | list[int]` field
         annotation = Optional[list[str]]  # tuples arrive as one value per flag, see `expand_variadic`
     else:
         annotation = Optional[str]
@@ -115,6 +115,10 @@ def make_command(
     def command(**kwargs: Any) -> Any:
         given = {k: (tuple(v) if get_origin(unwrap_optional(fields[k].annotation)) is tuple else v)
                  for k, v in kwargs.items() if v is not None and v is not False and v != [] and v != ()}
+        if given.get("settings_from") is not None:  # command line > the stored run's options > defaults
+            from framepack_cli.cli.rerun import apply_settings_from
+
+            given = apply_settings_from(options_cls, given)
         # model flags not given: the downloaded models, or one line with the download command
         opts = validate_with_models(options_cls, given, validate)
         return run(opts)

@@ -25,6 +25,8 @@ def inspect(opts: InspectOptions) -> dict[str, Any]:
         return info
     if info["kind"] == "models_dir":
         return _models_dir_rows(info)
+    if info["kind"] == "output":
+        return _output_rows(info)
     rows = [
         ("kind", f"{info['kind']} ({info['description']})"),
         ("format", f"{info['format']}, {info['layout']}" + (
@@ -34,6 +36,26 @@ def inspect(opts: InspectOptions) -> dict[str, Any]:
     ]
     rows += [(f"  {k}", str(v)) for k, v in info["config"].items()]
     print_rows(rows)
+    return info
+
+
+def _output_rows(info: dict[str, Any]) -> dict[str, Any]:
+    """`framepack inspect OUTPUT`: the stored settings, then the command line that re-creates the run."""
+    rows: list[tuple[str, str]] = [("output", f"{info['output']}: {info['path']}")]
+    if info["framepack_version"]:
+        rows.append(("written by", f"framepack {info['framepack_version']} ({info['command']})"))
+    rows.append(("seed", str(info["seed"])))
+    shown = info["settings"] or info["metadata"]
+    rows += [(f"  {k}", " ".join(map(str, v)) if isinstance(v, list) else str(v))
+             for k, v in shown.items() if k != "seed"]
+    for path, sha in (info.get("images") or {}).items():
+        rows.append(("image", f"{path} sha256 {sha[:16]}..."))
+    print_rows(rows)
+    if info["command_line"]:
+        print(f"command:\n{info['command_line']}")
+    else:
+        print("command: not stored (an older framepack or another tool wrote this file); the rows above are what "
+              "it stored")
     return info
 
 

@@ -299,6 +299,10 @@ def _run(opts, sink: ProgressSink, group=None) -> list[JobResult] | list[Generat
             return run_batch(opts, device, precision, sink, budget, group=group)
         if opts.interactive:
             return run_interactive(opts, device, precision, sink, budget=budget)
+        from framepack_cli.engine.seed_runs import run_seeds, several_seeds
+
+        if several_seeds(opts):  # --seed 1 2 3 / 10-13 / --count N: one job per seed, models loaded once
+            return run_seeds(opts, Models(opts, device, precision, sink), sink, run_jobs, make_job)
         results = run_jobs([make_job(opts)], Models(opts, device, precision, sink), sink, report_errors=False)
         if results[0].exc is not None:
             raise results[0].exc

@@ -81,6 +81,10 @@ def describe(path: str) -> dict[str, Any]:
         FramepackError: missing path, no weights, a multi-model snapshot, or an unknown file.
     """
     p = Path(path)
+    from framepack_cli.engine.inspect_output import describe_output, is_output
+
+    if is_output(p):  # a video, PNG or latent we wrote: its settings and the command line that re-creates it
+        return describe_output(path)
     if p.is_dir() and any(c.is_dir() and c.name.startswith("models--") for c in p.iterdir()):
         return describe_models_dir(p)
     if p.is_dir():

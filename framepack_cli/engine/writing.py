@@ -58,6 +58,7 @@ def run_metadata(opts, seed: int, latent: torch.Tensor, extra: dict | None = Non
         "rope_scaling_factor": opts.rope_scaling_factor, "dtype": opts.dtype,
         "one_frame_inference": opts.one_frame_inference,
     }
+    settings.update(rerun_settings(opts))
     if not one_frame:
         settings["video_sections"] = opts.video_sections
     if getattr(opts, "teacache_thresh", None) is not None:  # a step cache changes the output: say which
@@ -68,6 +69,20 @@ def run_metadata(opts, seed: int, latent: torch.Tensor, extra: dict | None = Non
     settings.update(extra or {})
     meta["framepack"] = json.dumps(settings, sort_keys=True)
     return meta
+
+
+def rerun_settings(opts) -> dict:
+    """What `--settings_from` needs to re-create the run (`framepack_cli.options.rerun`): the subcommand, every
+    option not at its default, and the sha256 of every input image by absolute path."""
+    from framepack_cli.options.rerun import command_of, image_paths, stored_options
+
+    options = stored_options(opts)
+    hashes = {}
+    for _, p in image_paths(options):
+        path = Path(p)
+        if path.is_file() and str(path.resolve()) not in hashes:
+            hashes[str(path.resolve())] = sha256_file(str(path))
+    return {"command": command_of(opts), "options": options, "image_sha256": hashes}
 
 
 def video_seconds(latent_frames: int, fps: int) -> float:

@@ -23,6 +23,7 @@ from framepack_cli.options.base import (
     lora_count_errors,
 )
 from framepack_cli.options.sections import parse_section_values
+from framepack_cli.options.seeds import seed_errors
 
 MODELS = "Models"
 LORA = "LoRA"
@@ -172,8 +173,13 @@ class GenerateOptions(OptionsBase):
     # --- sampling
     sample_solver: Literal["unipc"] = F("unipc", "Sampler (flow-matching UniPC bh1).", panel=SAMPLING)
     infer_steps: int = F(25, "Sampling steps.", panel=SAMPLING, ge=1)
-    seed: int | None = F(None, "Seed (random when absent; printed and saved).", panel=SAMPLING, ge=0,
-                         lt=2**64)
+    seed: int | list[int] | None = F(
+        None, "Seed (random when absent; printed and saved). Several seeds, or a range: --seed 1 2 3, --seed 10-13: "
+        "one video each, the models loaded once, the seed in each output name.", panel=SAMPLING, variadic=True,
+        metavar="SEED...")
+    count: int | None = F(None, "Make N videos: seeds SEED, SEED+1, ... from --seed, or N random seeds without "
+                          "it; the models load once and each output name carries its seed.", panel=SAMPLING, ge=1,
+                          metavar="N")
     embedded_cfg_scale: float = F(10.0, "Distilled guidance scale.", panel=SAMPLING)
     guidance_scale: float = F(1.0, "Real CFG scale (1 = off, one model call per step).", panel=SAMPLING)
     guidance_rescale: float = F(0.0, "CFG rescale (0 = off).", panel=SAMPLING, ge=0, le=1)
@@ -276,6 +282,10 @@ class GenerateOptions(OptionsBase):
     output_name: str | None = F(None, "Base name of the outputs (default: timestamp_seed).", panel=OUTPUT)
     crf: int = F(16, "H.264 quality (0 best - 51 worst).", panel=OUTPUT, ge=0, le=51)
     no_metadata: bool = F(False, "Do not store the settings in the outputs.", panel=OUTPUT)
+    settings_from: str | None = F(
+        None, "Re-create the run that wrote this output (.mp4, .png, PNG folder or _latent.safetensors): its "
+        "prompts, seed, sizes, steps, LoRAs and images (checked unchanged by sha256); options given here win.",
+        panel=OUTPUT, metavar="OUTPUT")
     latent_path: list[str] | None = F(None, "Decode these saved latent files instead of generating.",
                                       variadic=True, panel=OUTPUT)
     verbose: bool = F(False, "More detail (e.g. LoRA keys that matched nothing).", panel=OUTPUT)
@@ -300,6 +310,14 @@ class GenerateOptions(OptionsBase):
             raise ValueError(f"--video_size: height and width must be positive multiples of 16, got {h} {w} "
                              f"(try {sug})")
         return v
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seeds(cls, v):
+        """`--seed 42` -> 42; `--seed 1 2 3` / `--seed 10-13` -> a list (`framepack_cli.options.seeds`)."""
+        from framepack_cli.options.seeds import parse_seeds
+
+        return parse_seeds(v)
 
     @field_validator("blocks_to_swap", mode="before")
     @classmethod
@@ -376,6 +394,7 @@ def _cross_checks(o: GenerateOptions) -> list[str]:
     if o.keep_models and not o.interactive:
         errs.append("--keep_models applies to --interactive only (other runs load each model once anyway)")
     decode_only = bool(o.latent_path)
+    errs += seed_errors(o)
     if not decode_only and not o.save_merged_model and not (o.prompt is not None or o.from_file or o.interactive):
         errs.append("--prompt is required (or --from_file / --interactive, or --latent_path to decode saved latents)")
     required = ("vae",) if decode_only else ("dit", "vae", "text_encoder1", "text_encoder2", "image_encoder")
