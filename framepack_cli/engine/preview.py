@@ -8,7 +8,7 @@ job): it times each section, hands `end_section` an info dict (see `ProgressSink
 Preview pixels (`--preview_mode`):
 
 - `latent` (default): a fixed linear map of the 16 latent channels to RGB plus a bias (`LATENT_RGB`,
-  `LATENT_RGB_BIAS`), upsampled 4x (quarter of the video's size), no VAE: milliseconds per section. The
+  `LATENT_RGB_BIAS`), upsampled 4x (half the video's width and height), no VAE: milliseconds per section. The
   coefficients are the published approximation of the HunyuanVideo VAE's latent space (the VAE FramePack uses)
   that ComfyUI ships for HunyuanVideo latents and FramePack's own demo uses for its live preview; we did not fit
   them (no real weights here). They are a rough colour sketch of the real VAE's output, not a decode: with any
@@ -43,7 +43,7 @@ LATENT_RGB = (
     (-0.2315, -0.1920, -0.1355), (-0.0270, 0.0401, -0.0821), (-0.0616, -0.0997, -0.0727), (0.0249, -0.0469, -0.1703),
 )
 LATENT_RGB_BIAS = (0.0259, -0.0192, -0.0761)
-LATENT_UPSCALE = 4  # latent pixels -> preview pixels (the VAE's factor is 8: a quarter-size preview)
+LATENT_UPSCALE = 4  # latent pixels -> preview pixels (the VAE's factor is 8: half the width and height)
 SHEET_MAX_WIDTH = 1536  # contact sheet width cap (px)
 SHEET_COLUMNS = 8
 PENDING_GREY = 96

@@ -283,7 +283,7 @@ class GenerateOptions(OptionsBase):
         metavar="PATH|auto")
     preview_mode: Literal["latent", "vae"] = F(
         "latent", "--preview pixels: latent (a fixed linear latent-to-RGB projection, no VAE, milliseconds, "
-        "quarter size) or vae (the VAE decodes each new section: exact frames, seconds, more memory).",
+        "half width and height) or vae (the VAE decodes each new section: exact frames, seconds, more memory).",
         panel=OUTPUT)
     latent_path: list[str] | None = F(None, "Decode these saved latent files instead of generating.",
                                       variadic=True, panel=OUTPUT)
