@@ -26,6 +26,46 @@ def print_rows(rows: list[tuple[str, str]]) -> None:
     sys.stdout.flush()
 
 
+def duration(seconds: float) -> str:
+    """`4.2s`, `3m04s`, `2h05m`."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    m, s = divmod(int(round(seconds)), 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
+
+
+def gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def section_line(info: dict) -> str:
+    """The plain per-section line: `section 1/3 done in 12.3s (25 steps, 2.10 it/s), peak GPU memory 21.3 GiB;
+    ETA 24.6s for the 2 sections left` (the last: `...; all 3 sections in 36.9s`)."""
+    label = info.get("label") or f"section {info.get('sections_done', 0)}/{info.get('total', 0)}"
+    speed = f", {info['it_s']:.2f} it/s" if info.get("it_s") else ""
+    line = f"{label} done in {duration(info['seconds'])} ({info.get('steps', 0)} steps{speed})"
+    if info.get("peak_gpu_bytes") is not None:
+        line += f", peak GPU memory {gib(info['peak_gpu_bytes'])}"
+    done, total = info.get("sections_done", 0), info.get("total", 0)
+    left = total - done
+    if left > 0:
+        line += f"; ETA {duration(info.get('eta_s') or 0.0)} for the {left} section{'s' if left > 1 else ''} left"
+    elif total > 1:
+        line += f"; all {total} sections in {duration(info.get('elapsed_s', info['seconds']))}"
+    return line
+
+
+def section_rate(info: dict) -> str:
+    """The sections bar's live field: the last section's time and the peak GPU memory."""
+    text = f"last {duration(info['seconds'])}"
+    if info.get("peak_gpu_bytes") is not None:
+        text += f", peak {gib(info['peak_gpu_bytes'])}"
+    return text
+
+
 class RichProgress:
     """Implements `framepack_cli.engine.progress.ProgressSink` on stderr."""
 
@@ -75,9 +115,16 @@ class RichProgress:
             took = task.elapsed or 0
             self.console.print(f"{task.description.strip()}: {total} steps in {took:.1f}s", highlight=False)
 
-    def end_section(self) -> None:
+    def section_output(self, latent) -> None:
+        pass
+
+    def end_section(self, info: dict | None = None) -> None:
         if self._sections is not None:
             self.progress.advance(self._sections)
+            if info is not None:
+                self.progress.update(self._sections, rate=section_rate(info))
+        if info is not None and not sys.stderr.isatty():
+            self.console.print(section_line(info), highlight=False, soft_wrap=True, markup=False)
 
     def start_items(self, total: int, label: str) -> None:
         self._start()

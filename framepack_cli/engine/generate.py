@@ -189,6 +189,7 @@ class VideoJob:
                     out = torch.cat([start_latent, out], dim=2)
                 history = torch.cat([out, history], dim=2)
             total += out.shape[2]
+            sink.section_output((history[:, :, -total:] if o.f1 else history[:, :, :total])[0])  # --preview
             sink.end_section()
             caches.end_section(step_cache, sink, f"section {s.index + 1}/{self.n}")
         caches.finish(sink)
@@ -295,6 +296,10 @@ def _run(opts, sink: ProgressSink, group=None) -> list[JobResult] | list[Generat
             return save_merged_model(opts, sink)
         if precision.dit == torch.float16:
             sink.message(FP16_DIT_WARNING)
+        if not opts.latent_path and not opts.save_merged_model:
+            from framepack_cli.engine.preview import check_preview_target
+
+            check_preview_target(opts)  # a file at --preview that is not our preview: refused before any model loads
         if opts.from_file:
             return run_batch(opts, device, precision, sink, budget, group=group)
         if opts.interactive:

@@ -47,11 +47,14 @@ class RunTracker:
             self._section_done()
         self.inner.step(done, total)
 
-    def end_section(self) -> None:
+    def section_output(self, latent) -> None:
+        self.inner.section_output(latent)
+
+    def end_section(self, info: dict | None = None) -> None:
         if not self._counted:
             self._section_done()
         self._counted = False
-        self.inner.end_section()
+        self.inner.end_section(info)
 
     def _section_done(self) -> None:
         self._counted = True

@@ -160,6 +160,7 @@ class OneFrameJob:
         with oom_guard(f"sampling the frame at {height}x{width}", device, advice("sampling", device, o)):
             out = sample_unipc(model_fn, noise.to(device), sigmas,
                                callback=lambda d: sink.step(d["i"] + 1, o.infer_steps)).float().cpu()
+        sink.section_output(out[0])  # --preview
         sink.end_section()
         caches.end_section(step_cache, sink, "one frame")
         caches.finish(sink)

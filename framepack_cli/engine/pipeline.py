@@ -238,6 +238,8 @@ def sample_jobs(jobs: list[Job], conds: list[Conditioning], alive: list[int], mo
     """Phase 3: sample every alive job with `models.dit()` (failed jobs leave `alive`)."""
     if not alive:
         return
+    from framepack_cli.engine.preview import watch_sections
+
     dit = models.dit()
     for i in list(alive):
         o = jobs[i].opts
@@ -247,7 +249,8 @@ def sample_jobs(jobs: list[Job], conds: list[Conditioning], alive: list[int], mo
         if jobs[i].label:
             sink.message(f"{jobs[i].label}: {o.prompt!r}")
         try:
-            results[i].latent = jobs[i].sample(dit, conds[i], models.device, models.dtype, sink)
+            job_sink = watch_sections(jobs[i], models, sink)  # section times, ETA, peak memory, --preview
+            results[i].latent = jobs[i].sample(dit, conds[i], models.device, models.dtype, job_sink)
         except FramepackError as e:
             fail(results[i], e)
             alive.remove(i)

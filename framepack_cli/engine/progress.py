@@ -21,8 +21,14 @@ class ProgressSink(Protocol):
     def step(self, done: int, total: int) -> None:
         """`done` of `total` sampler steps of the current section are finished."""
 
-    def end_section(self) -> None:
-        """The current section is finished."""
+    def section_output(self, latent) -> None:
+        """The latent sampled so far (CTHW, time order, CPU), after each section: for live previews
+        (`framepack_cli.engine.preview`); sinks that show no preview ignore it."""
+
+    def end_section(self, info: dict | None = None) -> None:
+        """The current section is finished. `info` (from `framepack_cli.engine.preview.SectionWatch`; None from a
+        bare job): label, index, total, seconds (wall time), steps, it_s, sections_done, eta_s (the job's
+        remaining sections at the mean section time so far), peak_gpu_bytes (CUDA only), preview (its path)."""
 
     def start_items(self, total: int, label: str) -> None:
         """A run over `total` items (files to cache, captions to encode) begins; `label` names them."""
@@ -57,6 +63,7 @@ class NullProgress:
         self.items_total = 0
         self.items_done = 0
         self.train_steps: list[tuple[int, int, dict]] = []
+        self.section_infos: list[dict] = []
 
     def message(self, text: str) -> None:
         self.messages.append(text)
@@ -73,8 +80,12 @@ class NullProgress:
     def step(self, done: int, total: int) -> None:
         self.steps += 1
 
-    def end_section(self) -> None:
+    def section_output(self, latent) -> None:
         pass
+
+    def end_section(self, info: dict | None = None) -> None:
+        if info is not None:
+            self.section_infos.append(dict(info))
 
     def start_items(self, total: int, label: str) -> None:
         self.items_total, self.items_done = total, 0

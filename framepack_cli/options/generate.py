@@ -286,6 +286,15 @@ class GenerateOptions(OptionsBase):
         None, "Re-create the run that wrote this output (.mp4, .png, PNG folder or _latent.safetensors): its "
         "prompts, seed, sizes, steps, LoRAs and images (checked unchanged by sha256); options given here win.",
         panel=OUTPUT, metavar="OUTPUT")
+    preview: str | None = F(
+        None, "Live preview of what is sampled so far, rewritten after every section (kept at the end): a .png "
+        "(one tile per section; the frame for one-frame) or .mp4 path, or `auto` for "
+        "<save_path>/<output_name>.preview.png (one-frame) / .preview.mp4 (video).", panel=OUTPUT,
+        metavar="PATH|auto")
+    preview_mode: Literal["latent", "vae"] = F(
+        "latent", "--preview pixels: latent (a fixed linear latent-to-RGB projection, no VAE, milliseconds, "
+        "half width and height) or vae (the VAE decodes each new section: exact frames, seconds, more memory).",
+        panel=OUTPUT)
     latent_path: list[str] | None = F(None, "Decode these saved latent files instead of generating.",
                                       variadic=True, panel=OUTPUT)
     verbose: bool = F(False, "More detail (e.g. LoRA keys that matched nothing).", panel=OUTPUT)
@@ -419,6 +428,7 @@ def _cross_checks(o: GenerateOptions) -> list[str]:
                     "use --save_path for the folder")
     if (conflict := decode_conflict(o.decode, o.bulk_decode)) is not None:
         errs.append(conflict)
+    errs += _preview_errors(o)
     if o.latent_path and o.output_type == "latent":
         errs.append("--output_type latent with --latent_path: nothing to do (the latents are already saved); "
                     "use video, images or both")
@@ -486,6 +496,35 @@ def _cross_checks(o: GenerateOptions) -> list[str]:
                     + ("" if spec.no_post else " (the extra one sets the index of the zero post latent)")
                 )
     return errs
+
+
+PREVIEW_SUFFIXES = (".png", ".mp4")
+
+
+def _preview_errors(o: GenerateOptions) -> list[str]:
+    """`--preview` must name a .png / .mp4 (or be `auto`) in a folder that can exist, on a run that samples."""
+    if o.preview is None:
+        if "preview_mode" in o.model_fields_set:
+            return [f"--preview_mode {o.preview_mode} given without --preview; add --preview auto (or a .png / .mp4 "
+                    "path)"]
+        return []
+    if o.latent_path or o.save_merged_model:
+        return [f"--preview: nothing is sampled with {NO_GENERATION}; drop --preview"]
+    if o.preview == "auto":
+        return []
+    from pathlib import Path
+
+    path = Path(o.preview)
+    if path.suffix.lower() not in PREVIEW_SUFFIXES:
+        return [f"--preview: {o.preview!r} must end in .png or .mp4 (or be `auto` for "
+                "<save_path>/<output_name>.preview.png / .mp4)"]
+    if path.is_dir():
+        return [f"--preview: {o.preview} is a folder; give a file path ending in .png or .mp4"]
+    try:
+        check_output_dir(str(path.parent), "--preview")
+    except ValueError as e:
+        return [str(e)]
+    return []
 
 
 class OneFrameOptions(GenerateOptions):
