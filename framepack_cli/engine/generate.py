@@ -26,6 +26,7 @@ from framepack_cli.engine.pipeline import Conditioning, JobResult, run_jobs
 from framepack_cli.engine.precision import FP16_DIT_WARNING, precision_for
 from framepack_cli.engine.progress import ProgressSink
 from framepack_cli.engine.resources import Budget, advice, model_sizes, oom_guard
+from framepack_cli.engine.resume import section_checkpoint
 from framepack_cli.engine.step_caching import JobStepCache
 from framepack_cli.engine.writing import run_metadata, write_outputs
 from framepack_cli.errors import FramepackError, NotBuiltError, ResourceError
@@ -150,11 +151,15 @@ class VideoJob:
             if o.end_image_path:
                 history[:, :, 0:1] = cond.latents[o.end_image_path]
         total = 1 if o.f1 else 0
+        checkpoint = section_checkpoint(self)  # --resume: the history and generator of the last section done
+        history, total, first = checkpoint.restore(history, total, generator, self.n)
         negative = to_device(cond.negative, device, dtype) if cond.negative is not None else None
         caches = JobStepCache(o, self.seed)
         caches.start(sink)
         sink.start_sections(self.n)
         for s in self.plan:
+            if s.loop < first:
+                continue
             sink.start_section(s.loop, self.n, f"section {s.index + 1}/{self.n}")
             start_latent = cond.latents[self.section_image[s.index]]
             if o.f1:
@@ -189,6 +194,7 @@ class VideoJob:
                     out = torch.cat([start_latent, out], dim=2)
                 history = torch.cat([out, history], dim=2)
             total += out.shape[2]
+            checkpoint.save(s.loop + 1, self.n, history, total, generator)
             sink.end_section()
             caches.end_section(step_cache, sink, f"section {s.index + 1}/{self.n}")
         caches.finish(sink)
@@ -299,7 +305,11 @@ def _run(opts, sink: ProgressSink, group=None) -> list[JobResult] | list[Generat
             return run_batch(opts, device, precision, sink, budget, group=group)
         if opts.interactive:
             return run_interactive(opts, device, precision, sink, budget=budget)
-        results = run_jobs([make_job(opts)], Models(opts, device, precision, sink), sink, report_errors=False)
+        from framepack_cli.engine.resume import attach_single
+
+        job = make_job(opts)
+        attach_single(job, opts, sink)  # the per-section checkpoint (--resume: read it now)
+        results = run_jobs([job], Models(opts, device, precision, sink), sink, report_errors=False)
         if results[0].exc is not None:
             raise results[0].exc
         return results
@@ -339,7 +349,7 @@ def _line_options(opts, line: str, where: str, budget: Budget | None = None):
         overrides = parse_prompt_line(line)
     except ValueError as e:
         raise FramepackError(f"{where}: {e}") from None
-    base = opts.model_dump(include=opts.model_fields_set - {"keep_models"})  # a run setting, not a job one
+    base = opts.model_dump(include=opts.model_fields_set - {"keep_models", "resume"})  # run settings, not job ones
     try:
         line_opts = validate(type(opts), job_values(base, overrides, opts.video_size))
     except OptionsError as e:
@@ -412,8 +422,13 @@ def run_batch(opts, device, precision, sink: ProgressSink, budget: Budget | None
     under several processes `group` splits the jobs, `framepack_cli.engine.processes`)."""
     if group is not None:
         return group.run_batch(opts, device, precision, sink, budget)
+    from framepack_cli.engine.resume import BatchRecord
+
     jobs, bad = parse_batch(opts, sink, budget)
+    record = BatchRecord(opts, sink)  # checkpoints; --resume: the jobs written before are skipped
+    jobs = record.prepare(jobs)
     results = run_jobs(jobs, Models(jobs[0].opts if jobs else opts, device, precision, sink), sink) if jobs else []
+    record.finish()
     short = any(isinstance(e, ResourceError) for e in bad.values())
     short |= any(isinstance(r.exc, ResourceError) for r in results)
     failed = list(bad) + [r.label for r in results if r.error]
