@@ -357,7 +357,8 @@ class GenerateOptions(OptionsBase):
         if isinstance(data, dict) and data.get("resume"):
             from framepack_cli.options.resume import merge_resume
 
-            return merge_resume(data, one_frame_default=cls.model_fields["one_frame_inference"].default is not None)
+            return merge_resume(data, one_frame_default=cls.model_fields["one_frame_inference"].default is not None,
+                                options_cls=cls)
         return data
 
     @model_validator(mode="after")

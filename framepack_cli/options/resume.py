@@ -161,7 +161,21 @@ def _norm(v: Any) -> Any:
     return json.loads(json.dumps(v, default=str))
 
 
-def merge_resume(values: dict[str, Any], one_frame_default: bool = False) -> dict[str, Any]:
+def _coerced(options_cls, name: str, v: Any) -> Any:
+    """A command-line value as the options model reads it (`'4'` -> 4), in JSON form; as given when invalid."""
+    from pydantic import TypeAdapter, ValidationError
+
+    field = options_cls.model_fields.get(name) if options_cls is not None else None
+    if field is None:
+        return _norm(v)
+    try:
+        ta = TypeAdapter(field.annotation)
+        return ta.dump_python(ta.validate_python(v), mode="json")
+    except ValidationError:
+        return _norm(v)
+
+
+def merge_resume(values: dict[str, Any], one_frame_default: bool = False, options_cls=None) -> dict[str, Any]:
     """The options of the interrupted run, with what the command line may change on resume (module docstring).
 
     Raises:
@@ -177,12 +191,13 @@ def merge_resume(values: dict[str, Any], one_frame_default: bool = False) -> dic
     for name, v in values.items():
         if name in HARMLESS or name in MODEL_FIELDS or name not in settings:
             continue
+        now = _coerced(options_cls, name, v)
         if name in PATH_FIELDS and v and settings[name]:
             same = Path(str(v)).resolve() == Path(str(settings[name])).resolve()
         else:
-            same = _norm(v) == _norm(settings[name])
+            same = now == _norm(settings[name])
         if not same:
-            conflicts.append(f"--{name} {_show(v)} (the checkpoint's: {_show(settings[name])})")
+            conflicts.append(f"--{name} {_show(now)} (the checkpoint's: {_show(settings[name])})")
     if conflicts:
         raise ValueError(f"--resume: {'; '.join(conflicts)} would change the result of the interrupted run in "
                          f"{path}; drop {'it' if len(conflicts) == 1 else 'them'} to resume, or start a new run "

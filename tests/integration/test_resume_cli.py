@@ -155,7 +155,7 @@ def test_changed_model_file_is_refused(tmp_path, capsys):
     assert code == 2
     size = (MODELS / "vae.safetensors").stat().st_size
     assert (f"--resume: --vae {other} is not the file the checkpoint was made with ({size + 16} bytes, the "
-            f"checkpoint's had {size}); pass --vae with the original file ({MODELS / 'vae.safetensors'})") in err
+            f"checkpoint's had {size}); pass --vae with the original file ({(MODELS / 'vae.safetensors').resolve()})") in err
 
 
 def test_no_resume_file_writes_none(tmp_path, capsys):
