@@ -311,10 +311,18 @@ def _run(opts, sink: ProgressSink, group=None) -> list[JobResult] | list[Generat
         attach_single(job, opts, sink)  # the per-section checkpoint (--resume: read it now)
         results = run_jobs([job], Models(opts, device, precision, sink), sink, report_errors=False)
         if results[0].exc is not None:
+            from framepack_cli.engine.resume import kept_line
+
+            if (kept := kept_line()) is not None:
+                sink.message(kept)
             raise results[0].exc
         return results
     except KeyboardInterrupt:
         # The writers have dropped their partial files by now; say how far the run got and what it kept.
+        from framepack_cli.engine.resume import kept_line
+
+        if (kept := kept_line()) is not None:
+            sink.message(kept)
         raise Interrupted(sink.interrupted_line()) from None
     finally:
         sink.close()

@@ -68,6 +68,18 @@ def job_settings(opts, seed: int, output_name: str) -> tuple[dict, list[str]]:
     return values, sorted({*given, "seed", "output_name"})
 
 
+_KEPT: dict[Path, None] = {}  # checkpoints this process wrote and has not removed (for the Ctrl-C line)
+
+
+def kept_line() -> str | None:
+    """After Ctrl-C: where the checkpoint is and the command that continues (None when none was written)."""
+    live = [p for p in _KEPT if p.exists()]
+    if not live:
+        return None
+    return (f"Checkpoint kept: {live[-1]}; continue with `framepack generate --resume {live[-1]}` "
+            f"(or --resume {live[-1].parent} for the newest there)")
+
+
 class SectionCheckpoint:
     """The checkpoint of one video job: `restore` before the section loop, `save` after each section."""
 
@@ -108,6 +120,7 @@ class SectionCheckpoint:
         try:
             save_file(tensors, str(tmp), metadata=meta)
             os.replace(tmp, self.path)
+            _KEPT[self.path] = None
         except OSError as e:
             tmp.unlink(missing_ok=True)
             self.write = False
@@ -117,6 +130,7 @@ class SectionCheckpoint:
     def done(self, files) -> None:
         """The job's outputs are written: the checkpoint goes."""
         self.path.unlink(missing_ok=True)
+        _KEPT.pop(self.path, None)
         if self.on_removed is not None:
             self.on_removed(files)
 

@@ -128,6 +128,9 @@ def write_checkpoint(tmp_path, capsys, *extra) -> Path:
     assert code == 130, err
     ckpt = tmp_path / ".k.resume.safetensors"
     assert ckpt.exists()
+    assert err.splitlines()[-2:] == [
+        f"Checkpoint kept: {ckpt}; continue with `framepack generate --resume {ckpt}` (or --resume {tmp_path} for "
+        "the newest there)", "Interrupted after section 1 of 4; nothing written"]
     return ckpt
 
 
@@ -153,9 +156,10 @@ def test_changed_model_file_is_refused(tmp_path, capsys):
         f.write(b"\0" * 16)
     code, _, err = cli(["generate", "--resume", ckpt, "--vae", other], capsys)
     assert code == 2
-    size = (MODELS / "vae.safetensors").stat().st_size
+    orig = (MODELS / "vae.safetensors").resolve()
+    size = orig.stat().st_size
     assert (f"--resume: --vae {other} is not the file the checkpoint was made with ({size + 16} bytes, the "
-            f"checkpoint's had {size}); pass --vae with the original file ({(MODELS / 'vae.safetensors').resolve()})") in err
+            f"checkpoint's had {size}); pass --vae with the original file ({orig})") in err
 
 
 def test_no_resume_file_writes_none(tmp_path, capsys):
