@@ -255,6 +255,9 @@ def _run(opts, sink: ProgressSink, group=None) -> list[JobResult] | list[Generat
     from framepack_cli.engine.preflight import check_models, preflight
 
     budget = None
+    if group is not None and opts.resume:
+        raise FramepackError("--resume: resumes in one process; run it without accelerate launch / torchrun "
+                             "(checkpoints are written by single-process runs only)")
     if opts.blocks_to_swap == "auto" and (opts.latent_path or opts.save_merged_model):
         opts = opts.model_copy(update={"blocks_to_swap": 0})  # no DiT runs: nothing to plan
     if opts.latent_path:
@@ -308,7 +311,8 @@ def _run(opts, sink: ProgressSink, group=None) -> list[JobResult] | list[Generat
         from framepack_cli.engine.resume import attach_single
 
         job = make_job(opts)
-        attach_single(job, opts, sink)  # the per-section checkpoint (--resume: read it now)
+        if group is None:  # one process: the per-section checkpoint (--resume: read it now)
+            attach_single(job, opts, sink)
         results = run_jobs([job], Models(opts, device, precision, sink), sink, report_errors=False)
         if results[0].exc is not None:
             from framepack_cli.engine.resume import kept_line
