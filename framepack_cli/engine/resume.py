@@ -88,6 +88,7 @@ class SectionCheckpoint:
         self.path, self.settings, self.given, self.sink = path, settings, given, sink
         self.write, self.state = write, state
         self.models = json.dumps(model_fingerprints(settings), sort_keys=True)
+        self.images = json.dumps(input_images(settings), sort_keys=True)
         self.on_removed = None  # batch: called with the files once the job's outputs are written
 
     def restore(self, history: torch.Tensor, total: int, generator: torch.Generator, n: int):
@@ -114,8 +115,8 @@ class SectionCheckpoint:
         tensors = {"history": history.contiguous(), "rng_state": generator.get_state(),
                    "position": torch.tensor([next_section, total, n], dtype=torch.int64)}
         meta = {"framepack_resume": FORMAT_VERSION, "settings": json.dumps(self.settings, sort_keys=True),
-                "given": json.dumps(self.given), "models": self.models, "next_section": str(next_section),
-                "sections": str(n)}
+                "given": json.dumps(self.given), "models": self.models, "images": self.images,
+                "next_section": str(next_section), "sections": str(n)}
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         try:
             save_file(tensors, str(tmp), metadata=meta)
@@ -143,6 +144,17 @@ class NoCheckpoint:
 
     def save(self, *args) -> None:
         pass
+
+
+def input_images(settings: dict) -> dict[str, str]:
+    """sha256 of each input image file a job reads (absolute path -> digest)."""
+    from framepack_cli.options.resume import file_sha256
+    from framepack_cli.options.sections import parse_section_values
+
+    paths = set(parse_section_values(settings["image_path"]).values()) if settings.get("image_path") else set()
+    paths |= {settings["end_image_path"]} if settings.get("end_image_path") else set()
+    found = {str(Path(p).resolve()) for p in paths if p and Path(p).is_file()}
+    return {p: file_sha256(Path(p)) for p in sorted(found)}
 
 
 def section_checkpoint(job) -> SectionCheckpoint | NoCheckpoint:
@@ -192,7 +204,11 @@ def attach(job, opts, sink: ProgressSink, *, taken: set[str] | None = None, resu
 
     taken = set() if taken is None else taken
     if resume_from is not None:
+        from framepack_cli.options.resume import image_mismatch
+
         state = load_state(resume_from)
+        if (changed := image_mismatch(json.loads(_meta(resume_from).get("images", "{}")))) is not None:
+            raise FramepackError(changed)  # a batch job's images (a single run's were checked with the options)
         settings = json.loads(_meta(resume_from)["settings"])
         given = json.loads(_meta(resume_from)["given"])
         ck = SectionCheckpoint(resume_from, settings, given, sink, write=not opts.no_resume_file, state=state)

@@ -6,7 +6,8 @@ Checkpoints (`framepack_cli.engine.resume` writes them):
 
 - `<save_path>/.<output_name>.resume.safetensors`: one video job; tensors `history`, `rng_state`, `position`;
   metadata `framepack_resume` (format version), `settings` (the job's validated options as JSON), `given` (the
-  options the run was given, a JSON list), `models` (model files' size + header hash) and `sections`.
+  options the run was given, a JSON list), `models` (model files' size + header hash), `images` (input images'
+  sha256), `next_section` and `sections`.
 - `<save_path>/.<from_file name>.batch.resume.json`: a `--from_file` batch; the run's settings, the file's hash
   and, per job (its `file line N` label), its checkpoint and the files it wrote once done.
 
@@ -106,6 +107,26 @@ def model_mismatch(recorded: dict[str, list[dict[str, Any]]], values: dict[str, 
     return None
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def image_mismatch(recorded: dict[str, str]) -> str | None:
+    """The one line saying which input image is gone or changed since the checkpoint (None when all match)."""
+    for path, digest in recorded.items():
+        p = Path(path)
+        if not p.is_file():
+            return f"--resume: {path}, an input image of the interrupted run, is gone; put it back to resume"
+        if file_sha256(p) != digest:
+            return (f"--resume: {path} changed since the checkpoint was made (another sha256): the rest of the "
+                    "video would not match; restore it, or start a new run without --resume")
+    return None
+
+
 def _checkpoints_in(folder: Path) -> list[Path]:
     """Checkpoints a folder holds: batch files, and the job checkpoints no batch file there names."""
     batches = sorted(folder.glob("." + "*" + BATCH_SUFFIX))
@@ -154,7 +175,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise ValueError(f"--resume: {path} is not a framepack resume checkpoint (no framepack_resume "
                          f"{FORMAT_VERSION} in its metadata)")
     return {"settings": json.loads(meta["settings"]), "given": json.loads(meta["given"]),
-            "models": json.loads(meta["models"]), "kind": "job"}
+            "models": json.loads(meta["models"]), "images": json.loads(meta.get("images", "{}")), "kind": "job"}
 
 
 def _norm(v: Any) -> Any:
@@ -205,6 +226,8 @@ def merge_resume(values: dict[str, Any], one_frame_default: bool = False, option
     merged = {k: settings[k] for k in ck["given"] if k in settings}
     merged.update(values)
     mismatch = model_mismatch(ck["models"], merged)
+    if mismatch is None:
+        mismatch = image_mismatch(ck.get("images", {}))
     if mismatch is not None:
         raise ValueError(mismatch)
     return merged

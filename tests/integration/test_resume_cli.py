@@ -231,3 +231,30 @@ def test_batch_resume_skips_written_jobs_and_continues_the_interrupted_one(tmp_p
     by_seed = {header_metadata(p)["seeds"]: latent(p) for p in mine}
     for p in full:
         assert torch.equal(latent(p), by_seed[header_metadata(p)["seeds"]]), p.name
+
+
+def test_changed_input_image_is_refused(tmp_path, capsys):
+    import shutil
+
+    img = tmp_path / "start.png"
+    shutil.copy(INPUTS / "start.png", img)
+    args = [a if a != INPUTS / "start.png" else img for a in gen(tmp_path, "--seed", "3", "--output_name", "k")]
+    from framepack_cli.engine import resume
+
+    real = resume.SectionCheckpoint.save
+
+    def save_then_crash(self, *a):
+        real(self, *a)
+        raise KeyboardInterrupt
+
+    resume.SectionCheckpoint.save = save_then_crash
+    try:
+        code, _, err = cli(args, capsys)
+    finally:
+        resume.SectionCheckpoint.save = real
+    assert code == 130, err
+    shutil.copy(INPUTS / "end.png", img)  # another picture under the same name
+    code, _, err = cli(["generate", "--resume", tmp_path], capsys)
+    assert code == 2
+    assert err.strip() == (f"Error: --resume: {img.resolve()} changed since the checkpoint was made (another sha256): "
+                           "the rest of the video would not match; restore it, or start a new run without --resume")
