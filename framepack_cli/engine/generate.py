@@ -26,6 +26,7 @@ from framepack_cli.engine.pipeline import Conditioning, JobResult, run_jobs
 from framepack_cli.engine.precision import FP16_DIT_WARNING, precision_for
 from framepack_cli.engine.progress import ProgressSink
 from framepack_cli.engine.resources import Budget, advice, model_sizes, oom_guard
+from framepack_cli.engine.resume import section_checkpoint
 from framepack_cli.engine.step_caching import JobStepCache
 from framepack_cli.engine.writing import run_metadata, write_outputs
 from framepack_cli.errors import FramepackError, NotBuiltError, ResourceError
@@ -150,11 +151,15 @@ class VideoJob:
             if o.end_image_path:
                 history[:, :, 0:1] = cond.latents[o.end_image_path]
         total = 1 if o.f1 else 0
+        checkpoint = section_checkpoint(self)  # --resume: the history and generator of the last section done
+        history, total, first = checkpoint.restore(history, total, generator, self.n)
         negative = to_device(cond.negative, device, dtype) if cond.negative is not None else None
         caches = JobStepCache(o, self.seed)
         caches.start(sink)
         sink.start_sections(self.n)
         for s in self.plan:
+            if s.loop < first:
+                continue
             sink.start_section(s.loop, self.n, f"section {s.index + 1}/{self.n}")
             start_latent = cond.latents[self.section_image[s.index]]
             if o.f1:
@@ -189,6 +194,7 @@ class VideoJob:
                     out = torch.cat([start_latent, out], dim=2)
                 history = torch.cat([out, history], dim=2)
             total += out.shape[2]
+            checkpoint.save(s.loop + 1, self.n, history, total, generator)
             sink.section_output((history[:, :, -total:] if o.f1 else history[:, :, :total])[0])  # --preview
             sink.end_section()
             caches.end_section(step_cache, sink, f"section {s.index + 1}/{self.n}")
@@ -250,6 +256,9 @@ def _run(opts, sink: ProgressSink, group=None) -> list[JobResult] | list[Generat
     from framepack_cli.engine.preflight import check_models, preflight
 
     budget = None
+    if group is not None and opts.resume:
+        raise FramepackError("--resume: resumes in one process; run it without accelerate launch / torchrun "
+                             "(checkpoints are written by single-process runs only)")
     if opts.blocks_to_swap == "auto" and (opts.latent_path or opts.save_merged_model):
         opts = opts.model_copy(update={"blocks_to_swap": 0})  # no DiT runs: nothing to plan
     if opts.latent_path:
@@ -304,16 +313,28 @@ def _run(opts, sink: ProgressSink, group=None) -> list[JobResult] | list[Generat
             return run_batch(opts, device, precision, sink, budget, group=group)
         if opts.interactive:
             return run_interactive(opts, device, precision, sink, budget=budget)
+        from framepack_cli.engine.resume import attach_single
         from framepack_cli.engine.seed_runs import run_seeds, several_seeds
 
         if several_seeds(opts):  # --seed 1 2 3 / 10-13 / --count N: one job per seed, models loaded once
             return run_seeds(opts, Models(opts, device, precision, sink), sink, run_jobs, make_job)
-        results = run_jobs([make_job(opts)], Models(opts, device, precision, sink), sink, report_errors=False)
+        job = make_job(opts)
+        if group is None:  # one process: the per-section checkpoint (--resume: read it now)
+            attach_single(job, opts, sink)
+        results = run_jobs([job], Models(opts, device, precision, sink), sink, report_errors=False)
         if results[0].exc is not None:
+            from framepack_cli.engine.resume import kept_line
+
+            if (kept := kept_line()) is not None:
+                sink.message(kept)
             raise results[0].exc
         return results
     except KeyboardInterrupt:
         # The writers have dropped their partial files by now; say how far the run got and what it kept.
+        from framepack_cli.engine.resume import kept_line
+
+        if (kept := kept_line()) is not None:
+            sink.message(kept)
         raise Interrupted(sink.interrupted_line()) from None
     finally:
         sink.close()
@@ -348,7 +369,7 @@ def _line_options(opts, line: str, where: str, budget: Budget | None = None):
         overrides = parse_prompt_line(line)
     except ValueError as e:
         raise FramepackError(f"{where}: {e}") from None
-    base = opts.model_dump(include=opts.model_fields_set - {"keep_models"})  # a run setting, not a job one
+    base = opts.model_dump(include=opts.model_fields_set - {"keep_models", "resume"})  # run settings, not job ones
     try:
         line_opts = validate(type(opts), job_values(base, overrides, opts.video_size))
     except OptionsError as e:
@@ -421,8 +442,13 @@ def run_batch(opts, device, precision, sink: ProgressSink, budget: Budget | None
     under several processes `group` splits the jobs, `framepack_cli.engine.processes`)."""
     if group is not None:
         return group.run_batch(opts, device, precision, sink, budget)
+    from framepack_cli.engine.resume import BatchRecord
+
     jobs, bad = parse_batch(opts, sink, budget)
+    record = BatchRecord(opts, sink)  # checkpoints; --resume: the jobs written before are skipped
+    jobs = record.prepare(jobs)
     results = run_jobs(jobs, Models(jobs[0].opts if jobs else opts, device, precision, sink), sink) if jobs else []
+    record.finish()
     short = any(isinstance(e, ResourceError) for e in bad.values())
     short |= any(isinstance(r.exc, ResourceError) for r in results)
     failed = list(bad) + [r.label for r in results if r.error]

@@ -269,5 +269,7 @@ def write_jobs(jobs: list[Job], alive: list[int], models: Models, sink: Progress
                 res.files = write_outputs(job.opts, res.latent, job.seed, with_dtypes(job.metadata(res.latent), models),
                                           vae=models.vae, sink=sink, one_frame=job.one_frame,
                                           base=(bases or {}).get(i))
+            if (written := getattr(job, "on_written", None)) is not None:  # engine.resume: drop the checkpoint
+                written(res.files)
         except FramepackError as e:
             fail(res, e)

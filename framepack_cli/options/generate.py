@@ -308,6 +308,15 @@ class GenerateOptions(OptionsBase):
     keep_models: bool = F(False, "--interactive: keep the text encoders loaded too (about 16 GB more RAM with the "
                           "real LLaMA; no reload for new prompts).", panel=BATCH)
 
+    # --- resume after a crash (framepack_cli.options.resume, framepack_cli.engine.resume)
+    resume: str | None = F(None, "Continue an interrupted video (or --from_file batch) from its checkpoint: a "
+                           ".NAME.resume.safetensors / .NAME.batch.resume.json file or the --save_path holding it "
+                           "(the newest there). Settings and models come from the checkpoint.", panel=BATCH,
+                           metavar="FILE_OR_SAVE_PATH")
+    no_resume_file: bool = F(False, "Write no resume checkpoint (by default <save_path>/.<output_name>.resume"
+                             ".safetensors is written after each section and removed when the video is written).",
+                             panel=BATCH)
+
     # ---------------------------------------------------------------------------------------------------------
     @field_validator("video_size")
     @classmethod
@@ -368,6 +377,17 @@ class GenerateOptions(OptionsBase):
             parse_one_frame(v)
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _resume(cls, data):
+        """--resume: the interrupted run's settings, with what the command line may change (options.resume)."""
+        if isinstance(data, dict) and data.get("resume"):
+            from framepack_cli.options.resume import merge_resume
+
+            return merge_resume(data, one_frame_default=cls.model_fields["one_frame_inference"].default is not None,
+                                options_cls=cls)
+        return data
+
     @model_validator(mode="after")
     def _cross(self):
         errors = _cross_checks(self)
@@ -379,6 +399,8 @@ class GenerateOptions(OptionsBase):
     def model_flags(cls, given: dict) -> tuple[str, ...]:
         """The model flags this run needs (for model resolution, `cli.models`): the VAE alone to decode
         --latent_path, the DiT alone for --save_merged_model, else all five."""
+        if given.get("resume"):
+            return ()  # the checkpoint names the model files
         if given.get("latent_path"):
             return ("--vae",)
         if given.get("save_merged_model"):

@@ -109,7 +109,7 @@ def test_both_spellings_and_defaults(captured, capsys, tmp_path):
         (["--output_type", "gif"], "Error: --output_type: 'gif' is not one of video, images, latent, both, "
                                    "latent_images"),
         (["--infer_steps", "abc"], "Error: --infer_steps: 'abc' is not an integer"),
-        (["--no_such_flag"], "Error: No such option: --no_such_flag (see `framepack generate --help`)"),
+        (["--qqq_such_flag"], "Error: No such option: --qqq_such_flag (see `framepack generate --help`)"),
         (["--image_path", "0:missing.png;;;-1:" + str(INPUTS / "section.png")],
          "Error: --image_path: file not found: missing.png"),
     ],

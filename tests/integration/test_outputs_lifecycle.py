@@ -144,7 +144,9 @@ def test_disk_full_keeps_the_latent_and_says_so(tmp_path, monkeypatch, capsys, f
         f"(decode it with `framepack generate --latent_path {kept} --vae {M / 'vae.safetensors'} --save_path "
         "<folder>`)")
     assert "Traceback" not in res.err and res.out == ""
-    assert not save.exists()  # created by the run, left empty (no partial file), removed
+    # no partial file; the resume checkpoint stays (`--resume` decodes it once there is space)
+    assert sorted(p.name for p in save.iterdir()) == [".clip.resume.safetensors"]
+    assert f"Checkpoint kept: {save / '.clip.resume.safetensors'}" in res.err
     assert kept.is_file() and list(fallback_tmp.glob("*.safetensors")) == [kept]
     monkeypatch.undo()
     again = tmp_path / "again"
@@ -208,7 +210,8 @@ def test_ctrl_c_while_sampling_says_so_and_leaves_nothing(tmp_path):
     save = tmp_path / "new" / "out"
     proc = _start(["generate", *MODEL_ARGS, "--video_size", "48", "64", "--infer_steps", "40",
                    "--latent_window_size", "2", "--video_sections", "2", "--seed", "1", "--image_path",
-                   INPUTS / "start.png", "--prompt", "a cat", "--save_path", save, "--output_type", "both"])
+                   INPUTS / "start.png", "--prompt", "a cat", "--save_path", save, "--output_type", "both",
+                   "--no_resume_file"])  # (without it the resume checkpoint stays: test_resume_cli.py)
     out, err = _interrupt_when(proc, "err", r"^section \d/2: 40 steps in")  # the first section is done
     assert proc.returncode == 130, err
     assert err.splitlines()[-1] == "Interrupted after section 1 of 2; nothing written"
@@ -234,7 +237,9 @@ def test_ctrl_c_while_decoding_names_what_was_written(tmp_path):
     assert err.splitlines()[-1] in (f"Interrupted while decoding; wrote {latent}",
                                     f"Interrupted after sampling all {sections} section(s); wrote {latent}")
     assert out == f"Wrote {latent}\n" and "Traceback" not in err
-    assert sorted(p.name for p in save.iterdir()) == ["clip_latent.safetensors"]  # no partial mp4
+    # no partial mp4; the resume checkpoint stays (the video was not written: --resume decodes it)
+    assert sorted(p.name for p in save.iterdir()) == [".clip.resume.safetensors", "clip_latent.safetensors"]
+    assert f"Checkpoint kept: {save / '.clip.resume.safetensors'}; continue with `framepack generate --resume" in err
 
 
 # --- 5. metadata records what was made -------------------------------------------------------------------------
