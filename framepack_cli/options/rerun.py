@@ -15,6 +15,8 @@ from typing import Any
 NOT_STORED = frozenset({
     "seed", "count", "settings_from", "models_dir", "blocks_to_swap", "use_pinned_memory_for_block_swap", "memory",
     "from_file", "interactive", "keep_models", "latent_path", "save_merged_model", "verbose", "no_metadata",
+    # how a run is watched or continued, not what it makes (a re-run must not try to resume a finished run)
+    "resume", "no_resume_file", "preview", "preview_mode",
 })
 COMMANDS = {"GenerateOptions": "generate", "OneFrameOptions": "one-frame", "KisekaeOptions": "kisekae"}
 # Option values that name input images (checked by sha256 when a run is re-created), by flag.

@@ -151,9 +151,11 @@ def test_stored_options_and_command_line(tmp_path):
                                                             "image_encoder")}
     o = validate(GenerateOptions, {**models, "prompt": "it's", "save_path": str(tmp_path), "seed": "3",
                                    "video_size": ["32", "48"], "f1": True, "lora_weight": [str(INPUTS / "end.png")],
-                                   "lora_multiplier": ["0.5"], "blocks_to_swap": "4"})
+                                   "lora_multiplier": ["0.5"], "blocks_to_swap": "4", "preview": "auto",
+                                   "preview_mode": "vae", "no_resume_file": True})
     stored = stored_options(o)
     assert "seed" not in stored and "blocks_to_swap" not in stored and "infer_steps" not in stored
+    assert not {"preview", "preview_mode", "no_resume_file", "resume"} & set(stored)  # how it ran, not what it made
     assert stored["video_size"] == [32, 48] and stored["f1"] is True and stored["lora_multiplier"] == [0.5]
     line = command_line("generate", {**stored, "seed": 3})
     assert "--prompt 'it'\"'\"'s'" in line and "--f1" in line and "--video_size 32 48" in line
