@@ -34,6 +34,8 @@ MODULES = [
     ("load RSS", "bench_load_rss"),
     ("train", "bench_train"),
     ("processes", "bench_processes"),
+    ("preview", "bench_preview"),
+    ("resume", "bench_resume"),
 ]
 HELP_PROBE = ("import sys\nfrom framepack_cli.cli.app import main\ntry:\n    main(['--help'])\n"
               "except SystemExit:\n    pass\nsys.stderr.write('TORCH %s\\n' % ('torch' in sys.modules))\n")
