@@ -7,21 +7,13 @@ line > settings file > defaults. The input images are found by the paths stored 
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from framepack_cli.errors import FramepackError
+from framepack_cli.io.hashing import sha256_file
 
 FLAG = "--settings_from"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def stored_run(path: str) -> dict[str, Any]:
@@ -65,7 +57,7 @@ def image_problems(output: str, values: dict[str, Any], given: dict[str, Any], s
         want = hashes.get(str(path.resolve())) or by_name.get(path.name)
         if want is None:  # a relative path now pointing elsewhere: the record names the file it was
             want = next((h for k, h in hashes.items() if Path(k).name == path.name), None)
-        if want is not None and _sha256(path) != want:
+        if want is not None and sha256_file(path) != want:
             lines.append(f"{FLAG}: {p} ({flag}) has changed since {output} was made (sha256 differs); restore it, "
                          f"or pass {flag} {p} to use it as it is now")
     return lines

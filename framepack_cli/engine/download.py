@@ -16,7 +16,6 @@ The endpoint is `$HF_ENDPOINT` (read when the command runs), default https://hug
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from framepack_cli.engine.progress import ProgressSink
 from framepack_cli.errors import FramepackError, Interrupted, ResourceError
+from framepack_cli.io.hashing import sha256_file
 from framepack_cli.io.writable import resource_error_for
 from framepack_cli.options.download import DownloadOptions
 from framepack_cli.plan.model_catalog import COMPONENTS, Source, dit_source
@@ -202,14 +202,6 @@ def describe(planned: list[PlannedSource], target: Path, sink: ProgressSink) -> 
     return need
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(2**22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 PARTIAL = ".framepack-partial"  # suffix of a blob being fetched: kept when a run stops, continued by the next one
 
 
@@ -257,7 +249,7 @@ def _fill_blob(f: PlannedFile, cache_dir: Path) -> None:
         fh.seek(have)
         http_get(meta.location, fh, resume_size=have, headers=build_hf_headers(), expected_size=f.size,
                  displayed_filename=f.path)
-    got = _sha256(str(part))
+    got = sha256_file(str(part))
     if got != f.sha256:
         part.unlink(missing_ok=True)  # our own transfer: not the hub's bytes, not kept
         raise ResourceError(f"{f.repo}: {f.path} arrived damaged (sha256 {got[:12]}..., the hub lists "
@@ -283,7 +275,7 @@ def _fetch(f: PlannedFile, cache_dir: Path) -> str:
     except Exception as e:  # hub HTTP errors and httpx transport errors
         raise _hub_call_error(e, f.repo, f.path) from None
     if f.sha256 is not None:
-        got = _sha256(local)
+        got = sha256_file(local)
         if got != f.sha256:
             blob = os.path.realpath(local)
             for p in (local, blob):  # our own download: do not keep a file that is not the hub's

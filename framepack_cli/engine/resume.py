@@ -148,13 +148,13 @@ class NoCheckpoint:
 
 def input_images(settings: dict) -> dict[str, str]:
     """sha256 of each input image file a job reads (absolute path -> digest)."""
-    from framepack_cli.options.resume import file_sha256
+    from framepack_cli.io.hashing import sha256_file
     from framepack_cli.options.sections import parse_section_values
 
     paths = set(parse_section_values(settings["image_path"]).values()) if settings.get("image_path") else set()
     paths |= {settings["end_image_path"]} if settings.get("end_image_path") else set()
     found = {str(Path(p).resolve()) for p in paths if p and Path(p).is_file()}
-    return {p: file_sha256(Path(p)) for p in sorted(found)}
+    return {p: sha256_file(p) for p in sorted(found)}
 
 
 def section_checkpoint(job) -> SectionCheckpoint | NoCheckpoint:

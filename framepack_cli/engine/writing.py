@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -11,16 +10,9 @@ import torch
 
 from framepack_cli import __version__
 from framepack_cli.engine.progress import ProgressSink
+from framepack_cli.io.hashing import sha256_file
 from framepack_cli.options.base import DECODE_MODES, decode_mode
 from framepack_cli.plan.sections import decode_chunks, frames_per_section, stream_chunks
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def run_metadata(opts, seed: int, latent: torch.Tensor, extra: dict | None = None) -> dict[str, str] | None:

@@ -24,6 +24,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from framepack_cli.io.hashing import sha256_file
+
 CHECKPOINT_SUFFIX = ".resume.safetensors"
 BATCH_SUFFIX = ".batch.resume.json"
 FORMAT_VERSION = "1"
@@ -107,21 +109,13 @@ def model_mismatch(recorded: dict[str, list[dict[str, Any]]], values: dict[str, 
     return None
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def image_mismatch(recorded: dict[str, str]) -> str | None:
     """The one line saying which input image is gone or changed since the checkpoint (None when all match)."""
     for path, digest in recorded.items():
         p = Path(path)
         if not p.is_file():
             return f"--resume: {path}, an input image of the interrupted run, is gone; put it back to resume"
-        if file_sha256(p) != digest:
+        if sha256_file(p) != digest:
             return (f"--resume: {path} changed since the checkpoint was made (another sha256): the rest of the "
                     "video would not match; restore it, or start a new run without --resume")
     return None
