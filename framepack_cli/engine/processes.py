@@ -35,6 +35,7 @@ from framepack_cli.errors import FramepackError, Interrupted
 
 # Rank 0 waits at the end for the slowest rank's jobs; gloo's 30-minute default would fail a long batch.
 WAIT = datetime.timedelta(days=30)
+BARRIER_WAIT = datetime.timedelta(minutes=2)  # the ranks' last meeting before they leave the group
 ORDER = {0: 0, 2: 1, 3: 2, 1: 3}  # which exit code wins when ranks fail differently: a bug, then resources
 
 
@@ -171,6 +172,7 @@ class ProcessGroup:
         """`fn(opts, sink, group)` on this rank; any failure on any rank ends as one line on rank 0."""
         self._start()
         rsink = RankSink(sink, self)
+        interrupted = False
         try:
             try:
                 self.device = device_for(opts.device, self.where)
@@ -181,6 +183,7 @@ class ProcessGroup:
                 line = e.message.replace("\n", "; ") + (f"; {e.hint}" if e.hint else "")
                 failure = (e.exit_code, line)
             except Interrupted:
+                interrupted = True
                 raise  # Ctrl-C reached every rank: each says how far it got; the launcher ends the group
             except Exception as e:  # a bug on this rank: the others still report theirs
                 if self.done:
@@ -191,12 +194,20 @@ class ProcessGroup:
             self.conclude(self.meet(failure), sink)
             raise AssertionError("conclude returns only by raising")  # pragma: no cover
         finally:
-            self._stop()
+            self._stop(meet=not interrupted)  # a rank stopped by Ctrl-C may never reach the barrier
 
-    def _stop(self) -> None:
+    def _stop(self, meet: bool = True) -> None:
+        """Leave the group. All ranks first meet at a barrier: a rank that tears its gloo connections down while
+        another still holds them can abort the other at exit ("terminate called without an active exception",
+        exit 134), seen once in CI."""
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if meet:
+                try:
+                    dist.monitored_barrier(timeout=BARRIER_WAIT)
+                except Exception:  # noqa: BLE001 - a rank that is gone: leave anyway
+                    pass
             try:
                 dist.destroy_process_group()
             except Exception:  # noqa: BLE001 - a group torn down by a failed rank: nothing left to free

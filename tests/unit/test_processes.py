@@ -90,7 +90,8 @@ def solo_group(monkeypatch, rank=0):
     g = ProcessGroup(Launched(world=2, rank=rank, local_rank=rank, local_world=2))
     met = []
     monkeypatch.setattr(g, "_start", lambda: None)
-    monkeypatch.setattr(g, "_stop", lambda: None)
+    g.stops = []  # the `meet` flag of each leave: the ranks meet at a barrier before leaving, unless Ctrl-C
+    monkeypatch.setattr(g, "_stop", lambda meet=True: g.stops.append(meet))
 
     def meet(failure=None, **data):
         met.append(failure)
@@ -111,6 +112,7 @@ def test_an_error_before_the_split_meets_the_other_ranks_and_is_said_once(monkey
         g.run(fn, SimpleNamespace(device="cpu", model_copy=lambda update: None), NullProgress())
     assert met == [(2, "--vae: v.safetensors does not exist; check the path")]
     assert e.value.message == "--vae: v.safetensors does not exist; check the path" and e.value.exit_code == 2
+    assert g.stops == [True]
 
 
 def test_ctrl_c_is_not_turned_into_a_failure(monkeypatch):
@@ -124,3 +126,4 @@ def test_ctrl_c_is_not_turned_into_a_failure(monkeypatch):
     with pytest.raises(Interrupted):
         g.run(fn, SimpleNamespace(device="cpu", model_copy=lambda update: None), NullProgress())
     assert met == []
+    assert g.stops == [False]  # a rank stopped by Ctrl-C leaves without waiting for the others
