@@ -37,7 +37,10 @@ def describe_output(path: str) -> dict[str, Any]:
 
     kind, meta = read_run_metadata(path)
     if not meta:
-        raise FramepackError(f"{path}: carries no settings (written with --no_metadata, or not by framepack)")
+        what = {"video": "a video", "images": "a PNG image" if Path(path).is_file() else "a folder of PNG images",
+                "latent": "a latent file"}[kind]
+        raise FramepackError(f"{path}: {what}, not model weights, and it carries no framepack settings (written "
+                             "with --no_metadata, or not by framepack)")
     settings = run_settings(meta)
     info: dict[str, Any] = {"path": str(path), "kind": "output", "output": kind,
                             "metadata": {k: v for k, v in meta.items() if k != "framepack"}}

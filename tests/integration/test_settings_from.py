@@ -138,8 +138,8 @@ def test_output_without_settings_is_one_line(tmp_path, capsys):
         f"Error: --settings_from: {bare} carries no framepack settings (written with --no_metadata, or not by "
         "framepack); give the options on the command line instead"]
     code, out = cli(["inspect", bare], capsys)
-    assert code == 2 and out.err.strip() == (f"Error: {bare}: carries no settings (written with --no_metadata, or "
-                                              "not by framepack)")
+    assert code == 2 and out.err.strip() == (f"Error: {bare}: a latent file, not model weights, and it carries no "
+                                              "framepack settings (written with --no_metadata, or not by framepack)")
     code, out = cli(["generate", "--settings_from", tmp_path / "nope.mp4"], capsys)
     assert code == 2 and out.err.strip() == f"Error: --settings_from: {tmp_path / 'nope.mp4'}: file not found"
 

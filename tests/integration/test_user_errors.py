@@ -83,7 +83,9 @@ def test_images_checked_before_models_load(tmp_path, capsys):
 
 def test_non_checkpoint_files_named_plainly(tmp_path, capsys):
     code, out = cli(["inspect", INPUTS / "start.png"], capsys)
-    assert (code, only_line(out)) == (2, f"Error: {INPUTS / 'start.png'}: a PNG image, not model weights")
+    assert (code, only_line(out)) == (2, f"Error: {INPUTS / 'start.png'}: a PNG image, not model weights, and it "
+                                         "carries no framepack settings (written with --no_metadata, or not by "
+                                         "framepack)")
     junk = tmp_path / "x.pt"
     junk.write_bytes(b"junk bytes")
     code, out = cli(["inspect", junk], capsys)
