@@ -3,7 +3,7 @@
 
 Run by hand (not in CI):  python bench/bench_train.py [--steps 20] [--repeats 2]
 
-Each run is a separate process (peak RSS = that process's ru_maxrss); the training speed is read from the
+Each run is a separate process (peak RSS = that process's VmHWM); the training speed is read from the
 run's own summary line ("Trained N steps ... (x steps/s)"), so model loading does not count. The caches are
 the golden reference caches (vanilla, window 5, 64x48).
 """
@@ -43,10 +43,13 @@ def dataset(tmp: Path) -> Path:
 def run(toml: Path, out: Path, steps: int, extra: list[str]) -> tuple[float, float]:
     cmd = [
         sys.executable, "-c",
-        "import resource, sys\n"
+        "import sys\n"
         "from framepack_cli.cli.app import main\n"
         "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
-        "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n",
+        # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child of a big process (bench/run.py
+        # after the other benches) would report the parent's peak
+        "hwm = next(line for line in open('/proc/self/status') if line.startswith('VmHWM'))\n"
+        "print('MAXRSS', hwm.split()[1])\n",
         "train", "--dit", str(GOLDEN / "models/dit_single.safetensors"), "--dataset_config", str(toml),
         "--output_dir", str(out), "--output_name", "bench", "--max_train_steps", str(steps), "--seed", "1",
         "--learning_rate", "1e-4", "--max_data_loader_n_workers", "0", *extra,
