@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from framepack_cli import __version__
 from framepack_cli.engine.context import resolve_device
 from framepack_cli.engine.denoiser import make_model_fn, to_device
 from framepack_cli.engine.input_notes import BLACK_START, image_notes, seconds_note
@@ -29,7 +28,7 @@ from framepack_cli.engine.resources import Budget, advice, model_sizes, oom_guar
 from framepack_cli.engine.resume import section_checkpoint
 from framepack_cli.engine.step_caching import JobStepCache
 from framepack_cli.engine.writing import run_metadata, write_outputs
-from framepack_cli.errors import FramepackError, NotBuiltError, ResourceError
+from framepack_cli.errors import FramepackError, ResourceError
 from framepack_cli.models.text_encoders import positive_prompt
 from framepack_cli.options.sections import is_pipe_form, parse_section_values, value_for_section
 from framepack_cli.plan.schedules import flow_mu, flow_sigmas, noisy_token_count
@@ -56,17 +55,6 @@ class GenerateResult:
     seed: int
     latent: torch.Tensor
     files: list[Path] = field(default_factory=list)
-
-
-def refuse_unbuilt(opts) -> None:
-    """Options whose machinery is not built yet are refused, never silently ignored."""
-    unbuilt: dict[str, str] = {}  # option name -> flag; every generate option is built today
-    given = [flag for name, flag in unbuilt.items() if getattr(opts, name)]
-    if given:
-        raise NotBuiltError(
-            f"{', '.join(given)}: not built yet in framepack {__version__}; run without "
-            f"{'it' if len(given) == 1 else 'them'} (see CHANGELOG.md)"
-        )
 
 
 def section_values(text: str | None, n: int, flag: str) -> dict[int, str] | None:
@@ -240,7 +228,6 @@ def run(opts, sink: ProgressSink) -> list[JobResult] | list[GenerateResult]:
     Before any model loads: the model files (headers), the attention kernel against the DiT's dtype, the input
     images, the sanity bounds and the memory each phase needs (`framepack_cli.engine.resources`).
     """
-    refuse_unbuilt(opts)
     from framepack_cli.engine.processes import join_processes
     from framepack_cli.models.step_cache import settings_from_options
 

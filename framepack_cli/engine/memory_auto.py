@@ -2,26 +2,14 @@
 (`framepack_cli.engine.memory_plan`), its choice into the options, before any model loads.
 
 Explicit flags win: what the user gave (`--fp8`, `--fp8_scaled`, a number for `--blocks_to_swap`, any VAE
-chunk/tile flag) is kept and only the rest is chosen. The planner only uses what this build can do: an option
-the engine still refuses as not built (`refuse_unbuilt`) is never chosen.
+chunk/tile flag) is kept and only the rest is chosen.
 """
 
 from __future__ import annotations
 
 from framepack_cli.engine import memory_plan as mp
-from framepack_cli.errors import NotBuiltError
 
 VAE_FLAGS = ("vae_chunk_size", "vae_tiling", "vae_spatial_tile_sample_min_size")
-
-
-def _built(opts, **probe) -> bool:
-    from framepack_cli.engine.generate import refuse_unbuilt
-
-    try:
-        refuse_unbuilt(opts.model_copy(update=probe))
-    except NotBuiltError:
-        return False
-    return True
 
 
 def _given_fp8(opts):
@@ -105,8 +93,7 @@ def apply_memory_plan(opts, found: dict, precision, device, sink, sections: int,
     plan = mp.plan_memory(
         size, req, free_vram=free_vram, total_ram=total_ram,
         dtype=str(precision.dit).removeprefix("torch."), vae=vae, vae_dtype=str(precision.vae).removeprefix("torch."),
-        host_bytes=host_bytes, fixed=fixed, can_fp8=_built(opts, fp8_scaled=True),
-        max_swap=mp.MAX_SWAP if _built(opts, blocks_to_swap=1) else 0, given=tuple(given),
+        host_bytes=host_bytes, fixed=fixed, can_fp8=True, max_swap=mp.MAX_SWAP, given=tuple(given),
         pinned=bool(getattr(opts, "use_pinned_memory_for_block_swap", False)))
     if not plan.fits:
         if not given and mode == "auto":

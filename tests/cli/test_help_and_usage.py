@@ -166,23 +166,11 @@ def _truthy(field):
 
 @pytest.mark.parametrize("command", ["generate", "one-frame", "kisekae"])
 def test_not_built_marks_match_what_the_engine_refuses(command, capsys, monkeypatch):
-    """Every option the engine refuses as not built says so in help, and no other option does."""
-    from framepack_cli.engine.generate import refuse_unbuilt
-    from framepack_cli.errors import NotBuiltError
-
+    """The engine refuses no generate option as not built any more, and help marks none."""
     monkeypatch.setenv("COLUMNS", "80")
-    options = load_options(spec_of(command))
     _, out, _ = run_cli([command, "--help"], capsys)
     entries = help_entries(out)
-    refused = []
-    for name, field in options.model_fields.items():
-        opts = options.model_construct(**{name: _truthy(field)})
-        try:
-            refuse_unbuilt(opts)
-        except NotBuiltError:
-            refused.append("--" + name)
     marked = [f for f, text in entries.items() if text.endswith("[not built yet: refused]")]
-    assert sorted(refused) == sorted(marked)
     assert marked == []  # every generate option is built
     assert not {"--fp8", "--fp8_scaled", "--fp8_fast", "--blocks_to_swap", "--use_pinned_memory_for_block_swap",
                 "--magcache_mag_ratios", "--magcache_calibration", "--teacache_thresh", "--compile",

@@ -176,12 +176,10 @@ def found():
     return {"dit": ("dit.safetensors", real_infos(), ""), "vae": ("vae.safetensors", vae, "")}
 
 
-def _apply(opts, found, gb, device="cuda", built=True, monkeypatch=None):
+def _apply(opts, found, gb, device="cuda", monkeypatch=None):
     from framepack_cli.engine import memory_auto
     from framepack_cli.engine.precision import precision_for
 
-    if built:
-        monkeypatch.setattr(memory_auto, "_built", lambda opts, **probe: True)
     sink = Sink()
     dev = torch.device(device)
     precision = precision_for(opts, dev)
@@ -228,16 +226,11 @@ def test_cannot_fit_is_exit_3_before_loading(found, monkeypatch):
     assert e.value.exit_code == 3 and e.value.message.startswith("not enough GPU memory at 640x640: even with")
 
 
-def test_this_build_uses_only_what_is_built(found):
-    """Unbuilt fp8 / numeric block swap (refused by refuse_unbuilt on this branch) are never chosen."""
-    from framepack_cli.engine.memory_auto import _built
-
-    opts = _opts(**MODELS)
-    can_fp8, can_swap = _built(opts, fp8_scaled=True), _built(opts, blocks_to_swap=1)
-    out, lines = _apply(opts, found, 80, built=False)
-    assert out.fp8_scaled is (False if not can_fp8 else out.fp8_scaled)
-    if not can_swap:
-        assert out.blocks_to_swap == 0
+def test_every_lever_is_built_so_small_gpus_get_fp8_and_swap(found):
+    """fp8_scaled and block swap are built: on an 8 GB card the plan uses both (no stand-in for the probe)."""
+    out, lines = _apply(_opts(**MODELS), found, 8)
+    assert out.fp8_scaled and out.blocks_to_swap > 0
+    assert lines[0].startswith("Memory: auto chose --fp8_scaled --blocks_to_swap")
 
 
 def test_cpu_does_nothing_and_says_so_only_when_asked(found, monkeypatch):
