@@ -249,14 +249,14 @@ class Pipeline:
             ResourceError: the models cannot fit in this machine's memory.
         """
         from framepack_cli.cli.models import validate_with_models
-        from framepack_cli.engine.generate import interactive_keep
+        from framepack_cli.engine.models import ALL_MODELS, INTERACTIVE_KEEP
         from framepack_cli.engine.session import Session, prepare
         from framepack_cli.options.generate import GenerateOptions
         from framepack_cli.options.validation import validate
 
         given = {"dit": dit, "vae": vae, "text_encoder1": text_encoder1, "text_encoder2": text_encoder2,
                  "image_encoder": image_encoder, "models_dir": models_dir, "device": device, "memory": memory,
-                 "f1": f1 or None, "keep_models": keep_text_encoders or None, **settings}
+                 "f1": f1 or None, **settings}
         for name in given:
             if name in NOT_A_JOB:
                 raise FramepackError(f"{name}: not a Pipeline setting; {NOT_A_JOB[name]}")
@@ -268,7 +268,8 @@ class Pipeline:
         for k in ("dit", "vae", "text_encoder1", "text_encoder2", "image_encoder"):  # as found
             base[k] = getattr(opts, k)
         sink = cls._sink_for(progress)
-        keep = interactive_keep(opts)  # the DiT, VAE and image encoder stay; the text encoders too when asked
+        # the DiT, VAE and image encoder stay loaded; the text encoders too when asked
+        keep = ALL_MODELS if keep_text_encoders else INTERACTIVE_KEEP
         prepared = prepare(opts, sink, keep=keep)
         # The memory plan's choices (fp8_scaled, blocks_to_swap, VAE chunking) are model settings of every job.
         for k in MODEL_SETTINGS:
@@ -342,6 +343,24 @@ class Pipeline:
         values = {"start": start, "reference": reference, "prompt": prompt, "start_mask": start_mask,
                   "reference_mask": reference_mask, **options}
         return self._job("kisekae", values, seed, callback, save_path)
+
+    def close(self) -> None:
+        """Let every model go (GPU and CPU memory); the pipeline loads them again if it is used after this."""
+        from framepack_cli.engine.context import free_memory
+
+        models = self._session.models
+        for name in list(models._loaded):
+            if name not in models._adopted:
+                del models._loaded[name]
+        models.text_cache.clear()
+        free_memory(models.device)
+        self._session.sink.target.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def cancel(self) -> None:
         """Stop the running job at its next sampler step (it raises `Cancelled`); safe from another thread."""

@@ -150,6 +150,18 @@ def test_errors_are_the_command_lines(pipe, tmp_path, capsys):
     assert e.value.message.startswith("--image_path: file not found")
 
 
+def test_keep_text_encoders_and_close(tmp_path):
+    events = []
+    with Pipeline.from_files(MODELS / "dit_single.safetensors", MODELS / "vae.safetensors",
+                             MODELS / "llava_llama3_tiny.safetensors", MODELS / "clip_l_tiny.safetensors",
+                             MODELS / "sigclip_tiny.safetensors", device="cpu", keep_text_encoders=True) as p:
+        p.generate(START, "a cat", sections=1, seed=1, **SMALL)
+        p.generate(START, "a new prompt", sections=1, seed=1, callback=events.append, **SMALL)
+        assert p._session.models._loaded.keys() == {"dit", "vae", "image_encoder", "text"}
+    assert not [e.text for e in events if e.kind == "message" and e.text.startswith("Loading")]
+    assert p._session.models._loaded == {}
+
+
 def test_from_files_errors():
     with pytest.raises(FramepackError) as e:  # models left out are looked for like the command line does
         Pipeline.from_files(MODELS / "dit_single.safetensors", MODELS / "vae.safetensors", device="cpu")
