@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from framepack_cli.engine.context import resolve_device
 from framepack_cli.engine.models import Models
 from framepack_cli.engine.pipeline import JobResult, run_jobs
 from framepack_cli.engine.precision import Precision
@@ -49,7 +50,6 @@ def prepare(opts, sink: ProgressSink, *, keep: frozenset[str] = frozenset(), lar
         FramepackError: a model file, the attention kernel or an image is wrong (exit 2).
         ResourceError: nothing fits in memory even with every saving on (exit 3).
     """
-    from framepack_cli.engine.context import resolve_device
     from framepack_cli.engine.generate import job_sections
     from framepack_cli.engine.memory_auto import apply_memory_plan
     from framepack_cli.engine.precision import precision_for

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from framepack_cli.cli.app import main
-from framepack_cli.engine import generate, resources
+from framepack_cli.engine import generate, resources, session
 from framepack_cli.engine.resources import GiB
 from tests.conftest import INPUTS, MODEL_ARGS
 
@@ -28,7 +28,8 @@ def cli(args, capsys):
 def fake_cuda(monkeypatch):
     """A 4 GiB GPU as far as the planning goes; the jobs that would run on it are collected instead."""
     jobs = []
-    monkeypatch.setattr(generate, "resolve_device", lambda name=None: torch.device("cuda"))
+    for module in (generate, session):  # the batch's own check and the run's preparation
+        monkeypatch.setattr(module, "resolve_device", lambda name=None: torch.device("cuda"))
     monkeypatch.setattr(resources, "device_memory",
                         lambda device: (4 * GiB, 4 * GiB) if getattr(device, "type", "") == "cuda" else
                         resources.ram())
