@@ -1,0 +1,317 @@
+"""The Gradio Blocks app of `framepack ui`: a Generate tab and a Queue tab over one JobQueue and one Worker.
+
+Every event has an `api_name`, so `gradio_client` can drive the app as the page does:
+`/submit_generate`, `/job_status`, `/poll`, `/queue_list`, `/cancel_job`, `/move_job_up`, `/move_job_down`,
+`/resume_job`. A bad input is one readable line in the status next to the button (and a toast), never a
+traceback. Uploads are copied to the app folder under generated names (`ui.files`) before a job sees them.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from framepack_cli.errors import FramepackError
+from framepack_cli.ui.files import resolve_allowed, store_upload
+from framepack_cli.ui.queue import JobQueue
+from framepack_cli.ui.worker import Worker, error_line, progress_text
+
+UPLOADS = "uploads"
+RESOLUTIONS = ("640x640", "544x704", "704x544", "512x768", "768x512", "480x832", "832x480", "416x960", "960x416",
+               "384x512", "512x384", "256x256")
+CACHES = ("off", "TeaCache", "MagCache")
+TEACACHE_THRESH = 0.15
+MAX_SEED = 2**32 - 1
+QUEUE_COLUMNS = ["id", "kind", "state", "message", "prompt", "files"]
+POLL_SECONDS = 1.0
+
+
+@dataclass
+class AppState:
+    """Everything the handlers share: where files go, the queue and the worker."""
+
+    save_path: Path
+    app_dir: Path
+    queue: JobQueue
+    worker: Worker
+
+    @property
+    def uploads(self) -> Path:
+        return self.app_dir / UPLOADS
+
+    @classmethod
+    def create(cls, opts: Any, make_pipeline: Any = None) -> AppState:
+        from framepack_cli.ui.launch import app_dir_of
+
+        save_path = Path(opts.save_path).resolve()
+        app_dir = app_dir_of(save_path)
+        queue = JobQueue(app_dir)
+        worker = Worker(queue, make_pipeline or functools.partial(pipeline_from_options, opts), save_path, app_dir)
+        return cls(save_path=save_path, app_dir=app_dir, queue=queue, worker=worker)
+
+    def roots(self) -> list[Path]:
+        return [self.uploads, self.save_path]
+
+
+def pipeline_from_options(opts: Any) -> Any:
+    """The one Pipeline of the app, from the `framepack ui` model flags (models load at the first job)."""
+    from framepack_cli.api import Pipeline
+
+    settings = {k: getattr(opts, k) for k in ("tokenizer1", "tokenizer2") if getattr(opts, k)}
+    kwargs: dict[str, Any] = {"models_dir": opts.models_dir, "device": opts.device}
+    if opts.memory is not None:
+        kwargs["memory"] = opts.memory
+    return Pipeline.from_files(dit=opts.dit, vae=opts.vae, text_encoder1=opts.text_encoder1,
+                               text_encoder2=opts.text_encoder2, image_encoder=opts.image_encoder,
+                               **kwargs, **settings)
+
+
+# --- turning the form into job options (no Gradio needed: unit-tested on its own)
+def parse_resolution(text: str) -> tuple[int, int]:
+    """`"640x640"` / `"512 768"` -> (height, width), both positive multiples of 16."""
+    cleaned = str(text or "").lower().replace("×", "x").replace("*", "x").replace(" ", "x")
+    parts = [p for p in cleaned.split("x") if p]
+    try:
+        h, w = (int(p) for p in parts)
+    except ValueError:
+        raise FramepackError(f"Resolution: {text!r} is not HEIGHTxWIDTH", hint="e.g. 640x640") from None
+    bad = [x for x in (h, w) if x <= 0 or x % 16]
+    if bad:
+        sug = "x".join(str(max(16, round(x / 16) * 16)) for x in (h, w))
+        raise FramepackError(f"Resolution: height and width must be positive multiples of 16, got {h}x{w}",
+                             hint=f"try {sug}")
+    return h, w
+
+
+def parse_seed(value: Any) -> int:
+    """-1 or empty: a random seed (chosen now, so that the job records it); else the integer itself."""
+    if value is None or value == "" or value == -1:
+        return random.randint(0, MAX_SEED)
+    try:
+        seed = int(float(value))
+    except (TypeError, ValueError):
+        raise FramepackError(f"Seed: {value!r} is not an integer", hint="-1 for a random one") from None
+    if not 0 <= seed <= MAX_SEED or seed != float(value):
+        raise FramepackError(f"Seed: {value!r} must be an integer from 0 to {MAX_SEED}", hint="-1 for a random one")
+    return seed
+
+
+def _positive_int(value: Any, label: str) -> int:
+    try:
+        n = int(float(value))
+    except (TypeError, ValueError):
+        raise FramepackError(f"{label}: {value!r} is not a number") from None
+    if n < 1 or n != float(value):
+        raise FramepackError(f"{label}: {value!r} must be a whole number of at least 1")
+    return n
+
+
+def generate_options(state: AppState, *, image: str | None, prompt: str, negative_prompt: str, length_unit: str,
+                     seconds: Any, sections: Any, f1: bool, end_image: str | None, seed: Any, steps: Any,
+                     guidance: Any, window: Any, resolution: str, cache: str) -> dict[str, Any]:
+    """The Pipeline.generate options of the Generate form (uploads stored under generated names first)."""
+    opts: dict[str, Any] = {"prompt": prompt or "", "f1": bool(f1)}
+    if image:
+        opts["image"] = str(store_upload(image, state.uploads, "Start image"))
+    if end_image and not f1:
+        opts["end_image"] = str(store_upload(end_image, state.uploads, "End image"))
+    if negative_prompt:
+        opts["negative_prompt"] = negative_prompt
+    if length_unit == "sections":
+        opts["sections"] = _positive_int(sections, "Sections")
+    else:
+        try:
+            secs = float(seconds)
+        except (TypeError, ValueError):
+            raise FramepackError(f"Seconds: {seconds!r} is not a number") from None
+        if secs <= 0:
+            raise FramepackError(f"Seconds: {seconds!r} must be more than 0")
+        opts["seconds"] = secs
+    opts["seed"] = parse_seed(seed)
+    opts["infer_steps"] = _positive_int(steps, "Steps")
+    try:
+        opts["guidance_scale"] = float(guidance)
+    except (TypeError, ValueError):
+        raise FramepackError(f"Guidance: {guidance!r} is not a number") from None
+    opts["latent_window_size"] = _positive_int(window, "Window")
+    opts["video_size"] = parse_resolution(resolution)
+    if cache == "TeaCache":
+        opts["teacache_thresh"] = TEACACHE_THRESH
+    elif cache == "MagCache":
+        opts["magcache_mag_ratios"] = "0"
+    elif cache not in CACHES:
+        raise FramepackError(f"Step cache: {cache!r} is not one of {', '.join(CACHES)}")
+    opts["output_name"] = f"{time.strftime('%Y%m%d-%H%M%S')}_{opts['seed']}_{uuid.uuid4().hex[:6]}"
+    return opts
+
+
+def queue_rows(state: AppState) -> list[list[str]]:
+    rows = []
+    for job in state.queue.jobs():
+        message = job.message
+        progress = state.worker.progress
+        if job.state == "running" and progress is not None and progress.job_id == job.id:
+            message = progress_text(progress)
+        prompt = str(job.options.get("prompt", ""))
+        rows.append([job.id, job.kind, job.state, message, prompt[:60], ", ".join(Path(f).name for f in job.files)])
+    return rows
+
+
+def job_status(state: AppState, job_id: str) -> tuple[str, str | None, str | None]:
+    """(status line, latest preview file, finished video) of one job."""
+    if not job_id:
+        return "No job yet.", None, None
+    job = state.queue.get(job_id)
+    progress = state.worker.progress
+    preview = state.worker.last_preview.get(job.id)
+    if job.state == "running" and progress is not None and progress.job_id == job.id:
+        line = f"Job {job.id}: running, {progress_text(progress)}"
+    else:
+        line = f"Job {job.id}: {job.state}" + (f" ({job.message})" if job.message else "")
+    video = next((f for f in job.files if f.endswith(".mp4") and Path(f).exists()), None)
+    if preview is not None and not Path(preview).exists():
+        preview = None
+    for path in (preview, video):
+        if path is not None:
+            resolve_allowed(path, state.roots())
+    return line, preview, video
+
+
+# --- the Gradio app
+def build_app(state: AppState) -> Any:
+    import gradio as gr
+
+    def guarded(fn, n_out: int, status_index: int | None = None):
+        """Run a handler; a FramepackError (or a bug) becomes one line in the status output and a toast."""
+
+        @functools.wraps(fn)
+        def run(*args):
+            try:
+                return fn(*args)
+            except Exception as e:  # noqa: BLE001 - shown as one line, never a traceback
+                line = error_line(e)
+                gr.Warning(line)
+                out = [gr.update()] * n_out
+                if status_index is not None:
+                    out[status_index] = f"**Error:** {line}"
+                return tuple(out) if n_out > 1 else out[0]
+
+        return run
+
+    def submit(image, prompt, negative_prompt, length_unit, seconds, sections, f1, end_image, seed, steps, guidance,
+               window, resolution, cache):
+        opts = generate_options(state, image=image, prompt=prompt, negative_prompt=negative_prompt,
+                                length_unit=length_unit, seconds=seconds, sections=sections, f1=f1,
+                                end_image=end_image, seed=seed, steps=steps, guidance=guidance, window=window,
+                                resolution=resolution, cache=cache)
+        state.worker.check("generate", opts)
+        job = state.queue.add("generate", opts)
+        ahead = len(state.queue.queued_ids()) - 1 + (state.worker.progress is not None)
+        return job.id, f"Queued job {job.id} (seed {opts['seed']}; {ahead} ahead of it)"
+
+    def status(job_id):
+        return job_status(state, job_id)
+
+    def poll(job_id, shown):
+        """The timer's refresh: status line, and the preview / video only when they changed (no flicker)."""
+        shown = dict(shown or {})
+        line, preview, video = job_status(state, job_id) if job_id else ("No job yet.", None, None)
+        key = f"{preview}:{Path(preview).stat().st_mtime_ns}" if preview else None
+        preview_out = gr.update(value=preview) if key != shown.get("preview") else gr.update()
+        video_out = gr.update(value=video) if video != shown.get("video") else gr.update()
+        shown.update(preview=key, video=video)
+        return line, preview_out, video_out, shown, queue_rows(state)
+
+    def listing():
+        return queue_rows(state)
+
+    def cancel(job_id):
+        return state.worker.cancel(str(job_id).strip()), queue_rows(state)
+
+    def move(delta):
+        def run(job_id):
+            state.queue.move(str(job_id).strip(), delta)
+            return f"Moved job {job_id} {'up' if delta < 0 else 'down'}", queue_rows(state)
+
+        return run
+
+    def resume(job_id):
+        job = state.queue.resume(str(job_id).strip())
+        return f"Job {job.id}: {job.message}", queue_rows(state)
+
+    def pick(evt: gr.SelectData, rows):
+        try:
+            row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+            return rows.iloc[row, 0] if hasattr(rows, "iloc") else rows[row][0]
+        except (IndexError, KeyError, TypeError):
+            return gr.update()
+
+    with gr.Blocks(title="framepack") as demo:
+        gr.Markdown("## framepack")
+        shown = gr.State({})
+        with gr.Tab("Generate", id="generate"):
+            with gr.Row():
+                with gr.Column():
+                    image = gr.Image(label="Start image", type="filepath", sources=["upload", "clipboard"])
+                    prompt = gr.Textbox(label="Prompt", lines=3, placeholder="A cat walks on the grass.")
+                    negative_prompt = gr.Textbox(label="Negative prompt (used when guidance is not 1)", lines=1)
+                    with gr.Row():
+                        length_unit = gr.Radio(["seconds", "sections"], value="seconds", label="Length in")
+                        seconds = gr.Number(value=5.0, label="Seconds", minimum=0.1)
+                        sections = gr.Number(value=2, label="Sections", precision=0, minimum=1, visible=False)
+                    with gr.Row():
+                        f1 = gr.Checkbox(value=False, label="F1 (forward sampling)")
+                        seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)")
+                    end_image = gr.Image(label="End image (not with F1)", type="filepath",
+                                         sources=["upload", "clipboard"])
+                    with gr.Row():
+                        steps = gr.Slider(1, 100, value=25, step=1, label="Steps")
+                        guidance = gr.Slider(1.0, 32.0, value=10.0, step=0.5, label="Guidance (distilled)")
+                        window = gr.Slider(1, 33, value=9, step=1, label="Window (latent frames)")
+                    with gr.Row():
+                        resolution = gr.Dropdown(list(RESOLUTIONS), value="640x640", allow_custom_value=True,
+                                                 label="Resolution (HxW, multiples of 16)")
+                        cache = gr.Radio(list(CACHES), value="off", label="Step cache")
+                    go = gr.Button("Generate", variant="primary")
+                    status_md = gr.Markdown("", elem_id="status")
+                with gr.Column():
+                    job_id = gr.Textbox(label="Job", interactive=False, elem_id="job-id")
+                    progress_md = gr.Markdown("No job yet.", elem_id="progress")
+                    preview = gr.Image(label="Live preview (one tile per section)", type="filepath",
+                                       interactive=False, elem_id="preview")
+                    video = gr.Video(label="Video", interactive=False, elem_id="video")
+        with gr.Tab("Queue", id="queue"):
+            table = gr.Dataframe(headers=QUEUE_COLUMNS, value=lambda: queue_rows(state), interactive=False,
+                                 wrap=True, elem_id="queue-table")
+            with gr.Row():
+                picked = gr.Textbox(label="Job id (click a row)", elem_id="picked")
+                cancel_b = gr.Button("Cancel")
+                up_b = gr.Button("Up")
+                down_b = gr.Button("Down")
+                resume_b = gr.Button("Resume")
+                refresh_b = gr.Button("Refresh")
+            queue_md = gr.Markdown("", elem_id="queue-status")
+
+        length_unit.change(lambda u: (gr.update(visible=u == "seconds"), gr.update(visible=u == "sections")),
+                           length_unit, [seconds, sections], api_name=False)
+        f1.change(lambda on: gr.update(interactive=not on, value=None) if on else gr.update(interactive=True),
+                  f1, end_image, api_name=False)
+        go.click(guarded(submit, 2, 1), [image, prompt, negative_prompt, length_unit, seconds, sections, f1,
+                                         end_image, seed, steps, guidance, window, resolution, cache],
+                 [job_id, status_md], api_name="submit_generate")
+        job_id.change(guarded(status, 3, 0), job_id, [progress_md, preview, video], api_name="job_status")
+        timer = gr.Timer(POLL_SECONDS)
+        timer.tick(guarded(poll, 5, 0), [job_id, shown], [progress_md, preview, video, shown, table],
+                   api_name="poll", show_progress="hidden")
+        refresh_b.click(guarded(listing, 1), None, table, api_name="queue_list")
+        table.select(pick, table, picked, api_name=False)
+        cancel_b.click(guarded(cancel, 2, 0), picked, [queue_md, table], api_name="cancel_job")
+        up_b.click(guarded(move(-1), 2, 0), picked, [queue_md, table], api_name="move_job_up")
+        down_b.click(guarded(move(+1), 2, 0), picked, [queue_md, table], api_name="move_job_down")
+        resume_b.click(guarded(resume, 2, 0), picked, [queue_md, table], api_name="resume_job")
+    return demo
