@@ -202,9 +202,9 @@ class Worker:
                 if kept:
                     self.queue.update(job.id, checkpoint=str(kept))
                     checkpoint = Path(kept)
-                where = progress_text(progress) if progress.section is not None else "before the first section"
+                where = f"at {progress_text(progress)}" if progress.section is not None else "before it sampled"
                 has_ckpt = checkpoint is not None and checkpoint.exists()
-                self.queue.finish(job.id, "cancelled", f"cancelled at {where}"
+                self.queue.finish(job.id, "cancelled", f"cancelled {where}"
                                   + ("; Resume continues from its last complete section" if has_ckpt else ""))
             elif isinstance(e, (KeyboardInterrupt, SystemExit)):
                 self.queue.finish(job.id, "interrupted", "the app stopped while this job ran")
