@@ -128,7 +128,8 @@ def test_cancel_the_running_job_stops_it_and_keeps_its_checkpoint_for_resume(tmp
     assert said[1] == f"job {a.id}: stopping at the next step"
     job = q.get(a.id)
     assert job.state == "cancelled"
-    assert job.message == "cancelled at section 2/3, step 1/2, ETA 12 s; Resume continues from its last complete section"
+    assert job.message == ("cancelled at section 2/3, step 1/2, ETA 12 s; "
+                           "Resume continues from its last complete section")
     assert job.checkpoint == str(tmp_path / "out" / ".a.resume.safetensors") and Path(job.checkpoint).exists()
     pipe.after_event = None
     w.run_job(q.wait_next(0))  # the next job runs
