@@ -244,12 +244,14 @@ def build_app(state: AppState) -> Any:
         job = state.queue.resume(str(job_id).strip())
         return f"Job {job.id}: {job.message}", queue_rows(state)
 
-    def pick(evt: gr.SelectData, rows):
+    def pick(rows, evt):
         try:
             row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
             return rows.iloc[row, 0] if hasattr(rows, "iloc") else rows[row][0]
         except (IndexError, KeyError, TypeError):
             return gr.update()
+
+    pick.__annotations__ = {"rows": Any, "evt": gr.SelectData}  # Gradio finds the event argument by its type
 
     with gr.Blocks(title="framepack") as demo:
         gr.Markdown("## framepack")
@@ -286,7 +288,7 @@ def build_app(state: AppState) -> Any:
                                        interactive=False, elem_id="preview")
                     video = gr.Video(label="Video", interactive=False, elem_id="video")
         with gr.Tab("Queue", id="queue"):
-            table = gr.Dataframe(headers=QUEUE_COLUMNS, value=lambda: queue_rows(state), interactive=False,
+            table = gr.Dataframe(headers=QUEUE_COLUMNS, value=queue_rows(state) or None, interactive=False,
                                  wrap=True, elem_id="queue-table")
             with gr.Row():
                 picked = gr.Textbox(label="Job id (click a row)", elem_id="picked")
@@ -314,4 +316,5 @@ def build_app(state: AppState) -> Any:
         up_b.click(guarded(move(-1), 2, 0), picked, [queue_md, table], api_name="move_job_up")
         down_b.click(guarded(move(+1), 2, 0), picked, [queue_md, table], api_name="move_job_down")
         resume_b.click(guarded(resume, 2, 0), picked, [queue_md, table], api_name="resume_job")
+        demo.load(guarded(listing, 1), None, table, api_name=False)  # the queue as it is when the page opens
     return demo

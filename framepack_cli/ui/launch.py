@@ -39,6 +39,24 @@ def port_busy(exc: BaseException) -> bool:
     return (isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE) or "cannot find empty port" in text
 
 
+def start_server(demo: Any, save_path: str | os.PathLike, host: str, port: int,
+                 auth: tuple[str, str] | None) -> None:
+    """Serve `demo` in the background: on `host` only, no share link, files only from `save_path`.
+
+    Raises:
+        ResourceError: the port is in use (exit 3).
+    """
+    try:
+        demo.queue(default_concurrency_limit=4).launch(
+            server_name=host, server_port=port, share=False, auth=auth, prevent_thread_lock=True, quiet=True,
+            show_error=False, inbrowser=False, allowed_paths=[str(Path(save_path).resolve())])
+    except (OSError, ValueError) as e:
+        if port_busy(e):
+            raise ResourceError(f"--port {port}: the port is in use on {host}",
+                                hint="stop what uses it or pick another with --port N") from None
+        raise
+
+
 def run(opts: Any, sink: Any) -> None:
     import_gradio()
     ensure_writable_dir(opts.save_path, "--save_path")
@@ -57,16 +75,7 @@ def run(opts: Any, sink: Any) -> None:
                      "reach this machine and knows the --auth password can run jobs and read the outputs")
     state.worker.start()
     try:
-        try:
-            demo.queue(default_concurrency_limit=4).launch(
-                server_name=host, server_port=opts.port, share=False, auth=opts.credentials,
-                prevent_thread_lock=True, quiet=True, show_error=False, inbrowser=False,
-                allowed_paths=[str(Path(opts.save_path).resolve())])
-        except (OSError, ValueError) as e:
-            if port_busy(e):
-                raise ResourceError(f"--port {opts.port}: the port is in use on {host}",
-                                    hint="stop what uses it or pick another with --port N") from None
-            raise
+        start_server(demo, state.save_path, host, opts.port, opts.credentials)
         shown = "127.0.0.1" if host == "0.0.0.0" else host
         sink.result(f"Running on http://{shown}:{opts.port}")
         sink.message(f"Outputs in {opts.save_path}; queue in {app_dir / 'queue.json'}; Ctrl-C stops the app")
