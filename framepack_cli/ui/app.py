@@ -135,7 +135,7 @@ def generate_options(state: AppState, *, image: str | None, prompt: str, negativ
     opts["seed"] = parse_seed(seed)
     opts["infer_steps"] = _positive_int(steps, "Steps")
     try:
-        opts["guidance_scale"] = float(guidance)
+        opts["embedded_cfg_scale"] = float(guidance)  # the distilled guidance (--embedded_cfg_scale); CFG stays off
     except (TypeError, ValueError):
         raise FramepackError(f"Guidance: {guidance!r} is not a number") from None
     opts["latent_window_size"] = _positive_int(window, "Window")
@@ -259,27 +259,31 @@ def build_app(state: AppState) -> Any:
         with gr.Tab("Generate", id="generate"):
             with gr.Row():
                 with gr.Column():
-                    image = gr.Image(label="Start image", type="filepath", sources=["upload", "clipboard"])
-                    prompt = gr.Textbox(label="Prompt", lines=3, placeholder="A cat walks on the grass.")
-                    negative_prompt = gr.Textbox(label="Negative prompt (used when guidance is not 1)", lines=1)
+                    image = gr.Image(label="Start image", type="filepath", sources=["upload", "clipboard"], height=240,
+                                     elem_id="start-image")
+                    prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt",
+                                        placeholder="A cat walks on the grass.")
+                    negative_prompt = gr.Textbox(label="Negative prompt", lines=1)
                     with gr.Row():
-                        length_unit = gr.Radio(["seconds", "sections"], value="seconds", label="Length in")
+                        length_unit = gr.Radio(["seconds", "sections"], value="seconds", label="Length in",
+                                               elem_id="length-unit")
                         seconds = gr.Number(value=5.0, label="Seconds", minimum=0.1)
-                        sections = gr.Number(value=2, label="Sections", precision=0, minimum=1, visible=False)
+                        sections = gr.Number(value=2, label="Sections", precision=0, minimum=1, visible=False,
+                                             elem_id="sections")
                     with gr.Row():
                         f1 = gr.Checkbox(value=False, label="F1 (forward sampling)")
-                        seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)")
+                        seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="seed")
                     end_image = gr.Image(label="End image (not with F1)", type="filepath",
-                                         sources=["upload", "clipboard"])
+                                         sources=["upload", "clipboard"], height=160, elem_id="end-image")
                     with gr.Row():
-                        steps = gr.Slider(1, 100, value=25, step=1, label="Steps")
+                        steps = gr.Slider(1, 100, value=25, step=1, label="Steps", elem_id="steps")
                         guidance = gr.Slider(1.0, 32.0, value=10.0, step=0.5, label="Guidance (distilled)")
                         window = gr.Slider(1, 33, value=9, step=1, label="Window (latent frames)")
                     with gr.Row():
                         resolution = gr.Dropdown(list(RESOLUTIONS), value="640x640", allow_custom_value=True,
-                                                 label="Resolution (HxW, multiples of 16)")
+                                                 label="Resolution (HxW, multiples of 16)", elem_id="resolution")
                         cache = gr.Radio(list(CACHES), value="off", label="Step cache")
-                    go = gr.Button("Generate", variant="primary")
+                    go = gr.Button("Generate", variant="primary", elem_id="generate")
                     status_md = gr.Markdown("", elem_id="status")
                 with gr.Column():
                     job_id = gr.Textbox(label="Job", interactive=False, elem_id="job-id")

@@ -66,7 +66,8 @@ def test_submit_generate_runs_the_job_and_shows_preview_and_video(app, tmp_path)
     (call,) = pipe.calls
     assert (call["prompt"], call["sections"], call["seed"], call["infer_steps"], call["video_size"]) == (
         "a cat", 2, 42, 4, (48, 64))
-    assert call["teacache_thresh"] == 0.15 and call["guidance_scale"] == 10.0 and call["latent_window_size"] == 9
+    assert call["teacache_thresh"] == 0.15 and call["embedded_cfg_scale"] == 10.0 and "guidance_scale" not in call
+    assert call["latent_window_size"] == 9
     uploads = tmp_path / "out" / ".framepack-ui" / "uploads"
     assert Path(call["image"]).parent == uploads and re.fullmatch(r"[0-9a-f]{32}\.png", Path(call["image"]).name)
     (mp4,) = state.queue.get(job_id).files

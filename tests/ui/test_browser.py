@@ -1,0 +1,108 @@
+"""`framepack ui` in a real browser: Chromium from the system packages driven by Playwright (no browser download).
+
+Starts `framepack ui` on 127.0.0.1 and a free port with the tiny golden models, uploads the golden start image,
+generates a 2-section video, sees the live preview and then the video element, checks the file on disk, queues
+two jobs and cancels one, restarts the app and sees the same queue; saves a screenshot of each tab to docs/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import INPUTS, REPO
+
+pytestmark = [pytest.mark.ui, pytest.mark.slow]
+CHROMIUM = os.environ.get("FRAMEPACK_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+DOCS = REPO / "docs"
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run installs it)", allow_module_level=True)
+pytest.importorskip("playwright", reason="playwright is not installed (pip install playwright; .ci/run installs it)")
+pytest.importorskip("gradio", reason="the ui extra is not installed (pip install -e .[ui])")
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+from tests.ui.live import serve_cli  # noqa: E402
+
+
+@pytest.fixture
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def fill_form(page, prompt: str, steps: int = 2) -> None:
+    page.locator("#prompt textarea").fill(prompt)
+    page.locator("#length-unit label", has_text="sections").click()
+    page.locator("#sections input").fill("2")
+    page.locator("#steps input[type=number]").fill(str(steps))
+    page.locator("#steps input[type=number]").press("Enter")
+    res = page.locator("#resolution input")
+    res.fill("48x64")
+    res.press("Enter")
+    page.locator("#seed input").fill("42")
+
+
+def shot(page, name: str) -> None:
+    DOCS.mkdir(exist_ok=True)
+    page.screenshot(path=str(DOCS / name), full_page=True)
+
+
+def test_generate_in_the_browser_then_queue_cancel_and_restart(browser, tmp_path):
+    save = tmp_path / "out"
+    with serve_cli(save) as (url, _proc):
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.goto(url)
+        page.locator("#start-image input[type=file]").set_input_files(str(INPUTS / "start.png"))
+        expect(page.locator("#start-image img")).to_be_visible(timeout=20_000)
+        fill_form(page, "A cat walks on the grass.")
+        page.locator("#generate").click()
+        expect(page.locator("#status")).to_contain_text("Queued job", timeout=30_000)
+        job_id = page.locator("#job-id textarea, #job-id input").first.input_value()
+        expect(page.locator("#preview img")).to_be_visible(timeout=120_000)
+        expect(page.locator("#video video")).to_be_visible(timeout=120_000)
+        expect(page.locator("#progress")).to_contain_text(f"Job {job_id}: done", timeout=30_000)
+        shot(page, "ui-generate.png")
+        mp4s = sorted(save.glob("*.mp4"))
+        assert len(mp4s) == 1 and mp4s[0].stat().st_size > 1000 and mp4s[0].read_bytes()[4:8] == b"ftyp"
+
+        # two more jobs; cancel the second while it waits
+        fill_form(page, "first of two", steps=30)
+        page.locator("#generate").click()
+        expect(page.locator("#status")).to_contain_text("Queued job", timeout=30_000)
+        first = page.locator("#job-id textarea, #job-id input").first.input_value()
+        fill_form(page, "second of two")
+        page.locator("#generate").click()
+        expect(page.locator("#status")).not_to_contain_text(first, timeout=30_000)
+        second = page.locator("#job-id textarea, #job-id input").first.input_value()
+        page.get_by_role("tab", name="Queue").click()
+        page.locator("#picked textarea, #picked input").first.fill(second)
+        page.get_by_role("button", name="Cancel").click()
+        expect(page.locator("#queue-status")).to_contain_text(f"job {second} cancelled", timeout=30_000)
+        expect(page.locator("#queue-table")).to_contain_text("cancelled", timeout=30_000)
+        shot(page, "ui-queue.png")
+        page.close()
+    # the app stopped (with the first job maybe still running); a new one shows the same queue
+    with serve_cli(save) as (url, _proc):
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.goto(url)
+        page.get_by_role("tab", name="Queue").click()
+        table = page.locator("#queue-table")
+        for jid in (job_id, first, second):
+            expect(table).to_contain_text(jid, timeout=30_000)
+        expect(table).to_contain_text("cancelled")
+        page.close()
+    for name in ("ui-generate.png", "ui-queue.png"):
+        assert (DOCS / name).read_bytes()[:4] == b"\x89PNG"
+    shutil.rmtree(save, ignore_errors=True)
+    time.sleep(0)
