@@ -24,7 +24,7 @@ from framepack_cli.engine.one_frame import OneFrameJob
 from framepack_cli.engine.pipeline import Conditioning, JobResult, run_jobs
 from framepack_cli.engine.precision import FP16_DIT_WARNING, precision_for
 from framepack_cli.engine.progress import ProgressSink
-from framepack_cli.engine.resources import Budget, advice, model_sizes, oom_guard
+from framepack_cli.engine.resources import Budget, advice, oom_guard
 from framepack_cli.engine.resume import section_checkpoint
 from framepack_cli.engine.step_caching import JobStepCache
 from framepack_cli.engine.writing import run_metadata, write_outputs
@@ -214,14 +214,6 @@ def interactive_keep(opts) -> frozenset[str]:
     return ALL_MODELS if opts.keep_models else INTERACTIVE_KEEP
 
 
-def resident_models(keep: frozenset[str]) -> tuple[str, ...]:
-    """Model files that stay in CPU RAM across phases: the parked VAE and what `keep` names."""
-    kinds = {"vae"} | {k for k in keep if k != "text"}
-    if "text" in keep:
-        kinds |= {"text_encoder1", "text_encoder2"}
-    return tuple(sorted(kinds))
-
-
 def run(opts, sink: ProgressSink) -> list[JobResult] | list[GenerateResult]:
     """Entry point of `framepack generate`, `one-frame` and `kisekae` (validated options; the sink is the CLI's).
 
@@ -240,9 +232,10 @@ def run(opts, sink: ProgressSink) -> list[JobResult] | list[GenerateResult]:
 
 
 def _run(opts, sink: ProgressSink, group=None) -> list[JobResult] | list[GenerateResult]:
-    from framepack_cli.engine.preflight import check_models, preflight
+    from framepack_cli.engine.preflight import check_models
+    from framepack_cli.engine.session import Session, prepare
 
-    budget = None
+    prepared = None
     if group is not None and opts.resume:
         raise FramepackError("--resume: resumes in one process; run it without accelerate launch / torchrun "
                              "(checkpoints are written by single-process runs only)")
@@ -253,24 +246,12 @@ def _run(opts, sink: ProgressSink, group=None) -> list[JobResult] | list[Generat
     elif opts.save_merged_model:
         check_models(opts, kinds=("dit",))
     else:
-        device = resolve_device(opts.device)
-        precision = precision_for(opts, device)
-        found = preflight(opts, device, precision)
-        keep = interactive_keep(opts) if opts.interactive else frozenset()
-        resident = resident_models(keep)
-        from framepack_cli.engine.memory_auto import apply_memory_plan
-
-        # --memory auto (default on CUDA) / --blocks_to_swap auto: before the DiT loads, from the headers.
-        host = model_sizes(found, precision, fp8_llm=opts.fp8_llm)
-        # --from_file: the models load once, so the plan is made for the file's largest job.
-        largest = batch_largest(opts) if opts.from_file and device.type == "cuda" else None
-        opts = apply_memory_plan(opts, found, precision, device, sink, job_sections(opts),
-                                 host_bytes=sum(host.weights.get(m, 0) for m in resident if m != "dit"),
-                                 largest=largest)
-        swap = opts.blocks_to_swap if device.type == "cuda" else 0
-        sizes = model_sizes(found, precision, fp8_llm=opts.fp8_llm, fp8_dit=opts.fp8 or opts.fp8_scaled,
-                            blocks_to_swap=swap)
-        budget = Budget(sizes, precision, device, resident=resident, force=opts.force)
+        # Model headers, kernel, images; --memory auto / --blocks_to_swap auto (--from_file: planned for the
+        # file's largest job, the models load once); the memory budget (engine.session).
+        largest = batch_largest(opts) if opts.from_file and resolve_device(opts.device).type == "cuda" else None
+        prepared = prepare(opts, sink, keep=interactive_keep(opts) if opts.interactive else frozenset(),
+                           largest=largest)
+        opts, device, precision, budget = prepared.opts, prepared.device, prepared.precision, prepared.budget
         if not opts.from_file and not opts.interactive:
             budget.check(opts, job_sections(opts))
     from framepack_cli.engine.lifecycle import RunTracker
@@ -300,22 +281,12 @@ def _run(opts, sink: ProgressSink, group=None) -> list[JobResult] | list[Generat
             return run_batch(opts, device, precision, sink, budget, group=group)
         if opts.interactive:
             return run_interactive(opts, device, precision, sink, budget=budget)
-        from framepack_cli.engine.resume import attach_single
         from framepack_cli.engine.seed_runs import run_seeds, several_seeds
 
         if several_seeds(opts):  # --seed 1 2 3 / 10-13 / --count N: one job per seed, models loaded once
             return run_seeds(opts, Models(opts, device, precision, sink), sink, run_jobs, make_job)
-        job = make_job(opts)
-        if group is None:  # one process: the per-section checkpoint (--resume: read it now)
-            attach_single(job, opts, sink)
-        results = run_jobs([job], Models(opts, device, precision, sink), sink, report_errors=False)
-        if results[0].exc is not None:
-            from framepack_cli.engine.resume import kept_line
-
-            if (kept := kept_line()) is not None:
-                sink.message(kept)
-            raise results[0].exc
-        return results
+        # one job, through the same session the Python API uses (one process: with its resume checkpoint)
+        return [Session(prepared, sink).run(opts, checkpoint=group is None)]
     except KeyboardInterrupt:
         # The writers have dropped their partial files by now; say how far the run got and what it kept.
         from framepack_cli.engine.resume import kept_line

@@ -120,12 +120,15 @@ def failure_reporter(sink: ProgressSink, report_errors: bool) -> Fail:
     return fail
 
 
-def run_jobs(jobs: list[Job], models: Models, sink: ProgressSink, *, report_errors: bool = True) -> list[JobResult]:
+def run_jobs(jobs: list[Job], models: Models, sink: ProgressSink, *, report_errors: bool = True,
+             write: bool = True) -> list[JobResult]:
     """Run `jobs` through the four phases; see the module docstring.
 
     Args:
         report_errors: print each failed job's error (batch and interactive runs); a single run leaves that
             to the caller, which raises `JobResult.exc`.
+        write: run phase 4 (decode and write); False leaves each result with its latent only (the Python API
+            without a `save_path`).
     """
     fail = failure_reporter(sink, report_errors)
     for job in jobs:  # warnings about settings that will have no effect, before any model loads
@@ -135,7 +138,8 @@ def run_jobs(jobs: list[Job], models: Models, sink: ProgressSink, *, report_erro
     results = [JobResult(job.label, job.seed) for job in jobs]
     conds, alive = condition_jobs(jobs, models, sink, results, fail)
     sample_jobs(jobs, conds, alive, models, sink, results, fail)
-    write_jobs(jobs, alive, models, sink, results, fail)
+    if write:
+        write_jobs(jobs, alive, models, sink, results, fail)
     return results
 
 

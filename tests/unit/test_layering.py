@@ -3,6 +3,8 @@
     cli -> options -> engine -> plan / sampling / models / io     (errors: anyone)
 
 - cli may import anything; it is the only layer that renders (typer, rich).
+- api (the Python API, `framepack_cli/api.py`) is a front end beside cli: it validates with options, runs through
+  engine.session, and borrows cli's model lookup; it renders only when asked (`progress=True`).
 - options: plain pydantic; never torch or any heavy library, never engine / models / cli; they may read files
   through torch-free io modules (the dataset config), and nothing they import, however deep, loads torch.
 - engine: never cli, typer or rich (progress goes through a ProgressSink the CLI supplies).
