@@ -171,7 +171,9 @@ class Worker:
                 progress.section, progress.sections = event.section, event.sections
                 progress.step = 0
             elif kind == "step":
-                progress.step, progress.steps, progress.eta_s = event.step, event.steps, event.eta_s
+                progress.step, progress.steps = event.step, event.steps
+                if getattr(event, "eta_s", None) is not None:
+                    progress.eta_s = event.eta_s
                 if getattr(event, "section", None) is not None:
                     progress.section = event.section
                 if getattr(event, "sections", None):
@@ -179,15 +181,19 @@ class Worker:
             elif kind == "section_end":
                 if getattr(event, "eta_s", None) is not None:
                     progress.eta_s = event.eta_s
-                if preview.exists():
-                    progress.preview = str(preview)
-                    self.last_preview[job.id] = str(preview)
+                shown = getattr(event, "preview", None) or (str(preview) if preview.exists() else None)
+                if shown and Path(shown).exists():
+                    progress.preview = str(shown)
+                    self.last_preview[job.id] = str(shown)
                 self.queue.update(job.id, message=progress_text(progress))
             elif kind == "written":
                 written.extend(str(f) for f in (getattr(event, "files", None) or []))
             elif kind == "message" and getattr(event, "text", None):
                 progress.text = event.text
-            if self.queue.cancel_requested(job.id):
+            # A cancel asked before the Pipeline started listening (pipe.cancel() is reset when a job starts)
+            # stops the job here; never on a section's last step, which writes its checkpoint first.
+            last_step = kind == "step" and event.step is not None and event.step >= (event.steps or 0)
+            if kind in ("section_start", "step") and not last_step and self.queue.cancel_requested(job.id):
                 raise cancelled(f"job {job.id} cancelled")
 
         try:

@@ -1,0 +1,72 @@
+"""`framepack ui` itself (a subprocess on the tiny golden models) through `gradio_client`: it binds 127.0.0.1 only,
+runs a 2-section job to an MP4 under --save_path, and a second start on a busy port is one line, exit 3."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import INPUTS, MODEL_ARGS, REPO
+
+pytestmark = [pytest.mark.ui, pytest.mark.slow]
+pytest.importorskip("gradio", reason="the ui extra is not installed (pip install -e .[ui])")
+from gradio_client import Client, handle_file  # noqa: E402
+
+from tests.ui.live import serve_cli  # noqa: E402
+
+
+def listening(port: int) -> list[str]:
+    """The local addresses listening on `port` (from /proc/net/tcp and tcp6), as hex strings."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not Path(table).exists():
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, hexport = local.rsplit(":", 1)
+            if int(hexport, 16) == port and state == "0A":  # LISTEN
+                found.append(addr)
+    return found
+
+
+def test_framepack_ui_binds_loopback_and_generates_a_video(tmp_path):
+    save = tmp_path / "out"
+    with serve_cli(save) as (url, proc):
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        assert url.startswith("http://127.0.0.1:")
+        assert listening(port) == ["0100007F"]  # 127.0.0.1 only, no 0.0.0.0 / ::
+        c = Client(url, verbose=False)
+        job_id, status = c.predict(handle_file(str(INPUTS / "start.png")), "A cat walks on the grass.", "",
+                                   "sections", 5, 2, False, None, 42, 2, 10, 9, "48x64", "off",
+                                   api_name="/submit_generate")
+        assert status.startswith(f"Queued job {job_id} (seed 42;")
+        end = time.time() + 240
+        line = ""
+        while time.time() < end:
+            line, preview, video = c.predict(job_id, api_name="/job_status")
+            if f"Job {job_id}: done" in line or "failed" in line:
+                break
+            time.sleep(0.5)
+        assert line.startswith(f"Job {job_id}: done"), line
+        assert preview and Path(preview).read_bytes()[:4] == b"\x89PNG"
+        mp4s = sorted(save.glob("*_42_*.mp4"))
+        assert len(mp4s) == 1 and mp4s[0].read_bytes()[4:8] == b"ftyp"
+        assert not list(save.glob(".*.resume.safetensors"))  # removed once the video was written
+        # a bad value refused by the Pipeline's own validation, before queueing: one line
+        _, status = c.predict(None, "a||b", "", "sections", 5, 2, False, None, 1, 2, 10, 9, "48x64", "off",
+                              api_name="/submit_generate")
+        assert status == "**Error:** --prompt: empty entry 2 in 'a||b' (one entry per section, separated by |)"
+
+        # the same port again: one line, exit 3
+        busy = subprocess.run([sys.executable, "-m", "framepack_cli", "ui", *MODEL_ARGS, "--port", str(port),
+                               "--save_path", str(tmp_path / "other")], capture_output=True, text=True, cwd=REPO,
+                              timeout=120, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin",
+                                                "GRADIO_ANALYTICS_ENABLED": "False",
+                                                "HF_HUB_OFFLINE": "1"})
+        assert busy.returncode == 3, busy.stderr
+        assert busy.stderr.strip().splitlines()[-1] == (
+            f"Error: --port {port}: the port is in use on 127.0.0.1; stop what uses it or pick another with --port N")
