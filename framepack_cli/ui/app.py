@@ -289,7 +289,7 @@ def build_app(state: AppState) -> Any:
                     job_id = gr.Textbox(label="Job", interactive=False, elem_id="job-id")
                     progress_md = gr.Markdown("No job yet.", elem_id="progress")
                     preview = gr.Image(label="Live preview (one tile per section)", type="filepath",
-                                       interactive=False, elem_id="preview")
+                                       interactive=False, elem_id="preview", height=200)
                     video = gr.Video(label="Video", interactive=False, elem_id="video")
         with gr.Tab("Queue", id="queue"):
             table = gr.Dataframe(headers=QUEUE_COLUMNS, value=queue_rows(state) or None, interactive=False,
