@@ -210,8 +210,11 @@ class Worker:
                     checkpoint = Path(kept)
                 where = f"at {progress_text(progress)}" if progress.section is not None else "before it sampled"
                 has_ckpt = checkpoint is not None and checkpoint.exists()
-                self.queue.finish(job.id, "cancelled", f"cancelled {where}"
-                                  + ("; Resume continues from its last complete section" if has_ckpt else ""))
+                then = "; Resume continues from its last complete section" if has_ckpt else ""
+                if self._stop.is_set():  # the app is stopping (Ctrl-C): not the user's cancel
+                    self.queue.finish(job.id, "interrupted", f"the app stopped {where}{then}")
+                else:
+                    self.queue.finish(job.id, "cancelled", f"cancelled {where}{then}")
             elif isinstance(e, (KeyboardInterrupt, SystemExit)):
                 self.queue.finish(job.id, "interrupted", "the app stopped while this job ran")
                 raise

@@ -70,3 +70,37 @@ def test_framepack_ui_binds_loopback_and_generates_a_video(tmp_path):
         assert busy.returncode == 3, busy.stderr
         assert busy.stderr.strip().splitlines()[-1] == (
             f"Error: --port {port}: the port is in use on 127.0.0.1; stop what uses it or pick another with --port N")
+
+
+def wait_line(c: Client, job_id: str, want, timeout: float = 240) -> str:
+    end = time.time() + timeout
+    line = ""
+    while time.time() < end:
+        line = c.predict(job_id, api_name="/job_status")[0]
+        if want(line):
+            return line
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id}: {line}")
+
+
+def test_a_job_cut_off_by_a_crash_resumes_from_its_last_section_after_a_restart(tmp_path):
+    save = tmp_path / "out"
+    with serve_cli(save) as (url, proc):
+        c = Client(url, verbose=False)
+        job_id, _ = c.predict(handle_file(str(INPUTS / "start.png")), "A cat walks on the grass.", "", "sections", 5,
+                              2, False, None, 7, 16, 10, 9, "48x64", "off", api_name="/submit_generate")
+        wait_line(c, job_id, lambda s: "section 2/2" in s)  # the first section is done and checkpointed
+        proc.kill()  # a crash: nothing is cleaned up
+        proc.wait(10)
+    assert list(save.glob(".*.resume.safetensors")) and not list(save.glob("*.mp4"))
+    with serve_cli(save) as (url, proc):
+        c = Client(url, verbose=False)
+        line = c.predict(job_id, api_name="/job_status")[0]
+        assert line == (f"Job {job_id}: interrupted (the app stopped while this job ran; Resume continues from its "
+                        "last complete section)")
+        msg, table = c.predict(job_id, api_name="/resume_job")
+        assert msg == f"Job {job_id}: queued again; continues from its last complete section"
+        line = wait_line(c, job_id, lambda s: "done" in s or "failed" in s)
+        assert line.startswith(f"Job {job_id}: done"), line
+    mp4s = sorted(save.glob("*_7_*.mp4"))
+    assert len(mp4s) == 1 and not list(save.glob(".*.resume.safetensors"))

@@ -162,3 +162,22 @@ def test_error_line_and_eta():
 
     assert error_line(FramepackError("a\nb", hint="c")) == "a; b; c"
     assert format_eta(None) == "" and format_eta(5.4) == ", ETA 5 s" and format_eta(125) == ", ETA 2:05"
+
+
+def test_stopping_the_app_mid_job_leaves_it_interrupted_and_resumable(tmp_path):
+    pipe = FakePipeline(sections=3, steps=2)
+    q, w, _ = make(tmp_path, pipe)
+    a = q.add("generate", {"prompt": "a", "output_name": "a"})
+
+    def stop_in_section_2(ev):
+        if ev.kind == "step" and ev.section == 1 and not w._stop.is_set():
+            w._stop.set()
+            w.request_cancel()
+
+    pipe.after_event = stop_in_section_2
+    w.run_job(q.wait_next(0))
+    job = q.get(a.id)
+    assert job.state == "interrupted"
+    assert job.message == ("the app stopped at section 2/3, step 1/2, ETA 12 s; "
+                           "Resume continues from its last complete section")
+    assert q.resume(a.id).options["resume"] == job.checkpoint
