@@ -150,6 +150,104 @@ def generate_options(state: AppState, *, image: str | None, prompt: str, negativ
     return opts
 
 
+ONE_FRAME_PRESETS = {
+    "One-frame": "default",
+    "Kisekaeichi": "target_index=1,control_index=0;10,no_post,no_2x,no_4x",
+    "1f-mc": "target_index=9,control_index=0;1,no_2x,no_4x",
+}
+
+
+def editor_parts(value: Any) -> tuple[str | None, list[str]]:
+    """(background image path, painted layer paths) of an ImageEditor value (a dict, or a plain path)."""
+    if not value:
+        return None, []
+    if isinstance(value, (str, Path)):
+        return str(value), []
+    layers = [str(x) for x in (value.get("layers") or []) if x]
+    return (str(value["background"]) if value.get("background") else None), layers
+
+
+def mask_from_layers(layers: list[str], size: tuple[int, int], uploads: Path) -> str | None:
+    """An L-mode mask (255 where anything was painted on any layer, 0 elsewhere) stored under a generated name, or
+    None when nothing was painted (the whole image is kept)."""
+    if not layers:
+        return None
+    import numpy as np
+    from PIL import Image
+
+    painted = np.zeros((size[1], size[0]), bool)
+    for layer in layers:
+        with Image.open(layer) as im:
+            alpha = np.asarray(im.convert("RGBA").resize(size, Image.NEAREST))[..., 3]
+        painted |= alpha > 0
+    if not painted.any():
+        return None
+    uploads.mkdir(parents=True, exist_ok=True)
+    dest = uploads / f"{uuid.uuid4().hex}.png"
+    tmp = uploads / f".{dest.name}.part"
+    Image.fromarray(painted.astype(np.uint8) * 255, "L").save(tmp, format="PNG")
+    tmp.replace(dest)
+    return str(dest)
+
+
+def one_frame_options(state: AppState, *, recipe: str, start: Any, control: Any, prompt: str, inference: str,
+                      seed: Any, steps: Any, resolution: str) -> tuple[str, dict[str, Any]]:
+    """(job kind, options) of the One-frame form: Kisekaeichi goes to `Pipeline.kisekae` (start + reference, each
+    with its painted mask), One-frame and 1f-mc to `Pipeline.one_frame` (control images start [+ second])."""
+    from PIL import Image
+
+    if recipe not in ONE_FRAME_PRESETS:
+        raise FramepackError(f"Recipe: {recipe!r} is not one of {', '.join(ONE_FRAME_PRESETS)}")
+    start_bg, start_layers = editor_parts(start)
+    ctrl_bg, ctrl_layers = editor_parts(control)
+    if start_bg is None:
+        raise FramepackError("Start image: upload an image first")
+    images, masks = [], []
+    for label, bg, layers in (("Start image", start_bg, start_layers), ("Second image", ctrl_bg, ctrl_layers)):
+        if bg is None:
+            continue
+        stored = store_upload(bg, state.uploads, label)
+        with Image.open(stored) as im:
+            size = im.size
+        images.append(str(stored))
+        masks.append(mask_from_layers(layers, size, state.uploads))
+    opts: dict[str, Any] = {"prompt": prompt or "", "seed": parse_seed(seed),
+                            "infer_steps": _positive_int(steps, "Steps"), "video_size": parse_resolution(resolution),
+                            "one_frame_inference": (inference or "").strip() or ONE_FRAME_PRESETS[recipe],
+                            "output_name": f"{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:6]}"}
+    if recipe == "Kisekaeichi":
+        if len(images) < 2:
+            raise FramepackError("Second image: Kisekaeichi needs the reference image (the clothes)")
+        opts.update(start=images[0], reference=images[1])
+        if masks[0]:
+            opts["start_mask"] = masks[0]
+        if masks[1]:
+            opts["reference_mask"] = masks[1]
+        return "kisekae", opts
+    if recipe == "1f-mc" and len(images) < 2:
+        raise FramepackError("Second image: 1f-mc needs a second control image")
+    opts.update(image=images[0], control_images=images)
+    if any(masks):
+        for i, m in enumerate(masks):  # masks pair with images in order: an unpainted one keeps everything
+            if m is None:
+                with Image.open(images[i]) as im:
+                    full = state.uploads / f"{uuid.uuid4().hex}.png"
+                    Image.new("L", im.size, 255).save(full, format="PNG")
+                masks[i] = str(full)
+        opts["control_masks"] = masks
+    return "one_frame", opts
+
+
+def result_image(state: AppState, job_id: str) -> tuple[str, str | None]:
+    """(status line, the edited image) of a one-frame or kisekae job."""
+    line, preview, _ = job_status(state, job_id)
+    job = state.queue.get(job_id)
+    image = next((f for f in job.files if f.lower().endswith(".png") and Path(f).exists()), None)
+    if image is not None:
+        resolve_allowed(image, state.roots())
+    return line, image or preview
+
+
 def queue_rows(state: AppState) -> list[list[str]]:
     rows = []
     for job in state.queue.jobs():
@@ -216,6 +314,24 @@ def build_app(state: AppState) -> Any:
 
     def status(job_id):
         return job_status(state, job_id)
+
+    def submit_one_frame(recipe, start, control, prompt, inference, seed, steps, resolution):
+        kind, opts = one_frame_options(state, recipe=recipe, start=start, control=control, prompt=prompt,
+                                       inference=inference, seed=seed, steps=steps, resolution=resolution)
+        state.worker.check(kind, opts)
+        job = state.queue.add(kind, opts)
+        return job.id, f"Queued job {job.id} ({recipe}, seed {opts['seed']})"
+
+    def one_frame_status(job_id):
+        return result_image(state, job_id) if job_id else ("No job yet.", None)
+
+    def one_frame_poll(job_id, shown):
+        shown = dict(shown or {})
+        line, image = one_frame_status(job_id)
+        key = f"{image}:{Path(image).stat().st_mtime_ns}" if image else None
+        out = gr.update(value=image) if key != shown.get("image") else gr.update()
+        shown["image"] = key
+        return line, out, shown
 
     def poll(job_id, shown):
         """The timer's refresh: status line, and the preview / video only when they changed (no flicker)."""
@@ -291,6 +407,33 @@ def build_app(state: AppState) -> Any:
                     preview = gr.Image(label="Live preview (one tile per section)", type="filepath",
                                        interactive=False, elem_id="preview", height=200)
                     video = gr.Video(label="Video", interactive=False, elem_id="video")
+        with gr.Tab("One-frame", id="one-frame"):
+            shown_1f = gr.State({})
+            with gr.Row():
+                with gr.Column():
+                    recipe = gr.Radio(list(ONE_FRAME_PRESETS), value="One-frame", label="Recipe", elem_id="recipe")
+                    brush = gr.Brush(colors=["#ff0000"], default_size=24)
+                    start_1f = gr.ImageEditor(label="Start image (paint what to keep; no paint keeps all)",
+                                              type="filepath", brush=brush, eraser=gr.Eraser(), height=300,
+                                              elem_id="start-1f")
+                    control_1f = gr.ImageEditor(label="Second image: the reference (Kisekaeichi) or 2nd control "
+                                                "image (1f-mc); paint what to keep", type="filepath", brush=brush,
+                                                eraser=gr.Eraser(), height=300, elem_id="control-1f")
+                    prompt_1f = gr.Textbox(label="Prompt", lines=2, elem_id="prompt-1f")
+                    inference_1f = gr.Textbox(value=ONE_FRAME_PRESETS["One-frame"], elem_id="inference-1f",
+                                              label="One-frame options (target_index=N, control_index=a;b, "
+                                                    "no_2x, no_4x, no_post)")
+                    with gr.Row():
+                        seed_1f = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="seed-1f")
+                        steps_1f = gr.Slider(1, 100, value=25, step=1, label="Steps", elem_id="steps-1f")
+                        resolution_1f = gr.Dropdown(list(RESOLUTIONS), value="640x640", allow_custom_value=True,
+                                                    label="Resolution (HxW)", elem_id="resolution-1f")
+                    go_1f = gr.Button("Edit", variant="primary", elem_id="generate-1f")
+                    status_1f = gr.Markdown("", elem_id="status-1f")
+                with gr.Column():
+                    job_1f = gr.Textbox(label="Job", interactive=False, elem_id="job-id-1f")
+                    progress_1f = gr.Markdown("No job yet.", elem_id="progress-1f")
+                    result_1f = gr.Image(label="Result", type="filepath", interactive=False, elem_id="result-1f")
         with gr.Tab("Queue", id="queue"):
             table = gr.Dataframe(headers=QUEUE_COLUMNS, value=queue_rows(state) or None, interactive=False,
                                  wrap=True, elem_id="queue-table")
@@ -314,6 +457,13 @@ def build_app(state: AppState) -> Any:
         timer = gr.Timer(POLL_SECONDS)
         timer.tick(guarded(poll, 5, 0), [job_id, shown], [progress_md, preview, video, shown, table],
                    api_name="poll", show_progress="hidden")
+        recipe.change(lambda r: ONE_FRAME_PRESETS[r], recipe, inference_1f, api_name=False)
+        go_1f.click(guarded(submit_one_frame, 2, 1), [recipe, start_1f, control_1f, prompt_1f, inference_1f, seed_1f,
+                                                     steps_1f, resolution_1f], [job_1f, status_1f],
+                    api_name="submit_one_frame")
+        job_1f.change(guarded(one_frame_status, 2, 0), job_1f, [progress_1f, result_1f], api_name="one_frame_status")
+        timer.tick(guarded(one_frame_poll, 3, 0), [job_1f, shown_1f], [progress_1f, result_1f, shown_1f],
+                   api_name="one_frame_poll", show_progress="hidden")
         refresh_b.click(guarded(listing, 1), None, table, api_name="queue_list")
         table.select(pick, table, picked, api_name=False)
         cancel_b.click(guarded(cancel, 2, 0), picked, [queue_md, table], api_name="cancel_job")

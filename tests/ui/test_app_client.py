@@ -53,7 +53,7 @@ def test_the_endpoints_are_named(app):
     c, *_ = app
     names = set(c.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert names == {"/submit_generate", "/job_status", "/poll", "/queue_list", "/cancel_job", "/move_job_up",
-                     "/move_job_down", "/resume_job"}
+                     "/move_job_down", "/resume_job", "/submit_one_frame", "/one_frame_status", "/one_frame_poll"}
 
 
 def test_submit_generate_runs_the_job_and_shows_preview_and_video(app, tmp_path):

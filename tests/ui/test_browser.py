@@ -2,7 +2,8 @@
 
 Starts `framepack ui` on 127.0.0.1 and a free port with the tiny golden models, uploads the golden start image,
 generates a 2-section video, sees the live preview and then the video element, checks the file on disk, queues
-two jobs and cancels one, restarts the app and sees the same queue; saves a screenshot of each tab (to docs/ with FRAMEPACK_UI_SCREENSHOTS=docs).
+two jobs and cancels one, restarts the app and sees the same queue; saves a screenshot of each tab
+(to docs/ with FRAMEPACK_UI_SCREENSHOTS=docs).
 """
 
 from __future__ import annotations

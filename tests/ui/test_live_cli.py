@@ -104,3 +104,55 @@ def test_a_job_cut_off_by_a_crash_resumes_from_its_last_section_after_a_restart(
         assert line.startswith(f"Job {job_id}: done"), line
     mp4s = sorted(save.glob("*_7_*.mp4"))
     assert len(mp4s) == 1 and not list(save.glob(".*.resume.safetensors"))
+
+
+def editor(path, layers=()):
+    """An ImageEditor value as gradio_client sends it: the image and the painted layers."""
+    return {"background": handle_file(str(path)), "layers": [handle_file(str(p)) for p in layers],
+            "composite": handle_file(str(path))}
+
+
+def test_one_frame_recipes_with_a_painted_mask(tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    layer = tmp_path / "paint.png"  # the left half painted
+    paint = Image.new("RGBA", (64, 48), (0, 0, 0, 0))
+    paint.paste((255, 0, 0, 255), (0, 0, 32, 48))
+    paint.save(layer)
+    save = tmp_path / "out"
+    with serve_cli(save) as (url, _proc):
+        c = Client(url, verbose=False)
+        ids = {}
+        for recipe, second in (("Kisekaeichi", editor(INPUTS / "ref_rgba.png")),
+                               ("1f-mc", editor(INPUTS / "ctrl2.png", [layer])), ("One-frame", None)):
+            job_id, status = c.predict(recipe, editor(INPUTS / "start.png", [layer]), second, "a cat", "", 42, 2,
+                                       "48x64", api_name="/submit_one_frame")
+            assert status == f"Queued job {job_id} ({recipe}, seed 42)"
+            ids[recipe] = job_id
+        for recipe, job_id in ids.items():
+            end, line, image = time.time() + 120, "", None
+            while time.time() < end:
+                line, image = c.predict(job_id, api_name="/one_frame_status")
+                if "done" in line or "failed" in line:
+                    break
+                time.sleep(0.3)
+            assert line.startswith(f"Job {job_id}: done"), (recipe, line)
+            assert Image.open(image).size == (64, 48)
+        _, status = c.predict("1f-mc", editor(INPUTS / "start.png"), None, "x", "", 1, 2, "48x64",
+                              api_name="/submit_one_frame")
+        assert status == "**Error:** Second image: 1f-mc needs a second control image"
+    jobs = {j["id"]: j for j in json.loads((save / ".framepack-ui" / "queue.json").read_text())["jobs"]}
+    kis = jobs[ids["Kisekaeichi"]]
+    assert kis["kind"] == "kisekae" and "reference_mask" not in kis["options"]  # nothing painted on it
+    mask = np.asarray(Image.open(kis["options"]["start_mask"]))
+    assert mask.shape == Image.open(INPUTS / "start.png").size[::-1]
+    w = mask.shape[1]
+    assert (mask[:, : w // 2 - 2] == 255).all() and (mask[:, w // 2 + 2:] == 0).all()
+    mc = jobs[ids["1f-mc"]]["options"]
+    assert mc["one_frame_inference"] == "target_index=9,control_index=0;1,no_2x,no_4x" and len(mc["control_masks"]) == 2
+    assert all(Path(p).parent == save / ".framepack-ui" / "uploads" for p in mc["control_masks"] + mc["control_images"])
+    pngs = sorted(save.glob("*.png"))
+    assert len(pngs) == 3  # one edited image per job, under --save_path
