@@ -433,7 +433,8 @@ def build_app(state: AppState) -> Any:
                 with gr.Column():
                     job_1f = gr.Textbox(label="Job", interactive=False, elem_id="job-id-1f")
                     progress_1f = gr.Markdown("No job yet.", elem_id="progress-1f")
-                    result_1f = gr.Image(label="Result", type="filepath", interactive=False, elem_id="result-1f")
+                    result_1f = gr.Image(label="Result", type="filepath", interactive=False, elem_id="result-1f",
+                                         height=300)
         with gr.Tab("Queue", id="queue"):
             table = gr.Dataframe(headers=QUEUE_COLUMNS, value=queue_rows(state) or None, interactive=False,
                                  wrap=True, elem_id="queue-table")
