@@ -159,3 +159,18 @@ def test_file_routes_serve_outputs_only(app, tmp_path):
     for bad in (secret, "/etc/passwd", f"{tmp_path}/out/../secret.txt", Path(__file__).resolve()):
         status, body = get(bad)
         assert status in (403, 404) and b"secret" not in body and b"root:" not in body, bad
+
+
+def test_auth_is_required_when_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio-tmp"))
+    with serve_fake(tmp_path / "out", FakePipeline(), auth=("me", "a-long-password")) as (url, _state):
+        with pytest.raises(Exception):  # noqa: B017 - gradio_client's own error for a login page
+            Client(url, verbose=False).predict(api_name="/queue_list")
+        try:
+            with urllib.request.urlopen(f"{url}gradio_api/info", timeout=10) as r:
+                status = r.status
+        except urllib.error.HTTPError as e:
+            status = e.code
+        assert status in (401, 403)
+        c = Client(url, auth=("me", "a-long-password"), verbose=False)
+        assert c.predict(api_name="/queue_list")["data"] == []  # logged in: the (empty) queue
