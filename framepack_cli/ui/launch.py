@@ -7,8 +7,10 @@ options' bind host (127.0.0.1 unless `--listen`), never opens a share link, and 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +81,15 @@ def run(opts: Any, sink: Any) -> None:
         shown = "127.0.0.1" if host == "0.0.0.0" else host
         sink.result(f"Running on http://{shown}:{opts.port}")
         sink.message(f"Outputs in {opts.save_path}; queue in {app_dir / 'queue.json'}; Ctrl-C stops the app")
-        demo.block_thread()
+        with contextlib.redirect_stdout(sys.stderr):  # Gradio's own lines: stdout carries only the URL
+            demo.block_thread()  # until Ctrl-C
     finally:
         state.worker.stop()
-        try:
-            demo.close()
-        except Exception:  # noqa: BLE001 - closing a server that failed to start
-            pass
+        with contextlib.redirect_stdout(sys.stderr):
+            try:
+                demo.close()
+            except Exception:  # noqa: BLE001 - closing a server that failed to start
+                pass
+    waiting = len(state.queue.queued_ids())
+    sink.message(f"Stopped; {waiting} waiting job(s) and the finished ones stay in {app_dir / 'queue.json'} "
+                 "for the next `framepack ui`")

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,9 +52,12 @@ def serve_cli(save_path: Path, *extra: str, timeout: float = 120):
     """`framepack ui` on the golden models; yields (url, process). Stopped (SIGINT, then kill) at the end."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "GRADIO_ANALYTICS_ENABLED": "False"}
+    # stderr goes to a file (a pipe nobody reads could fill up and stall the app); `proc.stderr_text()` reads it
+    err = tempfile.NamedTemporaryFile("w+", prefix="framepack-ui-", suffix=".stderr", delete=False)
     proc = subprocess.Popen([sys.executable, "-m", "framepack_cli", "ui", *MODEL_ARGS, "--port", str(port),
-                             "--save_path", str(save_path), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--save_path", str(save_path), *extra], stdout=subprocess.PIPE, stderr=err,
                             text=True, cwd=REPO, env=env)
+    proc.stderr_text = lambda: Path(err.name).read_text()
     try:
         end = time.time() + timeout
         line = ""
@@ -63,7 +67,8 @@ def serve_cli(save_path: Path, *extra: str, timeout: float = 120):
                 break
         if not line.startswith("Running on http://"):
             proc.kill()
-            raise RuntimeError(f"framepack ui did not start: {line!r} {proc.stderr.read()[-2000:]}")
+            proc.wait(10)
+            raise RuntimeError(f"framepack ui did not start: {line!r} {proc.stderr_text()[-2000:]}")
         yield line.split()[-1].rstrip("/") + "/", proc
     finally:
         if proc.poll() is None:
@@ -75,3 +80,5 @@ def serve_cli(save_path: Path, *extra: str, timeout: float = 120):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+        err.close()
+        os.unlink(err.name)

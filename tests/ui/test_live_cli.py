@@ -71,6 +71,16 @@ def test_framepack_ui_binds_loopback_and_generates_a_video(tmp_path):
         assert busy.stderr.strip().splitlines()[-1] == (
             f"Error: --port {port}: the port is in use on 127.0.0.1; stop what uses it or pick another with --port N")
 
+        # Ctrl-C stops the app: exit 0, nothing more on stdout (it carried the URL only), one line on stderr
+        import signal
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        assert proc.stdout.read() == ""
+        assert proc.stderr_text().strip().splitlines()[-1] == (
+            f"Stopped; 0 waiting job(s) and the finished ones stay in {save / '.framepack-ui' / 'queue.json'} for "
+            "the next `framepack ui`")
+
 
 def wait_line(c: Client, job_id: str, want, timeout: float = 240) -> str:
     end = time.time() + timeout
