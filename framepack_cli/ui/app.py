@@ -248,6 +248,72 @@ def result_image(state: AppState, job_id: str) -> tuple[str, str | None]:
     return line, image or preview
 
 
+OUTPUT_SUFFIXES = (".mp4", ".png")
+MAX_OUTPUTS = 100
+SHOWN_SETTINGS = ("prompt", "negative_prompt", "seed", "video_size", "video_sections", "video_seconds", "f1",
+                  "infer_steps", "embedded_cfg_scale", "guidance_scale", "latent_window_size", "teacache_thresh",
+                  "magcache_mag_ratios", "one_frame_inference", "lora_weight", "lora_multiplier")
+
+
+def output_files(state: AppState) -> list[str]:
+    """The videos and images under --save_path (not the app folder, previews or hidden files), newest first."""
+    found = [p for p in state.save_path.iterdir() if p.is_file() and p.suffix.lower() in OUTPUT_SUFFIXES
+             and not p.name.startswith(".") and ".preview." not in p.name]
+    found.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    return [str(p) for p in found[:MAX_OUTPUTS]]
+
+
+def output_values(state: AppState, path: str) -> tuple[str, dict[str, Any]]:
+    """(command, the options it ran with: stored values over the defaults) of an output under --save_path."""
+    from framepack_cli.cli.rerun import stored_run
+    from framepack_cli.options.generate import GenerateOptions
+    from framepack_cli.options.rerun import run_values
+
+    real = resolve_allowed(path, [state.save_path])
+    settings = stored_run(str(real))
+    defaults = {k: f.default for k, f in GenerateOptions.model_fields.items() if not f.is_required()}
+    return settings.get("command", "generate"), {**defaults, **run_values(settings)}
+
+
+def settings_text(state: AppState, path: str) -> str:
+    if not path:
+        return "Pick an output."
+    command, values = output_values(state, path)
+    lines = [f"**{Path(path).name}** (`framepack {command}`)", ""]
+    for key in SHOWN_SETTINGS:
+        v = values.get(key)
+        if key == "video_seconds" and values.get("video_sections"):
+            continue
+        if v not in (None, "", [], False) or key == "seed":
+            lines.append(f"- {key}: `{' x '.join(map(str, v)) if key == 'video_size' else v}`")
+    return "\n".join(lines)
+
+
+def form_from_output(state: AppState, path: str) -> tuple[Any, ...]:
+    """The Generate form's values (start image, prompt, negative prompt, length unit, seconds, sections, F1, end
+    image, seed, steps, guidance, window, resolution, step cache) that re-create a generate output."""
+    command, v = output_values(state, path)
+    if command != "generate":
+        raise FramepackError(f"{Path(path).name} was made by `framepack {command}`: only video outputs load into "
+                             "the Generate tab")
+
+    def image(key: str) -> str | None:
+        p = v.get(key)
+        if not p or "|" in p or ";;;" in p or not Path(p).is_file():
+            return None  # section images, or an image no longer there: the form leaves it empty
+        return p
+
+    h, w = v["video_size"]
+    seed = v.get("seed")
+    seed = seed[0] if isinstance(seed, list) else seed
+    cache = "TeaCache" if v.get("teacache_thresh") else "MagCache" if v.get("magcache_mag_ratios") else "off"
+    unit = "sections" if v.get("video_sections") else "seconds"
+    return (image("image_path"), v.get("prompt") or "", v.get("negative_prompt") or "", unit, v["video_seconds"],
+            v.get("video_sections") or 2, bool(v.get("f1")), image("end_image_path"),
+            -1 if seed is None else seed, v["infer_steps"], v["embedded_cfg_scale"], v["latent_window_size"],
+            f"{h}x{w}", cache)
+
+
 def queue_rows(state: AppState) -> list[list[str]]:
     rows = []
     for job in state.queue.jobs():
@@ -340,11 +406,27 @@ def build_app(state: AppState) -> Any:
         key = f"{preview}:{Path(preview).stat().st_mtime_ns}" if preview else None
         preview_out = gr.update(value=preview) if key != shown.get("preview") else gr.update()
         video_out = gr.update(value=video) if video != shown.get("video") else gr.update()
-        shown.update(preview=key, video=video)
-        return line, preview_out, video_out, shown, queue_rows(state)
+        files = output_files(state)
+        gallery_out = (files, files) if files != shown.get("outputs") else (gr.update(), gr.update())
+        shown.update(preview=key, video=video, outputs=files)
+        return line, preview_out, video_out, shown, queue_rows(state), *gallery_out
 
     def listing():
         return queue_rows(state)
+
+    def outputs_list():
+        files = output_files(state)
+        return files, files
+
+    def pick_output(files, evt):
+        try:
+            return files[evt.index if isinstance(evt.index, int) else evt.index[0]]
+        except (IndexError, TypeError):
+            return gr.update()
+
+    def load_settings(path):
+        values = form_from_output(state, path)
+        return (*values, gr.Tabs(selected="generate"), f"Loaded the settings of {Path(path).name}")
 
     def cancel(job_id):
         return state.worker.cancel(str(job_id).strip()), queue_rows(state)
@@ -368,84 +450,95 @@ def build_app(state: AppState) -> Any:
             return gr.update()
 
     pick.__annotations__ = {"rows": Any, "evt": gr.SelectData}  # Gradio finds the event argument by its type
+    pick_output.__annotations__ = {"files": Any, "evt": gr.SelectData}
 
     with gr.Blocks(title="framepack") as demo:
         gr.Markdown("## framepack")
         shown = gr.State({})
-        with gr.Tab("Generate", id="generate"):
-            with gr.Row():
-                with gr.Column():
-                    image = gr.Image(label="Start image", type="filepath", sources=["upload", "clipboard"], height=240,
-                                     elem_id="start-image")
-                    prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt",
-                                        placeholder="A cat walks on the grass.")
-                    negative_prompt = gr.Textbox(label="Negative prompt", lines=1)
+        with gr.Tabs(selected="generate") as tabs:
+            with gr.Tab("Generate", id="generate"):
+                with gr.Row():
+                    with gr.Column():
+                        image = gr.Image(label="Start image", type="filepath", sources=["upload", "clipboard"],
+                                         height=240, elem_id="start-image")
+                        prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt",
+                                            placeholder="A cat walks on the grass.")
+                        negative_prompt = gr.Textbox(label="Negative prompt", lines=1)
+                        with gr.Row():
+                            length_unit = gr.Radio(["seconds", "sections"], value="seconds", label="Length in",
+                                                   elem_id="length-unit")
+                            seconds = gr.Number(value=5.0, label="Seconds", minimum=0.1)
+                            sections = gr.Number(value=2, label="Sections", precision=0, minimum=1, visible=False,
+                                                 elem_id="sections")
+                        with gr.Row():
+                            f1 = gr.Checkbox(value=False, label="F1 (forward sampling)")
+                            seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="seed")
+                        end_image = gr.Image(label="End image (not with F1)", type="filepath",
+                                             sources=["upload", "clipboard"], height=160, elem_id="end-image")
+                        with gr.Row():
+                            steps = gr.Slider(1, 100, value=25, step=1, label="Steps", elem_id="steps")
+                            guidance = gr.Slider(1.0, 32.0, value=10.0, step=0.5, label="Guidance (distilled)")
+                            window = gr.Slider(1, 33, value=9, step=1, label="Window (latent frames)")
+                        with gr.Row():
+                            resolution = gr.Dropdown(list(RESOLUTIONS), value="640x640", allow_custom_value=True,
+                                                     label="Resolution (HxW, multiples of 16)", elem_id="resolution")
+                            cache = gr.Radio(list(CACHES), value="off", label="Step cache")
+                        go = gr.Button("Generate", variant="primary", elem_id="generate")
+                        status_md = gr.Markdown("", elem_id="status")
+                    with gr.Column():
+                        job_id = gr.Textbox(label="Job", interactive=False, elem_id="job-id")
+                        progress_md = gr.Markdown("No job yet.", elem_id="progress")
+                        preview = gr.Image(label="Live preview (one tile per section)", type="filepath",
+                                           interactive=False, elem_id="preview", height=200)
+                        video = gr.Video(label="Video", interactive=False, elem_id="video")
+            with gr.Tab("One-frame", id="one-frame"):
+                shown_1f = gr.State({})
+                with gr.Row():
+                    with gr.Column():
+                        recipe = gr.Radio(list(ONE_FRAME_PRESETS), value="One-frame", label="Recipe", elem_id="recipe")
+                        brush = gr.Brush(colors=["#ff0000"], default_size=24)
+                        start_1f = gr.ImageEditor(label="Start image (paint what to keep; no paint keeps all)",
+                                                  type="filepath", brush=brush, eraser=gr.Eraser(), height=300,
+                                                  elem_id="start-1f")
+                        control_1f = gr.ImageEditor(label="Second image: the reference (Kisekaeichi) or 2nd control "
+                                                    "image (1f-mc); paint what to keep", type="filepath", brush=brush,
+                                                    eraser=gr.Eraser(), height=300, elem_id="control-1f")
+                        prompt_1f = gr.Textbox(label="Prompt", lines=2, elem_id="prompt-1f")
+                        inference_1f = gr.Textbox(value=ONE_FRAME_PRESETS["One-frame"], elem_id="inference-1f",
+                                                  label="One-frame options (target_index=N, control_index=a;b, "
+                                                        "no_2x, no_4x, no_post)")
+                        with gr.Row():
+                            seed_1f = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="seed-1f")
+                            steps_1f = gr.Slider(1, 100, value=25, step=1, label="Steps", elem_id="steps-1f")
+                            resolution_1f = gr.Dropdown(list(RESOLUTIONS), value="640x640", allow_custom_value=True,
+                                                        label="Resolution (HxW)", elem_id="resolution-1f")
+                        go_1f = gr.Button("Edit", variant="primary", elem_id="generate-1f")
+                        status_1f = gr.Markdown("", elem_id="status-1f")
+                    with gr.Column():
+                        job_1f = gr.Textbox(label="Job", interactive=False, elem_id="job-id-1f")
+                        progress_1f = gr.Markdown("No job yet.", elem_id="progress-1f")
+                        result_1f = gr.Image(label="Result", type="filepath", interactive=False, elem_id="result-1f",
+                                             height=300)
+            with gr.Tab("Queue and outputs", id="queue"):
+                table = gr.Dataframe(headers=QUEUE_COLUMNS, value=queue_rows(state) or None, interactive=False,
+                                     wrap=True, elem_id="queue-table")
+                with gr.Row():
+                    picked = gr.Textbox(label="Job id (click a row)", elem_id="picked")
+                    cancel_b = gr.Button("Cancel")
+                    up_b = gr.Button("Up")
+                    down_b = gr.Button("Down")
+                    resume_b = gr.Button("Resume")
+                    refresh_b = gr.Button("Refresh")
+                queue_md = gr.Markdown("", elem_id="queue-status")
+                with gr.Accordion("Outputs", open=True):
+                    outputs_state = gr.State([])
+                    gallery = gr.Gallery(label="Outputs in --save_path (newest first)", columns=6, height=260,
+                                         allow_preview=False, elem_id="outputs")
                     with gr.Row():
-                        length_unit = gr.Radio(["seconds", "sections"], value="seconds", label="Length in",
-                                               elem_id="length-unit")
-                        seconds = gr.Number(value=5.0, label="Seconds", minimum=0.1)
-                        sections = gr.Number(value=2, label="Sections", precision=0, minimum=1, visible=False,
-                                             elem_id="sections")
-                    with gr.Row():
-                        f1 = gr.Checkbox(value=False, label="F1 (forward sampling)")
-                        seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="seed")
-                    end_image = gr.Image(label="End image (not with F1)", type="filepath",
-                                         sources=["upload", "clipboard"], height=160, elem_id="end-image")
-                    with gr.Row():
-                        steps = gr.Slider(1, 100, value=25, step=1, label="Steps", elem_id="steps")
-                        guidance = gr.Slider(1.0, 32.0, value=10.0, step=0.5, label="Guidance (distilled)")
-                        window = gr.Slider(1, 33, value=9, step=1, label="Window (latent frames)")
-                    with gr.Row():
-                        resolution = gr.Dropdown(list(RESOLUTIONS), value="640x640", allow_custom_value=True,
-                                                 label="Resolution (HxW, multiples of 16)", elem_id="resolution")
-                        cache = gr.Radio(list(CACHES), value="off", label="Step cache")
-                    go = gr.Button("Generate", variant="primary", elem_id="generate")
-                    status_md = gr.Markdown("", elem_id="status")
-                with gr.Column():
-                    job_id = gr.Textbox(label="Job", interactive=False, elem_id="job-id")
-                    progress_md = gr.Markdown("No job yet.", elem_id="progress")
-                    preview = gr.Image(label="Live preview (one tile per section)", type="filepath",
-                                       interactive=False, elem_id="preview", height=200)
-                    video = gr.Video(label="Video", interactive=False, elem_id="video")
-        with gr.Tab("One-frame", id="one-frame"):
-            shown_1f = gr.State({})
-            with gr.Row():
-                with gr.Column():
-                    recipe = gr.Radio(list(ONE_FRAME_PRESETS), value="One-frame", label="Recipe", elem_id="recipe")
-                    brush = gr.Brush(colors=["#ff0000"], default_size=24)
-                    start_1f = gr.ImageEditor(label="Start image (paint what to keep; no paint keeps all)",
-                                              type="filepath", brush=brush, eraser=gr.Eraser(), height=300,
-                                              elem_id="start-1f")
-                    control_1f = gr.ImageEditor(label="Second image: the reference (Kisekaeichi) or 2nd control "
-                                                "image (1f-mc); paint what to keep", type="filepath", brush=brush,
-                                                eraser=gr.Eraser(), height=300, elem_id="control-1f")
-                    prompt_1f = gr.Textbox(label="Prompt", lines=2, elem_id="prompt-1f")
-                    inference_1f = gr.Textbox(value=ONE_FRAME_PRESETS["One-frame"], elem_id="inference-1f",
-                                              label="One-frame options (target_index=N, control_index=a;b, "
-                                                    "no_2x, no_4x, no_post)")
-                    with gr.Row():
-                        seed_1f = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="seed-1f")
-                        steps_1f = gr.Slider(1, 100, value=25, step=1, label="Steps", elem_id="steps-1f")
-                        resolution_1f = gr.Dropdown(list(RESOLUTIONS), value="640x640", allow_custom_value=True,
-                                                    label="Resolution (HxW)", elem_id="resolution-1f")
-                    go_1f = gr.Button("Edit", variant="primary", elem_id="generate-1f")
-                    status_1f = gr.Markdown("", elem_id="status-1f")
-                with gr.Column():
-                    job_1f = gr.Textbox(label="Job", interactive=False, elem_id="job-id-1f")
-                    progress_1f = gr.Markdown("No job yet.", elem_id="progress-1f")
-                    result_1f = gr.Image(label="Result", type="filepath", interactive=False, elem_id="result-1f",
-                                         height=300)
-        with gr.Tab("Queue", id="queue"):
-            table = gr.Dataframe(headers=QUEUE_COLUMNS, value=queue_rows(state) or None, interactive=False,
-                                 wrap=True, elem_id="queue-table")
-            with gr.Row():
-                picked = gr.Textbox(label="Job id (click a row)", elem_id="picked")
-                cancel_b = gr.Button("Cancel")
-                up_b = gr.Button("Up")
-                down_b = gr.Button("Down")
-                resume_b = gr.Button("Resume")
-                refresh_b = gr.Button("Refresh")
-            queue_md = gr.Markdown("", elem_id="queue-status")
+                        picked_output = gr.Textbox(label="Output (click one)", elem_id="picked-output", scale=3)
+                        outputs_b = gr.Button("Refresh outputs")
+                        load_b = gr.Button("Load these settings", variant="primary", elem_id="load-settings")
+                    settings_md = gr.Markdown("Pick an output.", elem_id="output-settings")
 
         length_unit.change(lambda u: (gr.update(visible=u == "seconds"), gr.update(visible=u == "sections")),
                            length_unit, [seconds, sections], api_name=False)
@@ -456,8 +549,9 @@ def build_app(state: AppState) -> Any:
                  [job_id, status_md], api_name="submit_generate")
         job_id.change(guarded(status, 3, 0), job_id, [progress_md, preview, video], api_name="job_status")
         timer = gr.Timer(POLL_SECONDS)
-        timer.tick(guarded(poll, 5, 0), [job_id, shown], [progress_md, preview, video, shown, table],
-                   api_name="poll", show_progress="hidden")
+        timer.tick(guarded(poll, 7, 0), [job_id, shown],
+                   [progress_md, preview, video, shown, table, gallery, outputs_state], api_name="poll",
+                   show_progress="hidden")
         recipe.change(lambda r: ONE_FRAME_PRESETS[r], recipe, inference_1f, api_name=False)
         go_1f.click(guarded(submit_one_frame, 2, 1), [recipe, start_1f, control_1f, prompt_1f, inference_1f, seed_1f,
                                                      steps_1f, resolution_1f], [job_1f, status_1f],
@@ -472,4 +566,13 @@ def build_app(state: AppState) -> Any:
         down_b.click(guarded(move(+1), 2, 0), picked, [queue_md, table], api_name="move_job_down")
         resume_b.click(guarded(resume, 2, 0), picked, [queue_md, table], api_name="resume_job")
         demo.load(guarded(listing, 1), None, table, api_name=False)  # the queue as it is when the page opens
+        outputs_b.click(guarded(outputs_list, 2), None, [gallery, outputs_state], api_name="outputs_list")
+        demo.load(guarded(outputs_list, 2), None, [gallery, outputs_state], api_name=False)
+        gallery.select(pick_output, outputs_state, picked_output, api_name=False)
+        picked_output.change(guarded(lambda p: settings_text(state, p), 1, 0), picked_output, settings_md,
+                             api_name="output_settings")
+        form = [image, prompt, negative_prompt, length_unit, seconds, sections, f1, end_image, seed, steps, guidance,
+                window, resolution, cache]
+        load_b.click(guarded(load_settings, len(form) + 2, len(form) + 1), picked_output,
+                     [*form, tabs, settings_md], api_name="load_settings")
     return demo

@@ -53,7 +53,8 @@ def test_the_endpoints_are_named(app):
     c, *_ = app
     names = set(c.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert names == {"/submit_generate", "/job_status", "/poll", "/queue_list", "/cancel_job", "/move_job_up",
-                     "/move_job_down", "/resume_job", "/submit_one_frame", "/one_frame_status", "/one_frame_poll"}
+                     "/move_job_down", "/resume_job", "/submit_one_frame", "/one_frame_status", "/one_frame_poll",
+                     "/outputs_list", "/output_settings", "/load_settings"}
 
 
 def test_submit_generate_runs_the_job_and_shows_preview_and_video(app, tmp_path):
@@ -134,10 +135,12 @@ def test_poll_sends_the_preview_and_video_once(app):
     c, *_ = app
     job_id, _ = submit(c, INPUTS / "start.png")
     wait_state(c, job_id, "done")
-    line, preview, video, table = c.predict(job_id, api_name="/poll")  # the State of the session stays server-side
+    # the States of the session stay server-side: status, preview, video, queue, outputs gallery
+    line, preview, video, table, gallery = c.predict(job_id, api_name="/poll")
     assert line.startswith(f"Job {job_id}: done") and preview and video and table["data"][0][0] == job_id
+    assert [Path(g["video"]).suffix for g in gallery] == [".mp4"]
     again = c.predict(job_id, api_name="/poll")
-    assert again[1] == again[2] == {"__type__": "update"}  # unchanged: not sent again (the player keeps playing)
+    assert again[1] == again[2] == again[4] == {"__type__": "update"}  # unchanged: not sent again
 
 
 def test_file_routes_serve_outputs_only(app, tmp_path):

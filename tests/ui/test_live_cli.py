@@ -56,6 +56,18 @@ def test_framepack_ui_binds_loopback_and_generates_a_video(tmp_path):
         mp4s = sorted(save.glob("*_42_*.mp4"))
         assert len(mp4s) == 1 and mp4s[0].read_bytes()[4:8] == b"ftyp"
         assert not list(save.glob(".*.resume.safetensors"))  # removed once the video was written
+        # the outputs gallery, the settings read from the MP4's metadata, and "load these settings"
+        (item,) = c.predict(api_name="/outputs_list")  # the gallery: one video
+        assert Path(item["video"]).name == mp4s[0].name
+        text = c.predict(str(mp4s[0]), api_name="/output_settings")
+        assert f"**{mp4s[0].name}** (`framepack generate`)" in text and "- seed: `42`" in text
+        assert "- video_size: `48 x 64`" in text and "- video_sections: `2`" in text and "infer_steps: `2`" in text
+        loaded = c.predict(str(mp4s[0]), api_name="/load_settings")
+        assert loaded[0] is not None and Path(loaded[0]).read_bytes() == (INPUTS / "start.png").read_bytes()
+        assert list(loaded[1:]) == ["A cat walks on the grass.", "", "sections", 5.0, 2, False, None, 42, 2, 10.0, 9,
+                                    "48x64", "off", f"Loaded the settings of {mp4s[0].name}"]
+        for outside in ("/etc/passwd", str(save / ".." / "x.mp4")):
+            assert c.predict(outside, api_name="/output_settings").startswith("**Error:** file: ")
         # a bad value refused by the Pipeline's own validation, before queueing: one line
         _, status = c.predict(None, "a||b", "", "sections", 5, 2, False, None, 1, 2, 10, 9, "48x64", "off",
                               api_name="/submit_generate")
