@@ -452,7 +452,8 @@ def build_app(state: AppState) -> Any:
     pick.__annotations__ = {"rows": Any, "evt": gr.SelectData}  # Gradio finds the event argument by its type
     pick_output.__annotations__ = {"files": Any, "evt": gr.SelectData}
 
-    with gr.Blocks(title="framepack") as demo:
+    # Gradio's copies of uploads (ours are in uploads/ already) are deleted after a day, checked hourly.
+    with gr.Blocks(title="framepack", delete_cache=(3600, 86400)) as demo:
         gr.Markdown("## framepack")
         shown = gr.State({})
         with gr.Tabs(selected="generate") as tabs:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from framepack_cli.errors import FramepackError, ResourceError
-from framepack_cli.io.writable import ensure_writable_dir
+from framepack_cli.io.writable import ensure_writable_dir, remove_created
 
 APP_DIR = ".framepack-ui"
 INSTALL = 'pip install "framepack-cli[ui]"'
@@ -61,15 +61,20 @@ def start_server(demo: Any, save_path: str | os.PathLike, host: str, port: int,
 
 def run(opts: Any, sink: Any) -> None:
     import_gradio()
-    ensure_writable_dir(opts.save_path, "--save_path")
+    created = ensure_writable_dir(opts.save_path, "--save_path")
     app_dir = app_dir_of(opts.save_path)
-    ensure_writable_dir(app_dir, "--save_path")
+    app_created = ensure_writable_dir(app_dir, "--save_path")
+    created = created or app_created  # the top folder this run made
     # Gradio's own copies of uploads and outputs stay under the app folder too.
     os.environ.setdefault("GRADIO_TEMP_DIR", str((app_dir / "gradio").resolve()))
     from framepack_cli.ui.app import AppState, build_app
 
-    state = AppState.create(opts)
-    state.worker.pipeline  # noqa: B018 - the model files are checked now: a wrong one is one line, exit 2
+    try:
+        state = AppState.create(opts)
+        state.worker.pipeline  # noqa: B018 - the model files are checked now: a wrong one is one line, exit 2
+    except FramepackError:
+        remove_created(app_dir, created)  # nothing was served: leave no empty folders behind
+        raise
     demo = build_app(state)
     host = opts.bind_host
     if opts.listen:

@@ -94,3 +94,23 @@ def test_help_lists_the_options_and_loads_neither_gradio_nor_torch():
         assert flag in res.stdout
     flat = " ".join(res.stdout.split())
     assert "[default: 127.0.0.1]" in flat and "[default: 7860]" in flat
+
+
+def test_a_wrong_model_file_is_one_line_before_serving_and_leaves_no_folder(capsys, tmp_path):
+    pytest.importorskip("gradio", reason="the ui extra is not installed")
+    args = list(MODEL_ARGS)
+    args[args.index("--vae") + 1] = args[args.index("--dit") + 1]  # the DiT given as the VAE
+    rc, out, err = run_cli(["ui", *args, "--save_path", tmp_path / "o", "--port", "1"], capsys)
+    assert rc == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: --vae: ") and "DiT" in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_queue_files_and_worker_load_neither_gradio_nor_torch():
+    code = ("import sys, framepack_cli.ui.queue, framepack_cli.ui.files, framepack_cli.ui.worker\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'gradio', 'numpy'}))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
