@@ -119,4 +119,10 @@ COMMANDS: tuple[CommandSpec, ...] = (
         "Hub into the models directory; every command then finds them without model flags.",
         epilog=DOWNLOAD_EPILOG,
     ),
+    CommandSpec(
+        ("ui",), "framepack_cli.options.ui:UiOptions", "framepack_cli.ui.launch:run",
+        "Start the local web app (Gradio): generate with a job queue kept on disk, models loaded once. Listens on "
+        "127.0.0.1 unless --listen (which needs --auth). Needs the extra: pip install \"framepack-cli[ui]\".",
+        epilog="Example: framepack ui --models_dir ~/models --save_path outputs/ (then open http://127.0.0.1:7860)",
+    ),
 )
