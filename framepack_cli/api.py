@@ -287,6 +287,12 @@ class Pipeline:
         for k in MODEL_SETTINGS:
             if k in prepared.opts.model_fields_set or getattr(prepared.opts, k) != getattr(opts, k):
                 base[k] = getattr(prepared.opts, k)
+        import torch
+
+        from framepack_cli.engine.precision import FP16_DIT_WARNING
+
+        if prepared.precision.dit == torch.float16:
+            sink.message(FP16_DIT_WARNING)
         dits: dict[bool, str | None] = {bool(f1): opts.dit}
         if f1_dit is not None:
             dits[True] = str(f1_dit)
@@ -306,15 +312,17 @@ class Pipeline:
         return _quiet_sink()
 
     # -- jobs ----------------------------------------------------------------------------------------------
-    def generate(self, image: str | Path | dict | None = None, prompt: str | dict = "", *, seconds: float | None = None,
-                 sections: int | None = None, f1: bool | None = None, end_image: str | Path | None = None,
+    def generate(self, image: str | Path | dict | None = None, prompt: str | dict | None = None, *,
+                 seconds: float | None = None, sections: int | None = None, f1: bool | None = None,
+                 end_image: str | Path | None = None,
                  seed: int | None = None, callback: Callable[[Event], Any] | None = None,
                  save_path: str | Path | None = None, output_name: str | None = None, **options: Any) -> Result:
         """Generate a video from a start image (a black start without one).
 
         Args:
             image: the start image; `{section: path}` gives sections their own image (`-1`: the last).
-            prompt: the prompt; `{section: text}` gives sections their own prompt.
+            prompt: the prompt; `{section: text}` gives sections their own prompt (required, as on the command
+                line, but with `resume=`: the checkpoint's settings are used).
             seconds: length (default 5); sections: the number of sections instead.
             f1: FramePack-F1 forward sampling (default: the pipeline's `f1`).
             end_image: the last frame (vanilla only).
@@ -330,7 +338,7 @@ class Pipeline:
                   "output_name": output_name, **options}
         return self._job("generate", values, seed, callback, save_path)
 
-    def one_frame(self, image: str | Path | None = None, prompt: str = "", *,
+    def one_frame(self, image: str | Path | None = None, prompt: str | None = None, *,
                   control_images: list | None = None, control_masks: list | None = None, seed: int | None = None,
                   callback: Callable[[Event], Any] | None = None, save_path: str | Path | None = None,
                   **options: Any) -> Result:
@@ -348,7 +356,7 @@ class Pipeline:
                   "control_masks": control_masks, **options}
         return self._job("one-frame", values, seed, callback, save_path)
 
-    def kisekae(self, start: str | Path, reference: str | Path, prompt: str = "", *,
+    def kisekae(self, start: str | Path, reference: str | Path, prompt: str | None = None, *,
                 start_mask: str | Path | None = None, reference_mask: str | Path | None = None,
                 seed: int | None = None, callback: Callable[[Event], Any] | None = None,
                 save_path: str | Path | None = None, **options: Any) -> Result:
@@ -372,7 +380,6 @@ class Pipeline:
                 del models._loaded[name]
         models.text_cache.clear()
         free_memory(models.device)
-        self._session.sink.target.close()
 
     def __enter__(self) -> Pipeline:
         return self
@@ -388,15 +395,36 @@ class Pipeline:
         """Decode a CTHW latent to uint8 frames `[T, H, W, 3]` with the pipeline's VAE (`options`: a job's)."""
         import numpy as np
 
+        from framepack_cli.engine.resources import advice, oom_guard
         from framepack_cli.engine.writing import decode_to
         from framepack_cli.options.base import decode_mode
 
         models = self._session.models
         collect = _Collect()
-        decode_to([collect], models.vae, latent.float(), options.latent_window_size, mode=decode_mode(options),
-                  per_frame=options.one_frame_inference is not None)
-        models.park_vae()
+        with self._one_job():
+            try:
+                with oom_guard("in VAE decode", models.device, advice("decode", models.device, options)):
+                    decode_to([collect], models.vae, latent.float(), options.latent_window_size,
+                              mode=decode_mode(options), per_frame=options.one_frame_inference is not None)
+            finally:
+                models.park_vae()
         return np.concatenate(collect.parts, axis=0)
+
+    def _one_job(self):
+        """Hold the pipeline for one job (or decode); a second one at the same time is one line."""
+        import contextlib
+
+        if not self._lock.acquire(blocking=False):
+            raise FramepackError("Pipeline: another job is running; a Pipeline runs one job at a time")
+
+        @contextlib.contextmanager
+        def held():
+            try:
+                yield
+            finally:
+                self._lock.release()
+
+        return held()
 
     # -- the one path every job takes ----------------------------------------------------------------------
     def options(self, command: str, **values: Any):
@@ -407,26 +435,29 @@ class Pipeline:
 
         cls = load_options(next(s for s in COMMANDS if s.path == (command,)))
         for name, value in values.items():
-            if value is None:
-                continue
-            if name in NOT_A_JOB:
+            if value is not None and name in NOT_A_JOB:
                 raise FramepackError(f"{name}: not an option of a Pipeline job; {NOT_A_JOB[name]}")
-            if name in MODEL_SETTINGS and name not in PER_JOB_DIT and \
-                    value != self._base.get(name, cls.model_fields[name].default):
-                raise FramepackError(f"{name}: a model setting, fixed when the Pipeline was made "
-                                     f"({self._base.get(name)!r}); pass it to Pipeline.from_files")
         given = {RENAMED.get(k, k): _as_str(v) for k, v in values.items() if v is not None}
         unknown = sorted(k for k in given if k not in cls.model_fields)
         if unknown:
             raise FramepackError(f"{unknown[0]}: not an option of framepack {command} (see `framepack {command} "
                                  "--help`; options are spelled with underscores)")
-        if isinstance(given.get("seed"), (list, tuple)):
-            raise FramepackError("seed: one seed per call; loop over the seeds (the models stay loaded)")
         base = {k: v for k, v in self._base.items() if k in cls.model_fields}
         if command != "generate":
             base.pop("f1", None)
         base["dit"] = self._dit_path(bool(given.get("f1", base.get("f1", False))))
-        return validate(cls, {**base, **given})
+        opts = validate(cls, {**base, **given})
+        fixed = self._session.opts
+        for name in sorted(set(given) & MODEL_SETTINGS - PER_JOB_DIT - {"dit"}):
+            if getattr(opts, name) != getattr(fixed, name):
+                raise FramepackError(f"{name}: a model setting, fixed when the Pipeline was made "
+                                     f"({getattr(fixed, name)!r}); pass it to Pipeline.from_files")
+        if "dit" in given and opts.dit != base["dit"]:
+            raise FramepackError(f"dit: fixed when the Pipeline was made ({base['dit']!r}); pass it to "
+                                 "Pipeline.from_files (f1_dit= for the F1 DiT)")
+        if isinstance(opts.seed, list):
+            raise FramepackError("seed: one seed per call; loop over the seeds (the models stay loaded)")
+        return opts
 
     def _dit_path(self, f1: bool) -> str:
         """The DiT file of a job of this variant: the pipeline's, or the other variant's found in the models
@@ -453,32 +484,42 @@ class Pipeline:
                 if values.get(name) not in (None, False):
                     raise FramepackError(f"{name}: needs a save_path (the job writes no files without one)")
         opts = self.options(command, **values)
-        if not self._lock.acquire(blocking=False):
-            raise FramepackError("Pipeline: another job is running; a Pipeline runs one job at a time")
-        try:
+        with self._one_job():
             return self._run(opts, callback, write)
-        finally:
-            self._lock.release()
 
     def _run(self, opts, callback, write: bool) -> Result:
+        from framepack_cli.errors import ResourceError
         from framepack_cli.io.writable import ensure_writable_dir, remove_created
 
         self._cancel.clear()
         session = self._session
-        sink = _Events(session.sink.target, callback, self._cancel)
-        session.check(opts)
-        session.use_dit_settings(opts)  # another DiT file (F1) or other LoRAs: the DiT loads again
-        created = ensure_writable_dir(Path(opts.save_path), "--save_path") if write else None
+        inner = self._sink_for(self._progress)  # a fresh progress display per job (progress=True)
+        sink = _Events(inner, callback, self._cancel)
+        cancelled = None
         try:
-            result = session.run(opts, sink, write=write)
-        except Cancelled as e:
+            try:
+                session.check(opts)
+            except ResourceError as e:  # the flags it names are model settings here
+                raise ResourceError(e.message, hint=f"{e.hint}; with the Python API these are Pipeline.from_files "
+                                    "settings (give it the video_size / video_seconds of your largest job so that "
+                                    "memory='auto' plans for it)" if e.hint else None) from None
+            session.use_dit_settings(opts)  # another DiT file (F1) or other LoRAs: the DiT loads again
+            created = ensure_writable_dir(Path(opts.save_path), "--save_path") if write else None
+            try:
+                result = session.run(opts, sink, write=write)
+            except Cancelled as e:
+                cancelled = str(e)  # raised below, without this traceback (it holds the sampler's tensors)
+            finally:
+                if write:
+                    remove_created(Path(opts.save_path), created)
+        finally:
+            if self._progress is True:
+                inner.close()
+        if cancelled is not None:
             ck = getattr(getattr(session.last_job, "checkpoint", None), "path", None)
             kept = str(ck) if ck is not None and ck.exists() else None
             if kept is not None:
                 sink.message(f"Checkpoint kept: {kept}; continue with pipe.generate(..., resume={kept!r})")
-            raise Cancelled(str(e), checkpoint=kept) from None
-        finally:
-            if write:
-                remove_created(Path(opts.save_path), created)
+            raise Cancelled(cancelled, checkpoint=kept)
         return Result(seed=result.seed, latent=result.latent, files=list(result.files), options=opts, _pipe=self)
 

@@ -71,9 +71,10 @@ def job_settings(opts, seed: int, output_name: str) -> tuple[dict, list[str]]:
 _KEPT: dict[Path, None] = {}  # checkpoints this process wrote and has not removed (for the Ctrl-C line)
 
 
-def kept_line() -> str | None:
-    """After Ctrl-C: where the checkpoint is and the command that continues (None when none was written)."""
-    live = [p for p in _KEPT if p.exists()]
+def kept_line(path: Path | None = None) -> str | None:
+    """After Ctrl-C or a failed job: where the checkpoint is and the command that continues (None when none was
+    written). `path`: that job's checkpoint (default: the newest this process wrote and still has)."""
+    live = [p for p in ([path] if path is not None else _KEPT) if p.exists()]
     if not live:
         return None
     return (f"Checkpoint kept: {live[-1]}; continue with `framepack generate --resume {live[-1]}` "

@@ -158,11 +158,21 @@ class Session:
             if checkpoint and write:
                 attach_single(job, opts, sink)
             result = run_jobs([job], self.models, sink, report_errors=False, write=write)[0]
-            if result.exc is not None:
-                if (kept := kept_line()) is not None:
-                    sink.message(kept)
-                raise result.exc
-            return result
+        except BaseException:
+            self.settle()  # stopped mid-phase (Cancelled, Ctrl-C): nothing stays on the GPU for the next job
+            raise
         finally:
             self.sink.target = previous
+        if result.exc is not None:
+            path = getattr(getattr(job, "checkpoint", None), "path", None)
+            if path is not None and (kept := kept_line(path)) is not None:
+                sink.message(kept)
+            raise result.exc
+        return result
+
+    def settle(self) -> None:
+        """Every model as after a finished job: the kept ones parked on the CPU (on a GPU), the others let go."""
+        for name in ("image_encoder", "text", "dit"):
+            self.models.release(name)
+        self.models.park_vae()
 

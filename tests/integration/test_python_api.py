@@ -105,22 +105,31 @@ def test_cancel_keeps_the_checkpoint_and_resume_is_exact(pipe, tmp_path):
                       callback=stop_at_third, **SMALL)
     assert e.value.checkpoint == str(out / ".v.resume.safetensors")
     assert not (out / "v_latent.safetensors").exists()
-    steps = []
-    res = pipe.generate(START, "a cat", sections=3, seed=11, save_path=out, output_type="latent", output_name="v",
-                        resume=e.value.checkpoint, callback=steps.append, **SMALL)
+    steps = []  # the checkpoint holds the settings: nothing else needs repeating
+    res = pipe.generate(save_path=out, resume=e.value.checkpoint, callback=steps.append)
     assert [ev.section for ev in steps if ev.kind == "section_start"] == [2]  # only the section left
     assert torch.equal(res.latent, whole.latent)
     assert not (out / ".v.resume.safetensors").exists()
 
 
-def test_pipe_cancel_stops_at_the_next_step(pipe):
+def test_pipe_cancel_stops_at_the_next_step(pipe, monkeypatch):
     def cancel_after_first_step(event):
         if event.kind == "step" and event.step == 1:
             pipe.cancel()
 
-    with pytest.raises(Cancelled):
+    released = []
+    models = pipe._session.models
+    real = models.release
+    monkeypatch.setattr(models, "release", lambda name: released.append(name) or real(name))
+    with pytest.raises(Cancelled) as e:
         pipe.generate(START, "a cat", sections=2, seed=2, callback=cancel_after_first_step, **{**SMALL,
                                                                                                "infer_steps": 3})
+    frames, tb = [], e.value.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    assert e.value.__context__ is None and frames[-1] == "_run"  # no sampler frame (nor its tensors) is held
+    assert {"dit", "text", "image_encoder"} <= set(released)  # the models settle as after a finished job
     assert pipe.generate(START, "a cat", sections=1, seed=2, **SMALL).latent.shape[1] > 0  # the next job runs
 
 
@@ -135,8 +144,12 @@ def test_errors_are_the_command_lines(pipe, tmp_path, capsys):
     assert e.value.message == "--infer_steps: 0 is too small; expected a value >= 1"
     with pytest.raises(FramepackError) as e:
         pipe.generate(START, "a cat", fp8=True)
-    assert e.value.message == ("fp8: a model setting, fixed when the Pipeline was made (None); pass it to "
+    assert e.value.message == ("fp8: a model setting, fixed when the Pipeline was made (False); pass it to "
                                "Pipeline.from_files")
+    pipe.options("generate", prompt="x", save_path=".", fp8=False, device="cpu")  # the same values are fine
+    with pytest.raises(FramepackError) as e:
+        pipe.generate(START, "a cat", seed="10-13")
+    assert e.value.message == "seed: one seed per call; loop over the seeds (the models stay loaded)"
     with pytest.raises(FramepackError) as e:
         pipe.generate(START, "a cat", lora_weight=[tmp_path / "none.safetensors"])
     assert e.value.message.startswith("--lora_weight: file not found")
