@@ -14,8 +14,10 @@ Every keyword is an option of the matching command (`framepack generate --help`)
 command line: a wrong value raises `FramepackError` whose `.message` is the line the CLI would print. The
 command line's single runs go through the same `framepack_cli.engine.session.Session.run` as these calls.
 
-Model settings (the model files, `device`, `dtype`, `fp8*`, `blocks_to_swap`, `memory`, `attn_mode`, LoRAs,
-`compile`, VAE chunking/tiling) are fixed when the pipeline is made; the rest is per call.
+Model settings (the model files, `device`, `dtype`, `fp8*`, `blocks_to_swap`, `memory`, `attn_mode`, `compile`,
+VAE chunking/tiling) are fixed when the pipeline is made; the rest is per call. The DiT's LoRAs (`lora_weight`,
+`lora_multiplier`, `include_patterns`, `exclude_patterns`) and `f1` (with an F1 DiT known to the pipeline) may
+change per call: the DiT then loads again with them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from framepack_cli.errors import FramepackError
 
 __all__ = ["Cancelled", "Event", "Pipeline", "Result"]
 
-# Options the models are loaded with: given to `Pipeline.from_files`, the same for every job.
+# Options the models are loaded with: given to `Pipeline.from_files`, the same for every job (but the DiT's
+# LoRAs, `PER_JOB_DIT`).
 MODEL_SETTINGS = frozenset({
     "dit", "vae", "text_encoder1", "text_encoder2", "image_encoder", "tokenizer1", "tokenizer2", "models_dir",
     "disable_numpy_memmap", "lora_weight", "lora_multiplier", "include_patterns", "exclude_patterns", "lycoris",
@@ -39,6 +42,7 @@ MODEL_SETTINGS = frozenset({
     "compile", "compile_backend", "compile_mode", "compile_dynamic", "compile_fullgraph", "compile_cache_size_limit",
     "vae_tiling", "vae_chunk_size", "vae_spatial_tile_sample_min_size", "verbose", "keep_models",
 })
+PER_JOB_DIT = frozenset({"lora_weight", "lora_multiplier", "include_patterns", "exclude_patterns", "lycoris"})
 # Command-line modes that are not one job: use the command, or a loop over calls.
 NOT_A_JOB = {
     "from_file": "loop over pipe.generate(...) calls (the models stay loaded)",
@@ -211,9 +215,13 @@ class Pipeline:
     """FramePack models loaded once, for many jobs. Make one with `Pipeline.from_files`; not thread-safe (one job
     at a time; `cancel()` may be called from another thread)."""
 
-    def __init__(self, session, base: dict[str, Any], save_path: str | None, progress) -> None:
+    def __init__(self, session, base: dict[str, Any], save_path: str | None, progress, *,
+                 dits: dict[bool, str | None] | None = None, models_dir: str | None = None) -> None:
         self._session = session
         self._base = base
+        # The DiT of each variant (False: vanilla, True: F1); None: looked up in the models folders when needed.
+        self._dits = dict(dits or {bool(base.get("f1")): base.get("dit")})
+        self._models_dir = models_dir
         self._save_path = save_path
         self._progress = progress
         self._cancel = threading.Event()
@@ -225,7 +233,8 @@ class Pipeline:
                    text_encoder1: str | Path | None = None, text_encoder2: str | Path | None = None,
                    image_encoder: str | Path | None = None, *, models_dir: str | Path | None = None,
                    device: str | None = None, memory: str | None = None, f1: bool = False,
-                   keep_text_encoders: bool = False, save_path: str | Path | None = None, progress: bool = False,
+                   f1_dit: str | Path | None = None, keep_text_encoders: bool = False,
+                   save_path: str | Path | None = None, progress: bool = False,
                    **settings: Any) -> Pipeline:
         """Check the model files and plan the memory; the models load at the first job and stay loaded.
 
@@ -237,6 +246,9 @@ class Pipeline:
             memory: "auto" (default on CUDA) picks fp8 / block swap / VAE chunking from the free GPU memory for
                 the `video_size` and `video_seconds` given here; "none" leaves them as given.
             f1: find the FramePack-F1 DiT (and make F1 the default of `generate`).
+            f1_dit: the F1 DiT for `generate(f1=True)` jobs of a pipeline made with the vanilla `dit` (without
+                it, and with `dit` not given, the F1 DiT is looked up in the models folders when a job needs it;
+                with `dit` given, F1 jobs use that file, as `framepack generate --f1 --dit FILE` does).
             keep_text_encoders: keep the text encoders loaded between jobs too (about 16 GB more RAM with the
                 real LLaMA); by default they load again only for a prompt not encoded before.
             save_path: default output folder of every job (None: write nothing, results in memory only).
@@ -275,7 +287,13 @@ class Pipeline:
         for k in MODEL_SETTINGS:
             if k in prepared.opts.model_fields_set or getattr(prepared.opts, k) != getattr(opts, k):
                 base[k] = getattr(prepared.opts, k)
-        return cls(Session(prepared, sink, keep=keep), base, folder, progress)
+        dits: dict[bool, str | None] = {bool(f1): opts.dit}
+        if f1_dit is not None:
+            dits[True] = str(f1_dit)
+        if dit is not None:  # the given file serves both variants unless the other was given too
+            dits.setdefault(not f1, str(dit))
+        return cls(Session(prepared, sink, keep=keep), base, folder, progress, dits=dits,
+                   models_dir=None if models_dir is None else str(models_dir))
 
     @staticmethod
     def _sink_for(progress):
@@ -393,7 +411,8 @@ class Pipeline:
                 continue
             if name in NOT_A_JOB:
                 raise FramepackError(f"{name}: not an option of a Pipeline job; {NOT_A_JOB[name]}")
-            if name in MODEL_SETTINGS and value != self._base.get(name, cls.model_fields[name].default):
+            if name in MODEL_SETTINGS and name not in PER_JOB_DIT and \
+                    value != self._base.get(name, cls.model_fields[name].default):
                 raise FramepackError(f"{name}: a model setting, fixed when the Pipeline was made "
                                      f"({self._base.get(name)!r}); pass it to Pipeline.from_files")
         given = {RENAMED.get(k, k): _as_str(v) for k, v in values.items() if v is not None}
@@ -406,7 +425,20 @@ class Pipeline:
         base = {k: v for k, v in self._base.items() if k in cls.model_fields}
         if command != "generate":
             base.pop("f1", None)
+        base["dit"] = self._dit_path(bool(given.get("f1", base.get("f1", False))))
         return validate(cls, {**base, **given})
+
+    def _dit_path(self, f1: bool) -> str:
+        """The DiT file of a job of this variant: the pipeline's, or the other variant's found in the models
+        folders (one line with the download command when it is in none)."""
+        if self._dits.get(f1) is None:
+            from framepack_cli.models.store import resolve_models
+
+            res = resolve_models(["--dit"], f1=f1, models_dir=self._models_dir)
+            if res.missing:
+                raise FramepackError(f"f1={f1}: {res.missing_message()}")
+            self._dits[f1] = str(res.found["--dit"].path)
+        return self._dits[f1]
 
     def _job(self, command: str, values: dict, seed, callback, save_path) -> Result:
         folder = str(save_path) if save_path is not None else self._save_path
@@ -435,6 +467,7 @@ class Pipeline:
         session = self._session
         sink = _Events(session.sink.target, callback, self._cancel)
         session.check(opts)
+        session.use_dit_settings(opts)  # another DiT file (F1) or other LoRAs: the DiT loads again
         created = ensure_writable_dir(Path(opts.save_path), "--save_path") if write else None
         try:
             result = session.run(opts, sink, write=write)

@@ -70,6 +70,10 @@ def prepare(opts, sink: ProgressSink, *, keep: frozenset[str] = frozenset(), lar
     return Prepared(opts, device, precision, Budget(sizes, precision, device, resident=resident, force=opts.force))
 
 
+# The settings the DiT is loaded with that a job may change (the DiT then loads again): its file and its LoRAs.
+DIT_SETTINGS = ("dit", "lora_weight", "lora_multiplier", "include_patterns", "exclude_patterns", "lycoris")
+
+
 class Relay:
     """A `ProgressSink` that passes every call to `target`, which a session points at each job's own sink (the
     models print their `Loading ...` lines to whichever job loads them)."""
@@ -99,6 +103,25 @@ class Session:
         self.sink = Relay(sink)
         self.models = Models(prepared.opts, prepared.device, prepared.precision, self.sink, keep=keep)
         self.last_job = None  # the job `run` ran last (its `checkpoint`, when it has one)
+
+    def use_dit_settings(self, opts) -> bool:
+        """Make the DiT the job's: another DiT file or other LoRAs than the loaded DiT's let it go, so that the job
+        loads it again (checked first: a wrong DiT file is one line before anything is released). Returns whether
+        the DiT settings changed."""
+        from framepack_cli.engine.context import free_memory
+        from framepack_cli.engine.preflight import check_models
+
+        models = self.models
+        changed = {k: getattr(opts, k) for k in DIT_SETTINGS if getattr(opts, k) != getattr(models.opts, k)}
+        if not changed:
+            return False
+        if "dit" in changed:
+            check_models(opts, kinds=("dit",))
+        models._loaded.pop("dit", None)
+        free_memory(self.device)
+        models.opts = models.opts.model_copy(update=changed)
+        self.opts = models.opts
+        return True
 
     def check(self, opts) -> None:
         """A job's own checks before it samples: step-cache settings, images, memory, output folder, preview file.

@@ -138,6 +138,9 @@ def test_errors_are_the_command_lines(pipe, tmp_path, capsys):
     assert e.value.message == ("fp8: a model setting, fixed when the Pipeline was made (None); pass it to "
                                "Pipeline.from_files")
     with pytest.raises(FramepackError) as e:
+        pipe.generate(START, "a cat", lora_weight=[tmp_path / "none.safetensors"])
+    assert e.value.message.startswith("--lora_weight: file not found")
+    with pytest.raises(FramepackError) as e:
         pipe.generate(START, "a cat", inference_steps=3)
     assert e.value.message == ("inference_steps: not an option of framepack generate (see `framepack generate "
                                "--help`; options are spelled with underscores)")
@@ -148,6 +151,46 @@ def test_errors_are_the_command_lines(pipe, tmp_path, capsys):
     with pytest.raises(FramepackError) as e:
         pipe.generate(tmp_path / "missing.png", "a cat")
     assert e.value.message.startswith("--image_path: file not found")
+
+
+def loads(events):
+    return [e.text for e in events if e.kind == "message" and e.text.startswith("Loading DiT")]
+
+
+def test_loras_per_job_reload_the_dit(pipe, tmp_path, capsys):
+    lora = MODELS / "lora_tiny.safetensors"
+    plain = pipe.generate(START, "a cat", sections=1, seed=4, **SMALL)
+    events = []
+    res = pipe.generate(START, "a cat", sections=1, seed=4, lora_weight=[lora], lora_multiplier=[0.7],
+                        callback=events.append, **SMALL)
+    want = cli_latent(tmp_path, capsys, "generate", "--image_path", START, "--prompt", "a cat", "--video_sections",
+                      "1", "--seed", "4", "--lora_weight", lora, "--lora_multiplier", "0.7")
+    assert torch.equal(res.latent, want) and not torch.equal(res.latent, plain.latent)
+    assert len(loads(events)) == 1 and any("34 modules merged" in (e.text or "") for e in events)
+    events.clear()  # the same LoRA again: the DiT stays; none: it loads again without
+    pipe.generate(START, "a cat", sections=1, seed=4, lora_weight=[lora], lora_multiplier=[0.7],
+                  callback=events.append, **SMALL)
+    assert loads(events) == []
+    assert torch.equal(pipe.generate(START, "a cat", sections=1, seed=4, callback=events.append, **SMALL).latent,
+                       plain.latent)
+    assert len(loads(events)) == 1
+
+
+def test_f1_jobs_use_the_f1_dit(tmp_path, capsys):
+    sharded = MODELS / "dit_sharded"
+    first = sorted(sharded.glob("*.safetensors"))[0]
+    p = Pipeline.from_files(MODELS / "dit_single.safetensors", MODELS / "vae.safetensors",
+                            MODELS / "llava_llama3_tiny.safetensors", MODELS / "clip_l_tiny.safetensors",
+                            MODELS / "sigclip_tiny.safetensors", device="cpu", f1_dit=first)
+    events = []
+    res = p.generate(START, "a cat", sections=2, seed=9, f1=True, callback=events.append, **SMALL)
+    assert loads(events) == [f"Loading DiT {first}"]
+    want = cli_latent(tmp_path, capsys, "generate", "--image_path", START, "--prompt", "a cat", "--video_sections",
+                      "2", "--seed", "9", "--f1")
+    assert torch.equal(res.latent, want)  # the same weights in shards
+    events.clear()
+    p.generate(START, "a cat", sections=1, seed=9, callback=events.append, **SMALL)
+    assert loads(events) == [f"Loading DiT {MODELS / 'dit_single.safetensors'}"]
 
 
 def test_keep_text_encoders_and_close(tmp_path):
