@@ -181,3 +181,40 @@ def test_one_frame_recipes_with_a_painted_mask(tmp_path):
     assert all(Path(p).parent == save / ".framepack-ui" / "uploads" for p in mc["control_masks"] + mc["control_images"])
     pngs = sorted(save.glob("*.png"))
     assert len(pngs) == 3  # one edited image per job, under --save_path
+
+
+def test_loras_from_the_folder_a_broken_one_and_f1_with_its_own_dit(tmp_path):
+    import shutil
+
+    from tests.conftest import MODELS
+
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    shutil.copy(MODELS / "lora_tiny.safetensors", loras / "tiny.safetensors")
+    (loras / "broken.safetensors").write_bytes(b"not a safetensors file" * 8)
+    save = tmp_path / "out"
+    with serve_cli(save, "--lora_dir", str(loras), "--f1_dit", str(MODELS / "dit_sharded")) as (url, _proc):
+        c = Client(url, verbose=False)
+        form = [handle_file(str(INPUTS / "start.png")), "a cat", "", "sections", 5, 1, False, None, 3, 1, 10, 9,
+                "48x64", "off", "fixed", "", [], {}, {}]
+        ids = {}
+        for name, f1, picked in (("lora", False, ["tiny.safetensors"]), ("broken", False, ["broken.safetensors"]),
+                                 ("f1", True, [])):
+            values = list(form)
+            values[6], values[16], values[17] = f1, picked, {p: 0.5 for p in picked}
+            ids[name], status = c.predict(*values, api_name="/submit_generate")
+            assert status.startswith(f"Queued job {ids[name]}"), status
+        lines = {name: wait_line(c, jid, lambda s: "done" in s or "failed" in s) for name, jid in ids.items()}
+    assert lines["lora"].startswith(f"Job {ids['lora']}: done") and lines["f1"].startswith(f"Job {ids['f1']}: done")
+    broken = (loras / "broken.safetensors").resolve()
+    assert lines["broken"].startswith(f"Job {ids['broken']}: failed ({broken}: not a safetensors file")
+    assert "Traceback" not in lines["broken"] and "\n" not in lines["broken"]
+    from framepack_cli.cli.rerun import stored_run
+
+    done = {}
+    for mp4 in save.glob("*.mp4"):
+        o = stored_run(str(mp4))["options"]
+        done[bool(o.get("f1"))] = o
+    assert done[False]["lora_weight"] == [str((loras / "tiny.safetensors").resolve())]
+    assert done[False]["lora_multiplier"] == [0.5]
+    assert done[True]["dit"] == str(MODELS / "dit_sharded") and not done[True].get("lora_weight")
