@@ -655,7 +655,7 @@ def build_app(state: AppState) -> Any:
                 values = values or {}
                 for name in names or []:
                     m = gr.Slider(-2.0, 2.0, value=float(values.get(name, 1.0)), step=0.05,
-                                  label=f"Multiplier of {name}", elem_classes=["lora-multiplier"])
+                                  label=f"Multiplier of {name}", elem_classes=["lora-multiplier"], interactive=True)
                     m.change(lora_multiplier(name), [m, mults], mults, api_name=False, show_progress="hidden",
                              concurrency_id=f"lora{suffix}", concurrency_limit=1)
 
@@ -720,10 +720,12 @@ def build_app(state: AppState) -> Any:
                                         gr.Markdown(f"**{i + 1}** &nbsp; {t0:g}–{t1:g} s", elem_id=f"section-time-{i}")
                                         row_prompt = gr.Textbox(value=prompts.get(str(i), ""), show_label=False,
                                                                 placeholder="(the main prompt)", scale=4,
-                                                                max_lines=2, elem_id=f"section-prompt-{i}")
+                                                                max_lines=2, elem_id=f"section-prompt-{i}",
+                                                                interactive=True)
                                         row_image = gr.Image(value=images.get(str(i)), type="filepath",
                                                              show_label=False, sources=["upload", "clipboard"],
-                                                             height=90, scale=1, elem_id=f"section-image-{i}")
+                                                             height=90, scale=1, elem_id=f"section-image-{i}",
+                                                             interactive=True)
                                     row_prompt.change(guarded(timeline_prompt(i), 1), [row_prompt, timeline],
                                                       timeline, api_name=False, show_progress="hidden",
                                                       concurrency_id="timeline", concurrency_limit=1)

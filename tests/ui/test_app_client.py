@@ -300,3 +300,14 @@ def test_load_a_jobs_settings_into_the_form(lora_app):
     assert (recipe, control, prompt, inference, seed, steps, res, lo, mults) == (
         "One-frame", None, "edit", "target_index=2", 5, 3, "48x64", [], {})
     assert out[30] == f"Loaded the settings of job {queued.id} into the One-frame tab (paint the masks again)"
+
+
+def test_the_one_frame_tab_takes_loras_too(lora_app):
+    c, state, pipe, loras = lora_app
+    editor = {"background": handle_file(str(INPUTS / "start.png")), "layers": [],
+              "composite": handle_file(str(INPUTS / "start.png"))}
+    job_id, status = c.predict("One-frame", editor, None, "a cat", "", 4, 2, "48x64", ["style.safetensors"],
+                               {"style.safetensors": -0.5}, api_name="/submit_one_frame")
+    assert status == f"Queued job {job_id} (One-frame, seed 4)"
+    o = state.queue.get(job_id).options
+    assert o["lora_weight"] == [str((loras / "style.safetensors").resolve())] and o["lora_multiplier"] == [-0.5]

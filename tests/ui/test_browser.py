@@ -197,7 +197,11 @@ def test_timeline_rows_seed_list_and_a_lora_in_the_browser(browser, tmp_path):
         page.locator("#seed-mode label", has_text="list").click()
         page.locator("#seed-list input, #seed-list textarea").first.fill("5-6")
         time.sleep(1)  # the row and multiplier edits reach the server
-        first = submit(page, "#generate", "#job-id", "")
+        try:
+            first = submit(page, "#generate", "#job-id", "")
+        except AssertionError:
+            shot(page, tmp_path, "failed.png")
+            raise AssertionError(f"no job: {page.locator('#status').inner_text()}") from None
         expect(page.locator("#status")).to_contain_text("Queued 2 jobs (seeds 5, 6", timeout=30_000)
         expect(page.locator("#progress")).to_contain_text(f"Job {first}: done", timeout=180_000)
         shot(page, docs, "ui-generate-timeline.png")
