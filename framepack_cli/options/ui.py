@@ -8,6 +8,8 @@ and binding any other interface requires `--auth USER:PASS`. It never opens a pu
 from __future__ import annotations
 
 import ipaddress
+import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import field_validator, model_validator
@@ -21,6 +23,12 @@ OUTPUT = "Output"
 LOOPBACK_NAMES = ("localhost",)
 LISTEN_HOST = "0.0.0.0"
 DEFAULT_HOST = "127.0.0.1"
+
+
+def default_lora_dir() -> Path:
+    """`$FRAMEPACK_HOME/loras`, else `~/.cache/framepack/loras` (beside the default models folder)."""
+    home = os.environ.get("FRAMEPACK_HOME")
+    return (Path(home).expanduser() if home else Path.home() / ".cache" / "framepack") / "loras"
 
 
 def is_loopback(host: str) -> bool:
@@ -65,6 +73,11 @@ class UiOptions(OptionsBase):
         None, "Memory policy of every job (as `framepack generate --memory`): auto chooses fp8 and block swap from "
         "the free GPU memory; none keeps the defaults. Default: auto on CUDA, none on CPU.", panel=MODELS)
 
+    f1_dit: str | None = F(None, "FramePack-F1 DiT for the F1 toggle (default: --dit when given, else the F1 DiT found "
+                           "in the models folders).", panel=MODELS)
+    lora_dir: str | None = F(None, "Folder the LoRA picker lists (*.safetensors; default: <--models_dir>/loras, "
+                             "else $FRAMEPACK_HOME/loras).", panel=MODELS, metavar="DIR")
+
     host: str = F(DEFAULT_HOST, "Address to listen on. Anything but a loopback address needs --auth.", panel=SERVER)
     port: int = F(7860, "Port to listen on.", panel=SERVER, ge=1, le=65535)
     listen: bool = F(False, f"Listen on all interfaces ({LISTEN_HOST}): anyone on the network can reach the app, "
@@ -92,11 +105,14 @@ class UiOptions(OptionsBase):
             flag = "--listen" if self.listen else f"--host {host}"
             errs.append(f"{flag}: the app would be reachable from other machines without a password; "
                         "add --auth USER:PASS (or drop it to stay on 127.0.0.1)")
-        for name in ("dit", "vae", "text_encoder1", "text_encoder2", "image_encoder", "tokenizer1", "tokenizer2"):
+        for name in ("dit", "f1_dit", "vae", "text_encoder1", "text_encoder2", "image_encoder", "tokenizer1",
+                     "tokenizer2"):
             try:
                 check_file(getattr(self, name), f"--{name}")
             except ValueError as e:
                 errs.append(str(e))
+        if self.lora_dir is not None and Path(self.lora_dir).exists() and not Path(self.lora_dir).is_dir():
+            errs.append(f"--lora_dir {self.lora_dir}: not a folder; give the folder that holds the LoRA files")
         try:
             check_output_dir(self.save_path, "--save_path")
         except ValueError as e:
@@ -109,6 +125,15 @@ class UiOptions(OptionsBase):
     def model_flags(cls, given: dict) -> tuple[str, ...]:
         """All five models (resolved like `framepack generate`, `cli.models`)."""
         return ("--dit", "--vae", "--text_encoder1", "--text_encoder2", "--image_encoder")
+
+    @property
+    def lora_folder(self) -> Path:
+        """--lora_dir, else <--models_dir>/loras, else $FRAMEPACK_HOME/loras (~/.cache/framepack/loras)."""
+        if self.lora_dir is not None:
+            return Path(self.lora_dir).expanduser()
+        if self.models_dir is not None:
+            return Path(self.models_dir).expanduser() / "loras"
+        return default_lora_dir()
 
     @property
     def bind_host(self) -> str:

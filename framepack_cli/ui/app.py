@@ -9,7 +9,6 @@ traceback. Uploads are copied to the app folder under generated names (`ui.files
 from __future__ import annotations
 
 import functools
-import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,6 +17,17 @@ from typing import Any
 
 from framepack_cli.errors import FramepackError
 from framepack_cli.ui.files import resolve_allowed, store_upload
+from framepack_cli.ui.form import (
+    MAX_SEED,  # noqa: F401 - part of this module's names
+    SEED_MODES,
+    list_loras,
+    lora_options,
+    parse_seed,
+    parse_seeds,
+    section_count,
+    timeline_options,
+    timeline_rows,
+)
 from framepack_cli.ui.queue import JobQueue
 from framepack_cli.ui.worker import Worker, error_line, progress_text
 
@@ -26,7 +36,6 @@ RESOLUTIONS = ("640x640", "544x704", "704x544", "512x768", "768x512", "480x832",
                "384x512", "512x384", "256x256")
 CACHES = ("off", "TeaCache", "MagCache")
 TEACACHE_THRESH = 0.15
-MAX_SEED = 2**32 - 1
 QUEUE_COLUMNS = ["id", "kind", "state", "message", "prompt", "files"]
 POLL_SECONDS = 1.0
 
@@ -39,6 +48,8 @@ class AppState:
     app_dir: Path
     queue: JobQueue
     worker: Worker
+    lora_dir: Path | None = None  # the folder the LoRA picker lists (--lora_dir)
+    f1_note: str = "F1 jobs use the DiT the app was started with."  # shown next to the F1 toggle
 
     @property
     def uploads(self) -> Path:
@@ -52,10 +63,34 @@ class AppState:
         app_dir = app_dir_of(save_path)
         queue = JobQueue(app_dir)
         worker = Worker(queue, make_pipeline or functools.partial(pipeline_from_options, opts), save_path, app_dir)
-        return cls(save_path=save_path, app_dir=app_dir, queue=queue, worker=worker)
+        return cls(save_path=save_path, app_dir=app_dir, queue=queue, worker=worker,
+                   lora_dir=Path(opts.lora_folder).resolve(), f1_note=f1_note(opts))
+
+    def loras(self) -> list[str]:
+        return list_loras(self.lora_dir)
 
     def roots(self) -> list[Path]:
         return [self.uploads, self.save_path]
+
+
+def lora_label(state: AppState, found: list[str]) -> str:
+    """The LoRA picker's label: the folder, and what to do when it holds none."""
+    if state.lora_dir is None:
+        return "LoRAs (start the app with --lora_dir DIR)"
+    if not found:
+        return f"LoRAs: none in {state.lora_dir} yet (put *.safetensors files there, then Refresh)"
+    return f"LoRAs in {state.lora_dir} (several allowed; a multiplier each)"
+
+
+def f1_note(opts: Any) -> str:
+    """Which DiT an F1 job of the app uses (shown next to the F1 toggle)."""
+    if getattr(opts, "f1_dit", None):
+        return f"F1 jobs use the F1 DiT {Path(opts.f1_dit).name} (--f1_dit)."
+    if opts.dit:
+        return (f"F1 jobs use --dit {Path(opts.dit).name} too; start the app with --f1_dit FILE to give them the "
+                "FramePack-F1 DiT.")
+    return ("F1 jobs use the FramePack-F1 DiT found in the models folders (`framepack download dit-f1` when there "
+            "is none), or start the app with --f1_dit FILE.")
 
 
 def pipeline_from_options(opts: Any) -> Any:
@@ -66,6 +101,8 @@ def pipeline_from_options(opts: Any) -> Any:
     kwargs: dict[str, Any] = {"models_dir": opts.models_dir, "device": opts.device}
     if opts.memory is not None:
         kwargs["memory"] = opts.memory
+    if getattr(opts, "f1_dit", None):
+        kwargs["f1_dit"] = opts.f1_dit
     return Pipeline.from_files(dit=opts.dit, vae=opts.vae, text_encoder1=opts.text_encoder1,
                                text_encoder2=opts.text_encoder2, image_encoder=opts.image_encoder,
                                **kwargs, **settings)
@@ -88,19 +125,6 @@ def parse_resolution(text: str) -> tuple[int, int]:
     return h, w
 
 
-def parse_seed(value: Any) -> int:
-    """-1 or empty: a random seed (chosen now, so that the job records it); else the integer itself."""
-    if value is None or value == "" or value == -1:
-        return random.randint(0, MAX_SEED)
-    try:
-        seed = int(float(value))
-    except (TypeError, ValueError):
-        raise FramepackError(f"Seed: {value!r} is not an integer", hint="-1 for a random one") from None
-    if not 0 <= seed <= MAX_SEED or seed != float(value):
-        raise FramepackError(f"Seed: {value!r} must be an integer from 0 to {MAX_SEED}", hint="-1 for a random one")
-    return seed
-
-
 def _positive_int(value: Any, label: str) -> int:
     try:
         n = int(float(value))
@@ -113,8 +137,12 @@ def _positive_int(value: Any, label: str) -> int:
 
 def generate_options(state: AppState, *, image: str | None, prompt: str, negative_prompt: str, length_unit: str,
                      seconds: Any, sections: Any, f1: bool, end_image: str | None, seed: Any, steps: Any,
-                     guidance: Any, window: Any, resolution: str, cache: str) -> dict[str, Any]:
-    """The Pipeline.generate options of the Generate form (uploads stored under generated names first)."""
+                     guidance: Any, window: Any, resolution: str, cache: str, seed_mode: str = "fixed",
+                     seed_list: str = "", loras: Any = None, lora_multipliers: Any = None,
+                     timeline: Any = None) -> list[dict[str, Any]]:
+    """The Pipeline.generate options of the Generate form, one dict per seed (uploads stored under generated names
+    first): the same job for each seed of a seed list."""
+    seeds = parse_seeds(seed_mode, seed, seed_list)
     opts: dict[str, Any] = {"prompt": prompt or "", "f1": bool(f1)}
     if image:
         opts["image"] = str(store_upload(image, state.uploads, "Start image"))
@@ -132,7 +160,6 @@ def generate_options(state: AppState, *, image: str | None, prompt: str, negativ
         if secs <= 0:
             raise FramepackError(f"Seconds: {seconds!r} must be more than 0")
         opts["seconds"] = secs
-    opts["seed"] = parse_seed(seed)
     opts["infer_steps"] = _positive_int(steps, "Steps")
     try:
         opts["embedded_cfg_scale"] = float(guidance)  # the distilled guidance (--embedded_cfg_scale); CFG stays off
@@ -146,8 +173,13 @@ def generate_options(state: AppState, *, image: str | None, prompt: str, negativ
         opts["magcache_mag_ratios"] = "0"
     elif cache not in CACHES:
         raise FramepackError(f"Step cache: {cache!r} is not one of {', '.join(CACHES)}")
-    opts["output_name"] = f"{time.strftime('%Y%m%d-%H%M%S')}_{opts['seed']}_{uuid.uuid4().hex[:6]}"
-    return opts
+    n = section_count(length_unit, seconds, sections, window)
+    opts["prompt"], section_images = timeline_options(timeline, n, opts["prompt"], opts.get("image"), state.uploads)
+    if section_images is not None:
+        opts["image"] = section_images
+    opts.update(lora_options(state.lora_dir, loras, lora_multipliers))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return [{**opts, "seed": s, "output_name": f"{stamp}_{s}_{uuid.uuid4().hex[:6]}"} for s in seeds]
 
 
 ONE_FRAME_PRESETS = {
@@ -289,29 +321,131 @@ def settings_text(state: AppState, path: str) -> str:
     return "\n".join(lines)
 
 
+GENERATE_FORM = ("image", "prompt", "negative_prompt", "length_unit", "seconds", "sections", "f1", "end_image", "seed",
+                 "steps", "guidance", "window", "resolution", "cache", "seed_mode", "seed_list", "loras",
+                 "lora_multipliers", "timeline", "timeline_version")
+
+
+def _sections_of(value: Any) -> dict[int, str]:
+    """`{section: value}` of a job option (a dict, JSON keys as text) or a stored `0:a;;;1:b` / `a|b` string."""
+    from framepack_cli.options.sections import parse_section_values
+
+    if isinstance(value, dict):
+        return {int(k): str(v) for k, v in value.items() if v is not None}
+    if not value:
+        return {}
+    try:
+        return parse_section_values(str(value))
+    except ValueError:
+        return {0: str(value)}
+
+
+def form_from_options(state: AppState, v: dict[str, Any]) -> tuple[Any, ...]:
+    """The Generate form's values (`GENERATE_FORM`) that re-create a generate job, from its options (the job's own,
+    in the API's names, or an output's stored ones, in the command's names). Files no longer there, and section
+    images or LoRAs outside the app's folders, are left out."""
+    get = lambda *names: next((v[n] for n in names if v.get(n) is not None), None)  # noqa: E731
+    window = int(get("latent_window_size") or 9)
+    length = get("sections", "video_sections")
+    seconds = get("seconds", "video_seconds") or 5.0
+    n = section_count("sections" if length else "seconds", seconds, length, window)
+
+    def in_time(entries: dict[int, str]) -> dict[int, str]:
+        return {(i + n if i < 0 else i): x for i, x in entries.items() if -n <= i < n}
+
+    prompts = in_time(_sections_of(get("prompt")))
+    images = in_time(_sections_of(get("image", "image_path")))
+    start = images.pop(0, None)
+    start = start if start and Path(start).is_file() else None
+    kept_images = {}
+    for i, path in images.items():
+        try:
+            if resolve_allowed(path, [state.uploads]).is_file():
+                kept_images[str(i)] = path
+        except FramepackError:
+            continue
+    end = get("end_image", "end_image_path")
+    end = end if end and Path(end).is_file() else None
+    timeline = {"prompts": {str(i): t for i, t in prompts.items() if i != 0}, "images": kept_images}
+    loras, mults = [], {}
+    weights = list(get("lora_weight") or [])
+    given = list(get("lora_multiplier") or [])
+    for k, w in enumerate(weights):
+        try:
+            real = resolve_allowed(w, [state.lora_dir]) if state.lora_dir is not None else None
+        except FramepackError:
+            real = None
+        if real is None or not real.is_file():
+            continue
+        name = real.relative_to(state.lora_dir.resolve()).as_posix()
+        loras.append(name)
+        mults[name] = float(given[k] if k < len(given) else given[0] if len(given) == 1 else 1.0)
+    h, w = get("video_size") or (640, 640)
+    seed = get("seed")
+    seed = seed[0] if isinstance(seed, list) else seed
+    cache = "TeaCache" if get("teacache_thresh") else "MagCache" if get("magcache_mag_ratios") else "off"
+    return (start, prompts.get(0, ""), get("negative_prompt") or "", "sections" if length else "seconds", seconds,
+            length or 2, bool(get("f1")), end, -1 if seed is None else seed, get("infer_steps") or 25,
+            get("embedded_cfg_scale") or 10.0, window, f"{h}x{w}", cache, "random" if seed is None else "fixed",
+            "", loras, mults, timeline, time.time())
+
+
 def form_from_output(state: AppState, path: str) -> tuple[Any, ...]:
-    """The Generate form's values (start image, prompt, negative prompt, length unit, seconds, sections, F1, end
-    image, seed, steps, guidance, window, resolution, step cache) that re-create a generate output."""
+    """The Generate form's values (`GENERATE_FORM`) that re-create a generate output (read from its metadata)."""
     command, v = output_values(state, path)
     if command != "generate":
         raise FramepackError(f"{Path(path).name} was made by `framepack {command}`: only video outputs load into "
                              "the Generate tab")
+    return form_from_options(state, v)
 
-    def image(key: str) -> str | None:
-        p = v.get(key)
-        if not p or "|" in p or ";;;" in p or not Path(p).is_file():
-            return None  # section images, or an image no longer there: the form leaves it empty
-        return p
 
-    h, w = v["video_size"]
-    seed = v.get("seed")
-    seed = seed[0] if isinstance(seed, list) else seed
-    cache = "TeaCache" if v.get("teacache_thresh") else "MagCache" if v.get("magcache_mag_ratios") else "off"
-    unit = "sections" if v.get("video_sections") else "seconds"
-    return (image("image_path"), v.get("prompt") or "", v.get("negative_prompt") or "", unit, v["video_seconds"],
-            v.get("video_sections") or 2, bool(v.get("f1")), image("end_image_path"),
-            -1 if seed is None else seed, v["infer_steps"], v["embedded_cfg_scale"], v["latent_window_size"],
-            f"{h}x{w}", cache)
+ONE_FRAME_FORM = ("recipe", "start", "control", "prompt", "inference", "seed", "steps", "resolution", "loras",
+                  "lora_multipliers")
+
+
+def one_frame_form_from_job(state: AppState, kind: str, v: dict[str, Any]) -> tuple[Any, ...]:
+    """The One-frame form's values (`ONE_FRAME_FORM`) of a one-frame or kisekae job (its stored uploads; masks are
+    not painted back: paint them again)."""
+    def there(p: Any) -> str | None:
+        return str(p) if p and Path(str(p)).is_file() else None
+
+    if kind == "kisekae":
+        recipe, start, control = "Kisekaeichi", there(v.get("start")), there(v.get("reference"))
+    else:
+        images = list(v.get("control_images") or [v.get("image")])
+        inference = str(v.get("one_frame_inference") or "")
+        recipe = "1f-mc" if inference == ONE_FRAME_PRESETS["1f-mc"] else "One-frame"
+        start, control = there(images[0] if images else None), there(images[1] if len(images) > 1 else None)
+    generate_like = form_from_options(state, {k: x for k, x in v.items() if k in ("lora_weight", "lora_multiplier")})
+    h, w = v.get("video_size") or (640, 640)
+    return (recipe, start, control, v.get("prompt") or "", v.get("one_frame_inference") or ONE_FRAME_PRESETS[recipe],
+            v.get("seed", -1), v.get("infer_steps") or 25, f"{h}x{w}", generate_like[16], generate_like[17])
+
+
+def job_details(state: AppState, job_id: str) -> str:
+    """A job's state, its whole message (a failed job's error line) and its settings, as Markdown."""
+    if not str(job_id or "").strip():
+        return "Pick a job (click a row)."
+    job = state.queue.get(str(job_id).strip())
+    lines = [f"**Job {job.id}** ({job.kind}): **{job.state}**"]
+    if job.message:
+        lines.append(f"\n{'Error' if job.state == 'failed' else 'Message'}: {job.message}")
+    lines.append("")
+    for key in ("prompt", "negative_prompt", "seed", "seconds", "sections", "f1", "infer_steps", "embedded_cfg_scale",
+                "latent_window_size", "video_size", "one_frame_inference", "lora_weight", "lora_multiplier"):
+        value = job.options.get(key)
+        if value in (None, "", [], False):
+            continue
+        if key == "video_size":
+            value = "x".join(map(str, value))
+        elif key == "lora_weight":
+            value = ", ".join(Path(x).name for x in value)
+        elif isinstance(value, dict):
+            value = "; ".join(f"section {int(k) + 1}: {x}" for k, x in value.items())
+        lines.append(f"- {key}: `{value}`")
+    for f in job.files:
+        lines.append(f"- file: `{Path(f).name}`")
+    return "\n".join(lines)
 
 
 def queue_rows(state: AppState) -> list[list[str]]:
@@ -368,22 +502,64 @@ def build_app(state: AppState) -> Any:
         return run
 
     def submit(image, prompt, negative_prompt, length_unit, seconds, sections, f1, end_image, seed, steps, guidance,
-               window, resolution, cache):
-        opts = generate_options(state, image=image, prompt=prompt, negative_prompt=negative_prompt,
+               window, resolution, cache, seed_mode, seed_list, loras, lora_multipliers, timeline):
+        jobs = generate_options(state, image=image, prompt=prompt, negative_prompt=negative_prompt,
                                 length_unit=length_unit, seconds=seconds, sections=sections, f1=f1,
                                 end_image=end_image, seed=seed, steps=steps, guidance=guidance, window=window,
-                                resolution=resolution, cache=cache)
-        state.worker.check("generate", opts)
-        job = state.queue.add("generate", opts)
-        ahead = len(state.queue.queued_ids()) - 1 + (state.worker.progress is not None)
-        return job.id, f"Queued job {job.id} (seed {opts['seed']}; {ahead} ahead of it)"
+                                resolution=resolution, cache=cache, seed_mode=seed_mode, seed_list=seed_list,
+                                loras=loras, lora_multipliers=lora_multipliers, timeline=timeline)
+        state.worker.check("generate", jobs[0])
+        ahead = len(state.queue.queued_ids()) + (state.worker.progress is not None)
+        added = [state.queue.add("generate", opts) for opts in jobs]
+        if len(added) == 1:
+            return added[0].id, f"Queued job {added[0].id} (seed {jobs[0]['seed']}; {ahead} ahead of it)"
+        seeds = ", ".join(str(o["seed"]) for o in jobs)
+        return added[0].id, (f"Queued {len(added)} jobs (seeds {seeds}; {ahead} ahead of the first): "
+                             + ", ".join(j.id for j in added))
+
+    def timeline_prompt(index):
+        def run(text, value):
+            value = dict(value or {})
+            prompts = {k: v for k, v in (value.get("prompts") or {}).items() if k != str(index)}
+            if text and text.strip():
+                prompts[str(index)] = text
+            return {**value, "prompts": prompts}
+
+        return run
+
+    def timeline_image(index):
+        def run(path, value):
+            value = dict(value or {})
+            images = {k: v for k, v in (value.get("images") or {}).items() if k != str(index)}
+            if path:
+                try:
+                    stored = resolve_allowed(path, [state.uploads])  # shown again after a re-render: ours already
+                except FramepackError:
+                    stored = store_upload(path, state.uploads, f"Image of section {index + 1}")
+                images[str(index)] = str(stored)
+            return {**value, "images": images}
+
+        return run
+
+    def lora_multiplier(name):
+        def run(m, value):
+            return {**(value or {}), name: m}
+
+        return run
+
+    def refresh_loras(picked):
+        found = state.loras()
+        keep = [p for p in (picked or []) if p in found]
+        return gr.update(choices=found, value=keep, label=lora_label(state, found))
 
     def status(job_id):
         return job_status(state, job_id)
 
-    def submit_one_frame(recipe, start, control, prompt, inference, seed, steps, resolution):
+    def submit_one_frame(recipe, start, control, prompt, inference, seed, steps, resolution, loras,
+                         lora_multipliers):
         kind, opts = one_frame_options(state, recipe=recipe, start=start, control=control, prompt=prompt,
                                        inference=inference, seed=seed, steps=steps, resolution=resolution)
+        opts.update(lora_options(state.lora_dir, loras, lora_multipliers))
         state.worker.check(kind, opts)
         job = state.queue.add(kind, opts)
         return job.id, f"Queued job {job.id} ({recipe}, seed {opts['seed']})"
@@ -428,6 +604,18 @@ def build_app(state: AppState) -> Any:
         values = form_from_output(state, path)
         return (*values, gr.Tabs(selected="generate"), f"Loaded the settings of {Path(path).name}")
 
+    def load_job(job_id):
+        """Fill the Generate form (a video job) or the One-frame form (an image job) from a job's options."""
+        job = state.queue.get(str(job_id).strip())
+        keep_generate = [gr.update()] * len(GENERATE_FORM)
+        keep_one_frame = [gr.update()] * len(ONE_FRAME_FORM)
+        if job.kind == "generate":
+            return (*form_from_options(state, job.options), *keep_one_frame, gr.Tabs(selected="generate"),
+                    f"Loaded the settings of job {job.id} into the Generate tab")
+        values = one_frame_form_from_job(state, job.kind, job.options)
+        return (*keep_generate, *values, gr.Tabs(selected="one-frame"),
+                f"Loaded the settings of job {job.id} into the One-frame tab (paint the masks again)")
+
     def cancel(job_id):
         return state.worker.cancel(str(job_id).strip()), queue_rows(state)
 
@@ -452,6 +640,29 @@ def build_app(state: AppState) -> Any:
     pick.__annotations__ = {"rows": Any, "evt": gr.SelectData}  # Gradio finds the event argument by its type
     pick_output.__annotations__ = {"files": Any, "evt": gr.SelectData}
 
+    def lora_picker(suffix: str):
+        """A LoRA picker (several LoRAs of --lora_dir, a multiplier each, a Refresh button): (dropdown, multipliers)."""
+        found = state.loras()
+        with gr.Accordion("LoRAs", open=False, elem_id=f"lora-box{suffix}"):
+            with gr.Row():
+                picked = gr.Dropdown(found, value=[], multiselect=True, label=lora_label(state, found), scale=4,
+                                     elem_id=f"loras{suffix}")
+                refresh = gr.Button("Refresh", scale=0, min_width=90, elem_id=f"lora-refresh{suffix}")
+            mults = gr.JSON(value={}, visible=False)
+
+            @gr.render(inputs=[picked, mults], triggers=[picked.change])
+            def multiplier_rows(names, values):
+                values = values or {}
+                for name in names or []:
+                    m = gr.Slider(-2.0, 2.0, value=float(values.get(name, 1.0)), step=0.05,
+                                  label=f"Multiplier of {name}", elem_classes=["lora-multiplier"], interactive=True)
+                    m.change(lora_multiplier(name), [m, mults], mults, api_name=False, show_progress="hidden",
+                             concurrency_id=f"lora{suffix}", concurrency_limit=1)
+
+        refresh.click(guarded(refresh_loras, 1), picked, picked,
+                      api_name="refresh_loras" if not suffix else False)
+        return picked, mults
+
     # Gradio's copies of uploads (ours are in uploads/ already) are deleted after a day, checked hourly.
     with gr.Blocks(title="framepack", delete_cache=(3600, 86400)) as demo:
         gr.Markdown("## framepack")
@@ -472,8 +683,14 @@ def build_app(state: AppState) -> Any:
                             sections = gr.Number(value=2, label="Sections", precision=0, minimum=1, visible=False,
                                                  elem_id="sections")
                         with gr.Row():
-                            f1 = gr.Checkbox(value=False, label="F1 (forward sampling)")
-                            seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="seed")
+                            f1 = gr.Checkbox(value=False, label="F1 (forward sampling)", elem_id="f1")
+                            gr.Markdown(state.f1_note, elem_id="f1-note")
+                        with gr.Row():
+                            seed_mode = gr.Radio(list(SEED_MODES), value="random", label="Seed", elem_id="seed-mode")
+                            seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="seed",
+                                             visible=False)
+                            seed_list = gr.Textbox(label="Seeds (one job each: 1 2 3 or 10-13)", visible=False,
+                                                   max_lines=1, elem_id="seed-list")
                         end_image = gr.Image(label="End image (not with F1)", type="filepath",
                                              sources=["upload", "clipboard"], height=160, elem_id="end-image")
                         with gr.Row():
@@ -484,6 +701,37 @@ def build_app(state: AppState) -> Any:
                             resolution = gr.Dropdown(list(RESOLUTIONS), value="640x640", allow_custom_value=True,
                                                      label="Resolution (HxW, multiples of 16)", elem_id="resolution")
                             cache = gr.Radio(list(CACHES), value="off", label="Step cache")
+                        loras, lora_mults = lora_picker("")
+                        with gr.Accordion("Sections: a prompt and an image per section (optional)", open=False,
+                                          elem_id="timeline"):
+                            gr.Markdown("One row per section of the video, in time order. An empty row uses the "
+                                        "main prompt and the start image.")
+                            timeline = gr.JSON(value={}, visible=False, elem_id="timeline-value")
+                            timeline_version = gr.Number(value=0, visible=False)
+
+                            @gr.render(inputs=[length_unit, seconds, sections, window, timeline],
+                                       triggers=[demo.load, length_unit.change, seconds.change, sections.change,
+                                                 window.change, timeline_version.change])
+                            def timeline_rows_ui(unit, secs, n_sections, win, value):
+                                value = value or {}
+                                prompts, images = value.get("prompts") or {}, value.get("images") or {}
+                                for i, t0, t1 in timeline_rows(unit, secs, n_sections, win):
+                                    with gr.Row(elem_classes=["timeline-row"], equal_height=True):
+                                        gr.Markdown(f"**{i + 1}** &nbsp; {t0:g}–{t1:g} s", elem_id=f"section-time-{i}")
+                                        row_prompt = gr.Textbox(value=prompts.get(str(i), ""), show_label=False,
+                                                                placeholder="(the main prompt)", scale=4,
+                                                                max_lines=2, elem_id=f"section-prompt-{i}",
+                                                                interactive=True)
+                                        row_image = gr.Image(value=images.get(str(i)), type="filepath",
+                                                             show_label=False, sources=["upload", "clipboard"],
+                                                             height=90, scale=1, elem_id=f"section-image-{i}",
+                                                             interactive=True)
+                                    row_prompt.change(guarded(timeline_prompt(i), 1), [row_prompt, timeline],
+                                                      timeline, api_name=False, show_progress="hidden",
+                                                      concurrency_id="timeline", concurrency_limit=1)
+                                    row_image.change(guarded(timeline_image(i), 1), [row_image, timeline], timeline,
+                                                     api_name=False, show_progress="hidden",
+                                                     concurrency_id="timeline", concurrency_limit=1)
                         go = gr.Button("Generate", variant="primary", elem_id="generate")
                         status_md = gr.Markdown("", elem_id="status")
                     with gr.Column():
@@ -513,6 +761,7 @@ def build_app(state: AppState) -> Any:
                             steps_1f = gr.Slider(1, 100, value=25, step=1, label="Steps", elem_id="steps-1f")
                             resolution_1f = gr.Dropdown(list(RESOLUTIONS), value="640x640", allow_custom_value=True,
                                                         label="Resolution (HxW)", elem_id="resolution-1f")
+                        loras_1f, lora_mults_1f = lora_picker("-1f")
                         go_1f = gr.Button("Edit", variant="primary", elem_id="generate-1f")
                         status_1f = gr.Markdown("", elem_id="status-1f")
                     with gr.Column():
@@ -529,8 +778,10 @@ def build_app(state: AppState) -> Any:
                     up_b = gr.Button("Up")
                     down_b = gr.Button("Down")
                     resume_b = gr.Button("Resume")
+                    load_job_b = gr.Button("Load these settings", elem_id="load-job")
                     refresh_b = gr.Button("Refresh")
                 queue_md = gr.Markdown("", elem_id="queue-status")
+                job_md = gr.Markdown("Pick a job (click a row).", elem_id="job-details")
                 with gr.Accordion("Outputs", open=True):
                     outputs_state = gr.State([])
                     gallery = gr.Gallery(label="Outputs in --save_path (newest first)", columns=6, height=260,
@@ -545,17 +796,21 @@ def build_app(state: AppState) -> Any:
                            length_unit, [seconds, sections], api_name=False)
         f1.change(lambda on: gr.update(interactive=not on, value=None) if on else gr.update(interactive=True),
                   f1, end_image, api_name=False)
+        seed_mode.change(lambda m: (gr.update(visible=m == "fixed"), gr.update(visible=m == "list")), seed_mode,
+                         [seed, seed_list], api_name=False)
         go.click(guarded(submit, 2, 1), [image, prompt, negative_prompt, length_unit, seconds, sections, f1,
-                                         end_image, seed, steps, guidance, window, resolution, cache],
+                                         end_image, seed, steps, guidance, window, resolution, cache, seed_mode,
+                                         seed_list, loras, lora_mults, timeline],
                  [job_id, status_md], api_name="submit_generate")
         job_id.change(guarded(status, 3, 0), job_id, [progress_md, preview, video], api_name="job_status")
         timer = gr.Timer(POLL_SECONDS)
         timer.tick(guarded(poll, 7, 0), [job_id, shown],
                    [progress_md, preview, video, shown, table, gallery, outputs_state], api_name="poll",
                    show_progress="hidden")
-        recipe.change(lambda r: ONE_FRAME_PRESETS[r], recipe, inference_1f, api_name=False)
+        recipe.input(lambda r: ONE_FRAME_PRESETS[r], recipe, inference_1f, api_name=False)  # not on a load
         go_1f.click(guarded(submit_one_frame, 2, 1), [recipe, start_1f, control_1f, prompt_1f, inference_1f, seed_1f,
-                                                     steps_1f, resolution_1f], [job_1f, status_1f],
+                                                     steps_1f, resolution_1f, loras_1f, lora_mults_1f],
+                    [job_1f, status_1f],
                     api_name="submit_one_frame")
         job_1f.change(guarded(one_frame_status, 2, 0), job_1f, [progress_1f, result_1f], api_name="one_frame_status")
         timer.tick(guarded(one_frame_poll, 3, 0), [job_1f, shown_1f], [progress_1f, result_1f, shown_1f],
@@ -573,7 +828,14 @@ def build_app(state: AppState) -> Any:
         picked_output.change(guarded(lambda p: settings_text(state, p), 1, 0), picked_output, settings_md,
                              api_name="output_settings")
         form = [image, prompt, negative_prompt, length_unit, seconds, sections, f1, end_image, seed, steps, guidance,
-                window, resolution, cache]
+                window, resolution, cache, seed_mode, seed_list, loras, lora_mults, timeline, timeline_version]
+        form_1f = [recipe, start_1f, control_1f, prompt_1f, inference_1f, seed_1f, steps_1f, resolution_1f, loras_1f,
+                   lora_mults_1f]
+        assert len(form) == len(GENERATE_FORM) and len(form_1f) == len(ONE_FRAME_FORM)
         load_b.click(guarded(load_settings, len(form) + 2, len(form) + 1), picked_output,
                      [*form, tabs, settings_md], api_name="load_settings")
+        picked.change(guarded(lambda j: job_details(state, j), 1, 0), picked, job_md, api_name="job_details")
+        n_load = len(form) + len(form_1f) + 2
+        load_job_b.click(guarded(load_job, n_load, n_load - 1), picked, [*form, *form_1f, tabs, queue_md],
+                         api_name="load_job_settings")
     return demo

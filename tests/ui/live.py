@@ -22,7 +22,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_fake(save_path: Path, pipe, auth=None):
+def serve_fake(save_path: Path, pipe, auth=None, lora_dir=None, f1_note=None):
     """The real app (AppState, build_app, start_server) with `pipe` in place of the Pipeline."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     from framepack_cli.ui.app import AppState, build_app
@@ -35,7 +35,10 @@ def serve_fake(save_path: Path, pipe, auth=None):
     app_dir = save_path / ".framepack-ui"
     queue = JobQueue(app_dir)
     worker = Worker(queue, lambda: pipe, save_path, app_dir, cancelled=FakeCancelled)
-    state = AppState(save_path=save_path, app_dir=app_dir, queue=queue, worker=worker)
+    state = AppState(save_path=save_path, app_dir=app_dir, queue=queue, worker=worker,
+                     lora_dir=None if lora_dir is None else Path(lora_dir).resolve())
+    if f1_note is not None:
+        state.f1_note = f1_note
     demo = build_app(state)
     port = free_port()
     worker.start()

@@ -52,6 +52,7 @@ def fill_form(page, prompt: str, steps: int = 2) -> None:
     res = page.locator("#resolution input")
     res.fill("48x64")
     res.press("Enter")
+    page.locator("#seed-mode label", has_text="fixed").click()
     page.locator("#seed input").fill("42")
 
 
@@ -156,3 +157,61 @@ def test_one_frame_with_a_mask_painted_in_the_browser(browser, tmp_path):
     assert set(np.unique(mask)) == {0, 255}  # painted: kept; the rest: dropped
     (png,) = [Path(f) for f in job["files"]]
     assert png.parent == save and Image.open(png).size == (64, 48)
+
+
+def test_timeline_rows_seed_list_and_a_lora_in_the_browser(browser, tmp_path):
+    """The timeline shows one row per section with its time; a row's prompt and image, a LoRA picked from
+    --lora_dir with its multiplier, and a seed list reach the queued jobs; the F1 note names the DiT."""
+    import json
+    import shutil
+
+    from tests.conftest import MODELS
+
+    save, loras = tmp_path / "out", tmp_path / "loras"
+    loras.mkdir()
+    shutil.copy(MODELS / "lora_tiny.safetensors", loras / "tiny.safetensors")
+    docs = DOCS or tmp_path / "docs"
+    with serve_cli(save, "--lora_dir", str(loras)) as (url, _proc):
+        page = browser.new_page(viewport={"width": 1100, "height": 1400})
+        page.goto(url)
+        expect(page.locator("#f1-note")).to_contain_text("F1 jobs use --dit dit_single.safetensors too")
+        page.locator("#start-image input[type=file]").set_input_files(str(INPUTS / "start.png"))
+        expect(page.locator("#start-image img")).to_be_visible(timeout=20_000)
+        fill_form(page, "A cat walks on the grass.")
+        page.locator("#sections input").fill("3")
+        page.locator("#sections input").press("Enter")
+        page.locator("#timeline button").first.click()
+        for i, when in enumerate(("0–1.2 s", "1.2–2.4 s", "2.4–3.6 s")):
+            expect(page.locator(f"#section-time-{i}")).to_contain_text(when, timeout=20_000)
+        expect(page.locator("#section-time-3")).to_have_count(0)
+        page.locator("#section-prompt-1 textarea").fill("A cat jumps.")
+        page.locator("#section-image-1 input[type=file]").set_input_files(str(INPUTS / "section.png"))
+        expect(page.locator("#section-image-1 img")).to_be_visible(timeout=20_000)
+        page.locator("#lora-box button").first.click()
+        page.locator("#loras input").click()
+        page.get_by_role("option", name="tiny.safetensors").click()
+        mult = page.locator(".lora-multiplier input[type=number]")
+        expect(mult).to_be_visible(timeout=20_000)
+        mult.fill("0.5")
+        mult.press("Enter")
+        page.locator("#seed-mode label", has_text="list").click()
+        page.locator("#seed-list input, #seed-list textarea").first.fill("5-6")
+        time.sleep(1)  # the row and multiplier edits reach the server
+        try:
+            first = submit(page, "#generate", "#job-id", "")
+        except AssertionError:
+            shot(page, tmp_path, "failed.png")
+            raise AssertionError(f"no job: {page.locator('#status').inner_text()}") from None
+        expect(page.locator("#status")).to_contain_text("Queued 2 jobs (seeds 5, 6", timeout=30_000)
+        expect(page.locator("#progress")).to_contain_text(f"Job {first}: done", timeout=180_000)
+        shot(page, docs, "ui-generate-timeline.png")
+        page.close()
+    jobs = json.loads((save / ".framepack-ui" / "queue.json").read_text())["jobs"]
+    assert sorted(j["options"]["seed"] for j in jobs) == [5, 6]
+    for job in jobs:
+        o = job["options"]
+        assert o["prompt"] == {"0": "A cat walks on the grass.", "1": "A cat jumps."}
+        assert set(o["image"]) == {"0", "1"} and Path(o["image"]["1"]).parent == save / ".framepack-ui" / "uploads"
+        assert Path(o["image"]["1"]).read_bytes() == (INPUTS / "section.png").read_bytes()
+        assert o["lora_weight"] == [str((loras / "tiny.safetensors").resolve())] and o["lora_multiplier"] == [0.5]
+    assert [j["state"] for j in jobs if j["id"] == first] == ["done"]

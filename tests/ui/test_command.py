@@ -114,3 +114,39 @@ def test_queue_files_and_worker_load_neither_gradio_nor_torch():
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_the_lora_folder_defaults_to_models_dir_then_framepack_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("FRAMEPACK_HOME", str(tmp_path / "home"))
+    assert validate(UiOptions, {"save_path": str(tmp_path)}).lora_folder == tmp_path / "home" / "loras"
+    opts = validate(UiOptions, {"save_path": str(tmp_path), "models_dir": str(tmp_path / "m")})
+    assert opts.lora_folder == tmp_path / "m" / "loras"
+    opts = validate(UiOptions, {"save_path": str(tmp_path), "models_dir": str(tmp_path / "m"),
+                                "lora_dir": str(tmp_path / "mine")})
+    assert opts.lora_folder == tmp_path / "mine"
+
+
+def test_lora_dir_must_be_a_folder_and_f1_dit_a_file(capsys, tmp_path):
+    afile = tmp_path / "a.safetensors"
+    afile.write_bytes(b"x")
+    rc, out, err = run_cli(["ui", *MODEL_ARGS, "--lora-dir", afile, "--f1-dit", tmp_path / "nope.safetensors",
+                            "--save_path", tmp_path / "o"], capsys)
+    assert rc == 2 and out == ""
+    assert f"--f1_dit: file not found: {tmp_path / 'nope.safetensors'}" in err
+    assert f"--lora_dir {afile}: not a folder; give the folder that holds the LoRA files" in err
+
+
+def test_the_f1_note_says_which_dit_f1_jobs_use(tmp_path):
+    from framepack_cli.ui.app import f1_note
+
+    dit = tmp_path / "vanilla.safetensors"
+    f1 = tmp_path / "f1.safetensors"
+    for p in (dit, f1):
+        p.write_bytes(b"x")
+    base = {"save_path": str(tmp_path)}
+    assert f1_note(validate(UiOptions, {**base, "dit": str(dit), "f1_dit": str(f1)})) == \
+        "F1 jobs use the F1 DiT f1.safetensors (--f1_dit)."
+    assert f1_note(validate(UiOptions, {**base, "dit": str(dit)})) == (
+        "F1 jobs use --dit vanilla.safetensors too; start the app with --f1_dit FILE to give them the FramePack-F1 "
+        "DiT.")
+    assert f1_note(validate(UiOptions, base)).startswith("F1 jobs use the FramePack-F1 DiT found in the models folders")

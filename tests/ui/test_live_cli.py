@@ -42,7 +42,7 @@ def test_framepack_ui_binds_loopback_and_generates_a_video(tmp_path):
         c = Client(url, verbose=False)
         job_id, status = c.predict(handle_file(str(INPUTS / "start.png")), "A cat walks on the grass.", "",
                                    "sections", 5, 2, False, None, 42, 2, 10, 9, "48x64", "off",
-                                   api_name="/submit_generate")
+                                   "fixed", "", [], {}, {}, api_name="/submit_generate")
         assert status.startswith(f"Queued job {job_id} (seed 42;")
         end = time.time() + 240
         line = ""
@@ -64,13 +64,15 @@ def test_framepack_ui_binds_loopback_and_generates_a_video(tmp_path):
         assert "- video_size: `48 x 64`" in text and "- video_sections: `2`" in text and "infer_steps: `2`" in text
         loaded = c.predict(str(mp4s[0]), api_name="/load_settings")
         assert loaded[0] is not None and Path(loaded[0]).read_bytes() == (INPUTS / "start.png").read_bytes()
-        assert list(loaded[1:]) == ["A cat walks on the grass.", "", "sections", 5.0, 2, False, None, 42, 2, 10.0, 9,
-                                    "48x64", "off", f"Loaded the settings of {mp4s[0].name}"]
+        assert list(loaded[1:14]) == ["A cat walks on the grass.", "", "sections", 5.0, 2, False, None, 42, 2, 10.0,
+                                      9, "48x64", "off"]
+        assert list(loaded[14:19]) == ["fixed", "", [], {}, {"prompts": {}, "images": {}}]
+        assert loaded[-1] == f"Loaded the settings of {mp4s[0].name}"
         for outside in ("/etc/passwd", str(save / ".." / "x.mp4")):
             assert c.predict(outside, api_name="/output_settings").startswith("**Error:** file: ")
         # a bad value refused by the Pipeline's own validation, before queueing: one line
         _, status = c.predict(None, "a||b", "", "sections", 5, 2, False, None, 1, 2, 10, 9, "48x64", "off",
-                              api_name="/submit_generate")
+                              "fixed", "", [], {}, {}, api_name="/submit_generate")
         assert status == "**Error:** --prompt: empty entry 2 in 'a||b' (one entry per section, separated by |)"
 
         # the same port again: one line, exit 3
@@ -110,7 +112,8 @@ def test_a_job_cut_off_by_a_crash_resumes_from_its_last_section_after_a_restart(
     with serve_cli(save) as (url, proc):
         c = Client(url, verbose=False)
         job_id, _ = c.predict(handle_file(str(INPUTS / "start.png")), "A cat walks on the grass.", "", "sections", 5,
-                              2, False, None, 7, 16, 10, 9, "48x64", "off", api_name="/submit_generate")
+                              2, False, None, 7, 16, 10, 9, "48x64", "off", "fixed", "", [], {}, {},
+                              api_name="/submit_generate")
         wait_line(c, job_id, lambda s: "section 2/2" in s)  # the first section is done and checkpointed
         proc.kill()  # a crash: nothing is cleaned up
         proc.wait(10)
@@ -151,7 +154,7 @@ def test_one_frame_recipes_with_a_painted_mask(tmp_path):
         for recipe, second in (("Kisekaeichi", editor(INPUTS / "ref_rgba.png")),
                                ("1f-mc", editor(INPUTS / "ctrl2.png", [layer])), ("One-frame", None)):
             job_id, status = c.predict(recipe, editor(INPUTS / "start.png", [layer]), second, "a cat", "", 42, 2,
-                                       "48x64", api_name="/submit_one_frame")
+                                       "48x64", [], {}, api_name="/submit_one_frame")
             assert status == f"Queued job {job_id} ({recipe}, seed 42)"
             ids[recipe] = job_id
         for recipe, job_id in ids.items():
@@ -163,7 +166,7 @@ def test_one_frame_recipes_with_a_painted_mask(tmp_path):
                 time.sleep(0.3)
             assert line.startswith(f"Job {job_id}: done"), (recipe, line)
             assert Image.open(image).size == (64, 48)
-        _, status = c.predict("1f-mc", editor(INPUTS / "start.png"), None, "x", "", 1, 2, "48x64",
+        _, status = c.predict("1f-mc", editor(INPUTS / "start.png"), None, "x", "", 1, 2, "48x64", [], {},
                               api_name="/submit_one_frame")
         assert status == "**Error:** Second image: 1f-mc needs a second control image"
     jobs = {j["id"]: j for j in json.loads((save / ".framepack-ui" / "queue.json").read_text())["jobs"]}
@@ -178,3 +181,40 @@ def test_one_frame_recipes_with_a_painted_mask(tmp_path):
     assert all(Path(p).parent == save / ".framepack-ui" / "uploads" for p in mc["control_masks"] + mc["control_images"])
     pngs = sorted(save.glob("*.png"))
     assert len(pngs) == 3  # one edited image per job, under --save_path
+
+
+def test_loras_from_the_folder_a_broken_one_and_f1_with_its_own_dit(tmp_path):
+    import shutil
+
+    from tests.conftest import MODELS
+
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    shutil.copy(MODELS / "lora_tiny.safetensors", loras / "tiny.safetensors")
+    (loras / "broken.safetensors").write_bytes(b"not a safetensors file" * 8)
+    save = tmp_path / "out"
+    with serve_cli(save, "--lora_dir", str(loras), "--f1_dit", str(MODELS / "dit_sharded")) as (url, _proc):
+        c = Client(url, verbose=False)
+        form = [handle_file(str(INPUTS / "start.png")), "a cat", "", "sections", 5, 1, False, None, 3, 1, 10, 9,
+                "48x64", "off", "fixed", "", [], {}, {}]
+        ids = {}
+        for name, f1, picked in (("lora", False, ["tiny.safetensors"]), ("broken", False, ["broken.safetensors"]),
+                                 ("f1", True, [])):
+            values = list(form)
+            values[6], values[16], values[17] = f1, picked, {p: 0.5 for p in picked}
+            ids[name], status = c.predict(*values, api_name="/submit_generate")
+            assert status.startswith(f"Queued job {ids[name]}"), status
+        lines = {name: wait_line(c, jid, lambda s: "done" in s or "failed" in s) for name, jid in ids.items()}
+    assert lines["lora"].startswith(f"Job {ids['lora']}: done") and lines["f1"].startswith(f"Job {ids['f1']}: done")
+    broken = (loras / "broken.safetensors").resolve()
+    assert lines["broken"].startswith(f"Job {ids['broken']}: failed ({broken}: not a safetensors file")
+    assert "Traceback" not in lines["broken"] and "\n" not in lines["broken"]
+    from framepack_cli.cli.rerun import stored_run
+
+    done = {}
+    for mp4 in save.glob("*.mp4"):
+        o = stored_run(str(mp4))["options"]
+        done[bool(o.get("f1"))] = o
+    assert done[False]["lora_weight"] == [str((loras / "tiny.safetensors").resolve())]
+    assert done[False]["lora_multiplier"] == [0.5]
+    assert done[True]["dit"] == str(MODELS / "dit_sharded") and not done[True].get("lora_weight")

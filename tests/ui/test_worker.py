@@ -181,3 +181,17 @@ def test_stopping_the_app_mid_job_leaves_it_interrupted_and_resumable(tmp_path):
     assert job.message == ("the app stopped at section 2/3, step 1/2, ETA 12 s; "
                            "Resume continues from its last complete section")
     assert q.resume(a.id).options["resume"] == job.checkpoint
+
+
+def test_check_gives_the_pipeline_section_prompts_and_images_in_the_commands_form(tmp_path):
+    seen = {}
+
+    class Pipe(FakePipeline):
+        def options(self, command, **values):
+            seen.update(values, command=command)
+            return values
+
+    q, w, _ = make(tmp_path, Pipe())
+    w.check("generate", {"prompt": {0: "a cat", 2: "a dog"}, "image": {"0": "/u/a.png", "1": "/u/b.png"}, "seed": 1})
+    assert seen["command"] == "generate"
+    assert seen["prompt"] == "0:a cat;;;2:a dog" and seen["image"] == "0:/u/a.png;;;1:/u/b.png" and seen["seed"] == 1
