@@ -2,7 +2,7 @@
 the same CPU and weights, each as a whole command, alternating, several repeats.
 
     FRAMEPACK_REFERENCE=/path/to/musubi-tuner FRAMEPACK_REFERENCE_PYTHON=/path/to/its/venv/bin/python \\
-        PYTHONPATH=$PWD python bench/bench_reference.py [--quick]
+        PYTHONPATH=$PWD python bench/bench_reference.py [--quick] [--repeats N]
 
 The model: a synthetic FramePack DiT of about 185 M parameters (8 heads x 128, 2 dual-stream + 4 single-stream
 blocks, 2 refiner blocks; random weights N(0, 0.02), float32 on disk) whose text / pooled / image widths are
@@ -114,13 +114,18 @@ def ref_cmd(py: Path, dit: Path, sections: int, out: Path, quick: bool) -> list[
 
 
 def timed(cmd: list[str], env: dict) -> tuple[float, dict[str, float], str]:
-    """Wall seconds, the REFSHIM_TIMING stages and stderr of one whole command."""
+    """Wall seconds, the REFSHIM_TIMING stages (plus `cpu`: the command's user + system seconds) and stderr of
+    one whole command."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode != 0:
         raise RuntimeError(f"{Path(cmd[1]).name} exited {r.returncode}: {r.stderr.strip()[-400:]}")
-    stages = {}
+    stages = {"cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)}
     for line in r.stderr.splitlines():
         if line.startswith("REFSHIM_TIMING "):
             _, k, v = line.split()
@@ -160,7 +165,7 @@ def skipped_note(err: str) -> str:
     return lines[-1][:90] if lines else ""
 
 
-def measure(quick: bool = False) -> list[dict]:
+def measure(quick: bool = False, repeats: int | None = None) -> list[dict]:
     paths = reference_paths()
     if isinstance(paths, str):
         return [{"row": "reference side by side", "ratio": math.nan, "note": paths}]
@@ -168,7 +173,7 @@ def measure(quick: bool = False) -> list[dict]:
     if not (GOLDEN / "models").is_dir():
         return [{"row": "reference side by side", "ratio": math.nan, "note": f"no golden models at {GOLDEN}"}]
     env = {**os.environ, "PYTHONPATH": str(REPO), "FRAMEPACK_REFERENCE": str(ref), "HF_HUB_OFFLINE": "1"}
-    repeats = 1 if quick else 3
+    repeats = repeats or (1 if quick else 3)
     section_counts = (1,) if quick else (1, 2)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench_reference_") as tmp:
@@ -197,11 +202,14 @@ def measure(quick: bool = False) -> list[dict]:
             wall_r = statistics.median(r[0] for r in theirs)
             dit_o = statistics.median(r[1].get("dit_sampling", math.nan) for r in ours)
             dit_r = statistics.median(r[1].get("dit_sampling", math.nan) for r in theirs)
+            cpu_o = statistics.median(r[1]["cpu"] for r in ours)
+            cpu_r = statistics.median(r[1]["cpu"] for r in theirs)
             fr_o, fr_r = frames(ours[-1][3]), frames(theirs[-1][3])
             lat_diff = float((latent(ours[-1][3]) - latent(theirs[-1][3])).abs().max())
             tag = f"{sections} section{'s' if sections > 1 else ''}"
             rows.append({"row": f"{tag}: wall, ours / reference", "ratio": wall_o / wall_r,
-                         "note": f"{wall_o:.1f} s vs {wall_r:.1f} s; {desc}; equal output: PSNR "
+                         "note": f"{wall_o:.1f} s vs {wall_r:.1f} s (CPU time {cpu_o / cpu_r:.2f}x); {desc}; "
+                                 f"equal output: PSNR "
                                  f"{psnr(fr_o, fr_r):.1f} dB, latent max diff {lat_diff:.1e}"})
             rows.append({"row": f"{tag}: DiT sampling, ours / reference", "ratio": dit_o / dit_r,
                          "note": f"{dit_o:.1f} s vs {dit_r:.1f} s"})
@@ -227,8 +235,10 @@ def measure(quick: bool = False) -> list[dict]:
 
 
 def main() -> None:
-    quick = "--quick" in sys.argv[1:]
-    for r in measure(quick):
+    args = sys.argv[1:]
+    quick = "--quick" in args
+    repeats = int(args[args.index("--repeats") + 1]) if "--repeats" in args else None
+    for r in measure(quick, repeats):
         ratio = "-" if math.isnan(r["ratio"]) else f"{r['ratio']:.2f}x"
         print(f"{r['row']:<58} {ratio:>7}  {r['note']}")
 
