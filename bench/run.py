@@ -36,6 +36,7 @@ MODULES = [
     ("processes", "bench_processes"),
     ("preview", "bench_preview"),
     ("resume", "bench_resume"),
+    ("reference", "bench_reference"),
 ]
 HELP_PROBE = ("import sys\nfrom framepack_cli.cli.app import main\ntry:\n    main(['--help'])\n"
               "except SystemExit:\n    pass\nsys.stderr.write('TORCH %s\\n' % ('torch' in sys.modules))\n")

@@ -26,6 +26,22 @@ INTERACTIVE_KEEP = frozenset({"dit", "vae", "image_encoder"})
 TEXT_MEMO = 64  # prompt encodings remembered per run ([512, 4096] float32 each: 8 MB)
 
 
+def _module_refs(model) -> list:
+    """Weak references to the parts of a loaded model that hold weights: torch modules and wrappers of one
+    (`.model`); tokenizers and other small parts are left out (the caller may still hold them). Empty when
+    there is none (or one takes no weak reference): the caller then collects, as before."""
+    import weakref
+
+    refs = []
+    for part in model if isinstance(model, tuple) else (model,):
+        if isinstance(part, torch.nn.Module) or isinstance(getattr(part, "model", None), torch.nn.Module):
+            try:
+                refs.append(weakref.ref(part))
+            except TypeError:
+                return []
+    return refs
+
+
 def keep_line(keep: frozenset[str]) -> str:
     """The line `--interactive` prints at start about what stays loaded between prompts."""
     if keep >= ALL_MODELS:
@@ -195,15 +211,20 @@ class Models:
         if name not in self._loaded or name in self._adopted:
             return
         if name in self.keep:
-            if self.device.type == "cuda":
-                m = self._loaded[name]
-                for mod in m if isinstance(m, tuple) else (m,):
-                    if getattr(mod, "block_swapper", None) is not None:
-                        continue  # a swapped DiT stays as the swapper placed it (its swapped part is on the CPU)
-                    if isinstance(mod, torch.nn.Module) or hasattr(mod, "model"):
-                        mod.to("cpu")
+            if self.device.type != "cuda":
+                return  # kept where it is: nothing was freed, nothing to collect
+            m = self._loaded[name]
+            for mod in m if isinstance(m, tuple) else (m,):
+                if getattr(mod, "block_swapper", None) is not None:
+                    continue  # a swapped DiT stays as the swapper placed it (its swapped part is on the CPU)
+                if isinstance(mod, torch.nn.Module) or hasattr(mod, "model"):
+                    mod.to("cpu")
         else:
-            del self._loaded[name]
+            refs = _module_refs(self._loaded.pop(name))
+            if self.device.type != "cuda" and refs and all(r() is None for r in refs):
+                # Off CUDA the only work of free_memory is a full gc.collect() (0.3-0.4 s with torch,
+                # transformers and diffusers imported); a model nothing else references is already freed.
+                return
         free_memory(self.device)
 
     def park_vae(self) -> None:

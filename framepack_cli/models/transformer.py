@@ -130,6 +130,24 @@ def _attend(
     return torch.cat(outs, dim=0)
 
 
+def _crop_padded_text(text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the text tokens past the longest prompt of the batch (right padding) before the token refiner.
+
+    Those tokens are masked out of the refiner's attention and of its pooled mean, and `_embed_context` drops
+    their outputs: refining only the first `max(valid)` tokens (mask kept) gives the same values up to float
+    rounding, at a fraction of the cost (the text is zero-padded to 512 tokens; a prompt has tens). A mask
+    that is not right-padded is returned as is (`_embed_context` refuses it).
+    """
+    valid = mask.sum(dim=1)
+    n = max(1, int(valid.max())) if valid.numel() else mask.shape[1]
+    if n >= mask.shape[1]:
+        return text, mask
+    prefix = torch.arange(mask.shape[1], device=mask.device)[None] < valid[:, None]
+    if not torch.equal(mask, prefix):
+        return text, mask
+    return text[:, :n], mask[:, :n]
+
+
 def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved channel pairs of `x` [B, S, heads, D] by per-token angles (`cos`/`sin` [B, S, D]).
 
@@ -497,9 +515,10 @@ class FramePackTransformer(HunyuanVideoFramepackTransformer3DModel):
         cache: ForwardCache | None = None,
     ) -> tuple[torch.Tensor, tuple[int, ...] | None]:
         b = encoder_hidden_states.shape[0]
-        # The token refiner takes the timestep: not step-invariant, computed every call.
-        text = self._ckpt(self.context_embedder, encoder_hidden_states, timestep, encoder_attention_mask)
         mask = encoder_attention_mask.bool()
+        encoder_hidden_states, mask = _crop_padded_text(encoder_hidden_states, mask)
+        # The token refiner takes the timestep: not step-invariant, computed every call.
+        text = self._ckpt(self.context_embedder, encoder_hidden_states, timestep, mask)
         if image_embeddings is not None:
             # SigLIP tokens go first: with right-padded text every valid context token is then a prefix.
             def project() -> torch.Tensor:
