@@ -189,8 +189,9 @@ def _quiet_sink():
     return NullProgress()
 
 
-def _section_text(value, name: str):
-    """`{0: "a", -1: "b"}` -> `0:a;;;-1:b` (the per-section form of --prompt / --image_path)."""
+def section_text(value, name: str):
+    """`{0: "a", -1: "b"}` -> `0:a;;;-1:b`: the per-section form of `--prompt` / `--image_path` (a plain value is
+    returned as it is, a `Path` as text). `name` names the argument in the error for a key that is no integer."""
     if not isinstance(value, dict):
         return str(value) if isinstance(value, Path) else value
     parts = []
@@ -333,7 +334,7 @@ class Pipeline:
             options: any other `framepack generate` option (`infer_steps`, `video_size`, `latent_window_size`,
                 `guidance_scale`, `negative_prompt`, `teacache_thresh`, `output_type`, `preview`, `resume`, ...).
         """
-        values = {"image": _section_text(image, "image"), "prompt": _section_text(prompt, "prompt"),
+        values = {"image": section_text(image, "image"), "prompt": section_text(prompt, "prompt"),
                   "seconds": seconds, "sections": sections, "f1": f1, "end_image": end_image,
                   "output_name": output_name, **options}
         return self._job("generate", values, seed, callback, save_path)

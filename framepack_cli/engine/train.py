@@ -49,10 +49,6 @@ def refuse_unbuilt(opts: TrainOptions) -> None:
         if value not in (None, False, 0, "NO"):
             raise NotBuiltError(f"--{name}: not built yet in framepack train ({why})",
                                 hint=f"run without --{name}")
-    if opts.dynamo_backend != "NO":
-        raise NotBuiltError(f"--dynamo_backend {opts.dynamo_backend}: not built yet in framepack train "
-                            "(accelerate's whole-model TorchDynamo plugin; --compile compiles each DiT block)",
-                            hint="use --compile instead")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -411,7 +407,7 @@ class Trainer:
         if state is not None:
             net.load_state_dict({k: v.to(self.device) for k, v in state.network.items()})
         self.network = net
-        if o.compile:
+        if o.compile or o.dynamo_backend != "NO":
             from framepack_cli.models.compile import CompileSettings, compile_blocks
 
             # After the LoRA modules hook their Linears (the hooks are compiled with the blocks); with block swap

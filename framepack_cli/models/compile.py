@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-WARNING = "Warning: --compile: {why}; the DiT blocks run uncompiled"
+WARNING = "Warning: {flag}: {why}; the DiT blocks run uncompiled"
 DYNAMIC = {"true": True, "false": False, "auto": None, None: None}
 
 
@@ -41,15 +41,23 @@ class CompileSettings:
     dynamic: str | None = None  # "true" / "false" / "auto" / None (= auto)
     fullgraph: bool = False
     cache_size_limit: int | None = None
+    flag: str = "--compile"  # the option that asked for it, for the lines that say so
 
     @classmethod
     def from_options(cls, o: Any) -> CompileSettings:
+        """`--compile*`, or training's `--dynamo_backend X` (accelerate's backend names, e.g. INDUCTOR -> inductor)
+        with `--dynamo_mode / _fullgraph / _dynamic`."""
+        backend = getattr(o, "dynamo_backend", "NO") or "NO"
+        if backend != "NO" and not getattr(o, "compile", False):
+            return cls(backend=backend.lower(), mode=o.dynamo_mode or "default",
+                       dynamic="true" if o.dynamo_dynamic else None, fullgraph=bool(o.dynamo_fullgraph),
+                       cache_size_limit=o.compile_cache_size_limit, flag=f"--dynamo_backend {backend}")
         return cls(backend=o.compile_backend, mode=o.compile_mode, dynamic=o.compile_dynamic,
                    fullgraph=bool(o.compile_fullgraph), cache_size_limit=o.compile_cache_size_limit)
 
     def describe(self) -> str:
         dyn = {True: "dynamic", False: "static", None: "auto"}[DYNAMIC[self.dynamic]]
-        return (f"--compile: each DiT block compiled on first use (backend {self.backend}, mode {self.mode}, "
+        return (f"{self.flag}: each DiT block compiled on first use (backend {self.backend}, mode {self.mode}, "
                 f"{dyn} shapes{', fullgraph' if self.fullgraph else ''})")
 
 
@@ -158,7 +166,7 @@ class CompiledBlocks:
         if self.failed is not None:
             return
         self.failed = why
-        self.warn(WARNING.format(why=why))
+        self.warn(WARNING.format(flag=self.settings.flag, why=why))
         self.restore()
 
     def restore(self) -> None:
@@ -192,7 +200,7 @@ def compile_blocks(model: nn.Module, settings: CompileSettings, warn: Callable[[
     device = torch.device(device)
     problem = compiler_problem(settings.backend, device)
     if problem is not None:
-        warn(WARNING.format(why=problem))
+        warn(WARNING.format(flag=settings.flag, why=problem))
         return None
     if exclude_linear is None:
         exclude_linear = getattr(model, "block_swapper", None) is not None

@@ -226,12 +226,15 @@ class TrainOptions(OptionsBase):
     compile_cache_size_limit: int | None = F(None, "torch._dynamo cache size limit.", panel=ATTENTION, ge=1)
     cuda_allow_tf32: bool = F(False, "Allow TF32 matmul and cuDNN on CUDA.", panel=ATTENTION)
     cuda_cudnn_benchmark: bool = F(False, "Enable cuDNN benchmark mode.", panel=ATTENTION)
-    dynamo_backend: DYNAMO_BACKENDS = F("NO", "accelerate TorchDynamo backend for the whole model (NO = off).",
-                                        panel=ATTENTION, unbuilt=True)
+    dynamo_backend: DYNAMO_BACKENDS = F(
+        "NO", "TorchDynamo backend (accelerate's names; NO = off): each DiT block is compiled with it, as --compile "
+        "does (so block swap and gradient checkpointing keep working), with --dynamo_mode / _fullgraph / _dynamic.",
+        panel=ATTENTION)
     dynamo_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = F(
-        None, "accelerate TorchDynamo mode.", panel=ATTENTION)
-    dynamo_fullgraph: bool = F(False, "accelerate TorchDynamo fullgraph.", panel=ATTENTION)
-    dynamo_dynamic: bool = F(False, "accelerate TorchDynamo dynamic shapes.", panel=ATTENTION)
+        None, "TorchDynamo mode (with --dynamo_backend).", panel=ATTENTION)
+    dynamo_fullgraph: bool = F(False, "TorchDynamo fullgraph (with --dynamo_backend).", panel=ATTENTION)
+    dynamo_dynamic: bool = F(False, "TorchDynamo dynamic shapes (with --dynamo_backend; default: automatic).",
+                             panel=ATTENTION)
 
     # --- training
     max_train_steps: int = F(1600, "Optimizer steps to train (ignored when --max_train_epochs is given).",
@@ -554,6 +557,8 @@ def _cross_checks(o: TrainOptions) -> list[str]:
             if getattr(o, name) is None:
                 errs.append(f"--{name}: required to train (or give it in --config_file)")
     errs += check_dataset_config(o.dataset_config)
+    if o.compile and o.dynamo_backend != "NO":
+        errs.append(f"--compile and --dynamo_backend {o.dynamo_backend} both compile the DiT blocks; give one of them")
     for name in ("dit", "vae", "text_encoder1", "text_encoder2", "image_encoder", "tokenizer1", "tokenizer2",
                  "network_weights", "sample_prompts", "log_tracker_config"):
         try:
