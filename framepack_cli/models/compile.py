@@ -153,6 +153,11 @@ class CompiledBlocks:
 
         def forward(*args: Any, **kwargs: Any) -> Any:
             if self.failed is None:
+                # Every block sees inputs with standard strides: a block's outputs are views of its joint text+video
+                # tensor (other strides than the first block's input, if only on the batch dimension), and dynamo
+                # would compile the shared forward again for them. The values are the same.
+                args = tuple(_packed(a) for a in args)
+                kwargs = {k: _packed(v) for k, v in kwargs.items()}
                 try:
                     return compiled(*args, **kwargs)
                 except self._errors as e:
@@ -178,6 +183,23 @@ class CompiledBlocks:
             else:
                 m.forward = before
         self._patched = []
+
+
+def _packed(x: Any) -> Any:
+    """A tensor with the standard row-major strides (copied only when it is not contiguous; a contiguous one with
+    odd strides on its size-1 dimensions, e.g. the batch of 1 of a sliced view, gets the standard ones as a view)."""
+    if not isinstance(x, torch.Tensor):
+        return x
+    if not x.is_contiguous():
+        return x.contiguous()
+    standard, step = [], 1
+    for size in reversed(x.shape):
+        standard.append(step)
+        step *= max(size, 1)
+    standard.reverse()
+    if list(x.stride()) == standard:
+        return x
+    return x.as_strided(x.shape, standard, x.storage_offset())
 
 
 def compile_blocks(model: nn.Module, settings: CompileSettings, warn: Callable[[str], None], *,
