@@ -4,30 +4,15 @@ the events the real one reports, writes a preview PNG after each section and a s
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from framepack_cli.api import Cancelled, Event
 from framepack_cli.errors import FramepackError
 
-
-class FakeCancelled(Exception):
-    def __init__(self, message: str = "cancelled", checkpoint: str | None = None) -> None:
-        super().__init__(message)
-        self.checkpoint = checkpoint
-
-
-@dataclass
-class FakeEvent:
-    kind: str
-    text: str | None = None
-    section: int | None = None
-    sections: int | None = None
-    step: int | None = None
-    steps: int | None = None
-    eta_s: float | None = None
-    preview: str | None = None
-    files: list = field(default_factory=list)
+# The real event and cancel types (framepack_cli.api imports neither torch nor gradio).
+FakeCancelled = Cancelled
+FakeEvent = Event
 
 
 def write_png(path: Path, color=(200, 30, 30), size=(32, 24)) -> None:
