@@ -474,10 +474,8 @@ class Pipeline:
 
     def _job(self, command: str, values: dict, seed, callback, save_path) -> Result:
         folder = str(save_path) if save_path is not None else self._save_path
-        if seed is not None and not isinstance(seed, (list, tuple)):
-            values["seed"] = seed
-        elif seed is not None:
-            values["seed"] = list(seed)
+        if seed is not None:
+            values["seed"] = list(seed) if isinstance(seed, tuple) else seed  # a list is refused after validation
         write = folder is not None
         values["save_path"] = folder if write else "."
         if not write:

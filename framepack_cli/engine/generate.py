@@ -273,10 +273,9 @@ def _run(opts, sink: ProgressSink, group=None) -> list[JobResult] | list[Generat
             return save_merged_model(opts, sink)
         if precision.dit == torch.float16:
             sink.message(FP16_DIT_WARNING)
-        if not opts.latent_path and not opts.save_merged_model:
-            from framepack_cli.engine.preview import check_preview_target
+        from framepack_cli.engine.preview import check_preview_target
 
-            check_preview_target(opts)  # a file at --preview that is not our preview: refused before any model loads
+        check_preview_target(opts)  # a file at --preview that is not our preview: refused before any model loads
         if opts.from_file:
             return run_batch(opts, device, precision, sink, budget, group=group)
         if opts.interactive:
