@@ -334,7 +334,7 @@ class Pipeline:
             options: any other `framepack generate` option (`infer_steps`, `video_size`, `latent_window_size`,
                 `guidance_scale`, `negative_prompt`, `teacache_thresh`, `output_type`, `preview`, `resume`, ...).
         """
-        values = {"image": section_text(image, "image"), "prompt": section_text(prompt, "prompt"),
+        values = {"image": image, "prompt": prompt,
                   "seconds": seconds, "sections": sections, "f1": f1, "end_image": end_image,
                   "output_name": output_name, **options}
         return self._job("generate", values, seed, callback, save_path)
@@ -430,7 +430,7 @@ class Pipeline:
     # -- the one path every job takes ----------------------------------------------------------------------
     def options(self, command: str, **values: Any):
         """The validated options of a job (`command`: "generate", "one-frame" or "kisekae"), as the CLI would make
-        them from the same values on top of the pipeline's settings."""
+        them from the same values on top of the pipeline's settings (the API's names, `{section: value}` forms)."""
         from framepack_cli.cli.commands import COMMANDS, load_options
         from framepack_cli.options.validation import validate
 
@@ -439,6 +439,9 @@ class Pipeline:
             if value is not None and name in NOT_A_JOB:
                 raise FramepackError(f"{name}: not an option of a Pipeline job; {NOT_A_JOB[name]}")
         given = {RENAMED.get(k, k): _as_str(v) for k, v in values.items() if v is not None}
+        for name in ("prompt", "image_path"):  # {section: value} -> the command's `0:a;;;1:b` form
+            if isinstance(given.get(name), dict):
+                given[name] = section_text(given[name], name)
         unknown = sorted(k for k in given if k not in cls.model_fields)
         if unknown:
             raise FramepackError(f"{unknown[0]}: not an option of framepack {command} (see `framepack {command} "

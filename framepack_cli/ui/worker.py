@@ -114,13 +114,7 @@ class Worker:
         """Validate a job's options as the Pipeline will (the same one-line FramepackError), before queueing."""
         pipe = self.pipeline
         if hasattr(pipe, "options"):
-            from framepack_cli.api import section_text  # {section: value} -> the command's `0:a;;;1:b` form
-
-            values = dict(options)
-            for name in ("prompt", "image"):
-                if isinstance(values.get(name), dict):
-                    values[name] = section_text(values[name], name)
-            pipe.options(COMMAND_OF[kind], **values, save_path=str(self.save_path),
+            pipe.options(COMMAND_OF[kind], **options, save_path=str(self.save_path),
                          preview=str(self.app_dir / PREVIEWS / "check.png"))
 
     def request_cancel(self) -> None:

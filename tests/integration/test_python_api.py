@@ -218,6 +218,15 @@ def test_keep_text_encoders_and_close(tmp_path):
     assert p._session.models._loaded == {}
 
 
+def test_options_take_section_forms(pipe):
+    opts = pipe.options("generate", prompt={0: "a cat", 2: "a dog"}, image={"0": START, "1": START}, seed=1,
+                        save_path=".")
+    assert opts.prompt == "0:a cat;;;2:a dog" and opts.image_path == f"0:{START};;;1:{START}" and opts.seed == 1
+    with pytest.raises(FramepackError) as e:
+        pipe.options("generate", prompt={"first": "a cat"}, save_path=".")
+    assert e.value.message == "prompt: section keys must be integers (got 'first')"
+
+
 def test_from_files_errors():
     with pytest.raises(FramepackError) as e:  # models left out are looked for like the command line does
         Pipeline.from_files(MODELS / "dit_single.safetensors", MODELS / "vae.safetensors", device="cpu")

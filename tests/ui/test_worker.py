@@ -183,7 +183,9 @@ def test_stopping_the_app_mid_job_leaves_it_interrupted_and_resumable(tmp_path):
     assert q.resume(a.id).options["resume"] == job.checkpoint
 
 
-def test_check_gives_the_pipeline_section_prompts_and_images_in_the_commands_form(tmp_path):
+def test_check_gives_the_pipeline_section_prompts_and_images_as_given(tmp_path):
+    """The worker hands `{section: value}` to `Pipeline.options`, which makes the command's form of them
+    (tests/integration/test_python_api.py::test_options_take_section_forms)."""
     seen = {}
 
     class Pipe(FakePipeline):
@@ -194,4 +196,5 @@ def test_check_gives_the_pipeline_section_prompts_and_images_in_the_commands_for
     q, w, _ = make(tmp_path, Pipe())
     w.check("generate", {"prompt": {0: "a cat", 2: "a dog"}, "image": {"0": "/u/a.png", "1": "/u/b.png"}, "seed": 1})
     assert seen["command"] == "generate"
-    assert seen["prompt"] == "0:a cat;;;2:a dog" and seen["image"] == "0:/u/a.png;;;1:/u/b.png" and seen["seed"] == 1
+    assert seen["prompt"] == {0: "a cat", 2: "a dog"} and seen["image"] == {"0": "/u/a.png", "1": "/u/b.png"}
+    assert seen["seed"] == 1
